@@ -1,0 +1,217 @@
+//! The command line: `modhost run | check | list | graph`, and the one top-level error
+//! report.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    config::{ConfigError, HostConfig, LogFormat},
+    inspect::Inspection,
+    lifecycle::{BootError, Host},
+    loader::RuntimeDir,
+    logging, server,
+};
+
+/// modhost: a host for modules shipped as native shared libraries.
+#[derive(Debug, Parser)]
+#[command(name = "modhost", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format (also MODHOST_LOG_FORMAT); filter with RUST_LOG, e.g. RUST_LOG=debug.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load the modules and serve HTTP until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Validate manifests, libraries (ABI) and the dependency graph; exit 1 on any problem.
+    Check(DirArgs),
+    /// Print the modules, their versions and the load order.
+    List(DirArgs),
+    /// Print the dependency graph (an edge a -> b means a depends on b).
+    Graph(GraphArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The modules directory (also MODHOST_MODULES_DIR) [default: modules]
+    #[arg(long, value_name = "DIR")]
+    modules: Option<PathBuf>,
+    /// Address to listen on (also MODHOST_LISTEN) [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Where the host keeps its data and runtime copies of libraries (also MODHOST_DATA_DIR) [default: data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML config file (also MODHOST_CONFIG); see the README for its keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Exit with an error if any module fails (also MODHOST_STRICT=true).
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Debug, Args)]
+struct DirArgs {
+    /// The modules directory.
+    #[arg(default_value = "modules", value_name = "DIR")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct GraphArgs {
+    /// The modules directory.
+    #[arg(default_value = "modules", value_name = "DIR")]
+    dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    format: GraphFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+/// Everything that can end a command with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
+    #[error("cannot listen on {addr}: {source}; is another process using it? pass --listen ADDR")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{0} problem(s) found")]
+    CheckFailed(usize),
+    #[error("cannot create a scratch directory for loading libraries: {0}")]
+    Scratch(std::io::Error),
+}
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = |k: &str| std::env::var(k).ok();
+    let format = cli
+        .log_format
+        .or_else(|| match env("MODHOST_LOG_FORMAT").as_deref() {
+            Some("json") => Some(LogFormat::Json),
+            _ => None,
+        })
+        .unwrap_or(LogFormat::Text);
+    logging::init(format);
+    match run_command(cli.command, &env) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::CheckFailed(n)) => {
+            eprintln!("modhost: {n} problem(s) found");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("modhost: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(command: Command, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+    match command {
+        Command::Run(args) => run(args, env),
+        Command::Check(args) => check(&args.dir),
+        Command::List(args) => {
+            print!("{}", Inspection::of(&args.dir)?.table());
+            Ok(())
+        }
+        Command::Graph(args) => {
+            let inspection = Inspection::of(&args.dir)?;
+            match args.format {
+                GraphFormat::Dot => print!("{}", inspection.dot()),
+                GraphFormat::Mermaid => print!("{}", inspection.mermaid()),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+    let file = args
+        .config
+        .clone()
+        .or_else(|| env("MODHOST_CONFIG").map(PathBuf::from));
+    let mut config = HostConfig::load(file.as_deref(), env)?;
+    if let Some(dir) = args.modules {
+        config.modules_dir = dir;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = &args.listen {
+        config.set("listen", addr, "--listen")?;
+    }
+    if args.strict {
+        config.strict = true;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(async move {
+        let addr = config.listen;
+        tracing::info!(
+            modules = %config.modules_dir.display(),
+            data = %config.data_dir.display(),
+            "modhost {} starting (plugin-api {})",
+            env!("CARGO_PKG_VERSION"),
+            modhost_plugin_api::PLUGIN_API_VERSION
+        );
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| CliError::Listen { addr, source })?;
+        let host = Host::boot(config).await?;
+        let local = listener.local_addr().unwrap_or(addr);
+        let report = host.report();
+        let running = report.iter().filter(|m| m.state == "started").count();
+        tracing::info!(%local, running, failed = report.len() - running, "modhost ready on http://{local}");
+        server::serve(host, listener, server::shutdown_signal())
+            .await
+            .map_err(|source| CliError::Listen { addr, source })
+    })
+}
+
+fn check(dir: &Path) -> Result<(), CliError> {
+    let inspection = Inspection::of(dir)?;
+    let scratch = std::env::temp_dir().join(format!("modhost-check-{}", std::process::id()));
+    let runtime = RuntimeDir::create(&scratch).map_err(CliError::Scratch)?;
+    let problems = inspection.problems(Some(&runtime));
+    runtime.remove();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let modules = inspection.discovery.modules.len() + inspection.discovery.problems.len();
+    for p in &problems {
+        println!("error: {p}");
+    }
+    if problems.is_empty() {
+        println!("ok: {modules} module(s) in {}, no problems", dir.display());
+        Ok(())
+    } else {
+        println!(
+            "{} problem(s) in {modules} module(s) in {}",
+            problems.len(),
+            dir.display()
+        );
+        Err(CliError::CheckFailed(problems.len()))
+    }
+}

@@ -1,0 +1,374 @@
+//! Host configuration: defaults, an optional TOML file, then `MODHOST_*` environment
+//! variables; command-line flags are applied on top by `cli.rs`.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! modules_dir = "modules"
+//! data_dir = "data"
+//! strict = false
+//! log_format = "text"          # or "json"
+//! shutdown_timeout = "30s"     # drain deadline on SIGINT/SIGTERM
+//! init_timeout = "30s"         # per module init/start/stop
+//! request_timeout = "30s"      # per request; 504 after it
+//! header_read_timeout = "10s"
+//! max_body_bytes = 1048576     # 413 above it
+//!
+//! [modules.hello]              # merged over the `config:` of hello's module.yaml
+//! greeting = "Howdy"
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The effective host configuration.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub listen: SocketAddr,
+    pub modules_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub strict: bool,
+    pub log_format: LogFormat,
+    pub shutdown_timeout: Duration,
+    pub init_timeout: Duration,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_body_bytes: u64,
+    /// Per-module config overrides, merged over each manifest's `config:`.
+    pub module_overrides: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            modules_dir: PathBuf::from("modules"),
+            data_dir: PathBuf::from("data"),
+            strict: false,
+            log_format: LogFormat::Text,
+            shutdown_timeout: Duration::from_secs(30),
+            init_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_body_bytes: 1024 * 1024,
+            module_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// The config file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    modules_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    strict: Option<bool>,
+    log_format: Option<LogFormat>,
+    shutdown_timeout: Option<String>,
+    init_timeout: Option<String>,
+    request_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    modules: BTreeMap<String, toml::Table>,
+}
+
+const FILE_FIELDS: &[&str] = &[
+    "listen",
+    "modules_dir",
+    "data_dir",
+    "strict",
+    "log_format",
+    "shutdown_timeout",
+    "init_timeout",
+    "request_timeout",
+    "header_read_timeout",
+    "max_body_bytes",
+    "modules",
+];
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{origin}: `{field}` = \"{value}\" is invalid: {why}")]
+    Value {
+        origin: String,
+        field: String,
+        value: String,
+        why: String,
+    },
+}
+
+impl HostConfig {
+    /// Defaults, then `file` (if any), then the environment as read by `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<HostConfig, ConfigError> {
+        let mut cfg = HostConfig::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let parsed: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: describe_toml_error(&e, &text),
+            })?;
+            cfg.apply_file(parsed, &path.display().to_string())?;
+        }
+        cfg.apply_env(env)?;
+        Ok(cfg)
+    }
+
+    fn apply_file(&mut self, f: FileConfig, origin: &str) -> Result<(), ConfigError> {
+        let set = |field: &str, value: Option<String>| -> Option<(String, String)> {
+            value.map(|v| (field.to_string(), v))
+        };
+        for (field, value) in [
+            set("listen", f.listen),
+            set("shutdown_timeout", f.shutdown_timeout),
+            set("init_timeout", f.init_timeout),
+            set("request_timeout", f.request_timeout),
+            set("header_read_timeout", f.header_read_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.set(&field, &value, origin)?;
+        }
+        if let Some(v) = f.modules_dir {
+            self.modules_dir = v;
+        }
+        if let Some(v) = f.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = f.strict {
+            self.strict = v;
+        }
+        if let Some(v) = f.log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = f.max_body_bytes {
+            self.max_body_bytes = v;
+        }
+        for (module, table) in f.modules {
+            let value = serde_json::to_value(&table).map_err(|e| ConfigError::Value {
+                origin: origin.to_string(),
+                field: format!("modules.{module}"),
+                value: String::new(),
+                why: e.to_string(),
+            })?;
+            self.module_overrides.insert(module, value);
+        }
+        Ok(())
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for field in [
+            "listen",
+            "modules_dir",
+            "data_dir",
+            "strict",
+            "log_format",
+            "shutdown_timeout",
+            "init_timeout",
+            "request_timeout",
+            "header_read_timeout",
+            "max_body_bytes",
+        ] {
+            let var = format!("MODHOST_{}", field.to_uppercase());
+            if let Some(value) = env(&var) {
+                self.set(field, &value, &format!("environment variable {var}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets one field from text (env var or flag), naming `origin` in errors.
+    pub fn set(&mut self, field: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
+        let bad = |why: String| ConfigError::Value {
+            origin: origin.to_string(),
+            field: field.to_string(),
+            value: value.to_string(),
+            why,
+        };
+        match field {
+            "listen" => {
+                self.listen = value
+                    .parse()
+                    .map_err(|_| bad("expected an address such as 127.0.0.1:8080".into()))?
+            }
+            "modules_dir" => self.modules_dir = PathBuf::from(value),
+            "data_dir" => self.data_dir = PathBuf::from(value),
+            "strict" => {
+                self.strict = match value {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => return Err(bad("expected true or false".into())),
+                }
+            }
+            "log_format" => {
+                self.log_format = match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(bad("expected text or json".into())),
+                }
+            }
+            "shutdown_timeout" => self.shutdown_timeout = parse_duration(value).map_err(bad)?,
+            "init_timeout" => self.init_timeout = parse_duration(value).map_err(bad)?,
+            "request_timeout" => self.request_timeout = parse_duration(value).map_err(bad)?,
+            "header_read_timeout" => {
+                self.header_read_timeout = parse_duration(value).map_err(bad)?
+            }
+            "max_body_bytes" => {
+                self.max_body_bytes = value
+                    .parse()
+                    .map_err(|_| bad("expected a number of bytes".into()))?
+            }
+            _ => return Err(bad("unknown setting".into())),
+        }
+        Ok(())
+    }
+
+    /// The config handed to `module`: its manifest defaults with the host's overrides
+    /// merged over them (objects merge key by key; anything else is replaced).
+    pub fn module_config(
+        &self,
+        module: &str,
+        defaults: &serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut merged = serde_json::Value::Object(defaults.clone());
+        if let Some(over) = self.module_overrides.get(module) {
+            merge(&mut merged, over);
+        }
+        merged
+    }
+}
+
+fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "expected a duration such as 500ms, 30s, 5m or 1h".to_string())?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => return Err(format!("unknown unit `{other}`; use ms, s, m, h or d")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let mut message = e.message().to_string();
+    if let Some(span) = e.span() {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        message = format!("line {line}, column {column}: {message}");
+    }
+    if let Some(rest) = message.split("unknown field `").nth(1) {
+        if let Some(field) = rest.split('`').next() {
+            if let Some(best) = crate::manifest::did_you_mean(field, FILE_FIELDS) {
+                message.push_str(&format!(" (did you mean `{best}`?)"));
+            }
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+    }
+
+    #[test]
+    fn file_then_env_then_overrides_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("modhost.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nrequest_timeout = \"5s\"\n[modules.hello]\ngreeting = \"Howdy\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| (k == "MODHOST_LISTEN").then(|| "127.0.0.1:9100".to_string());
+        let cfg = HostConfig::load(Some(&path), &env).unwrap();
+        assert_eq!(cfg.listen.port(), 9100);
+        assert_eq!(cfg.request_timeout, Duration::from_secs(5));
+        let mut defaults = serde_json::Map::new();
+        defaults.insert("greeting".into(), "Hello".into());
+        defaults.insert("other".into(), 1.into());
+        let merged = cfg.module_config("hello", &defaults);
+        assert_eq!(merged, serde_json::json!({"greeting": "Howdy", "other": 1}));
+    }
+
+    #[test]
+    fn unknown_file_key_suggests_the_right_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("modhost.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        let err = HostConfig::load(Some(&path), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1, column 1"), "{err}");
+        assert!(err.contains("did you mean `listen`?"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let env = |k: &str| (k == "MODHOST_STRICT").then(|| "maybe".to_string());
+        let err = HostConfig::load(None, &env).unwrap_err().to_string();
+        assert!(err.contains("MODHOST_STRICT"), "{err}");
+        assert!(err.contains("expected true or false"), "{err}");
+    }
+}

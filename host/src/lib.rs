@@ -1,0 +1,25 @@
+//! # modhost
+//!
+//! The host that loads modules shipped as native shared libraries. The `modhost` binary
+//! is a thin shell over [`cli`]; everything else is here, one concept per module:
+//! [`manifest`] (module.yaml), [`discovery`] (module folders), [`resolve`] (dependency
+//! order), [`loader`] (abi_stable loading), [`lifecycle`] (boot and shutdown),
+//! [`router`] and [`server`] (HTTP), [`admin`] and [`metrics`] (operations),
+//! [`config`] and [`logging`].
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod host_handle;
+pub mod inspect;
+pub mod lifecycle;
+pub mod loader;
+pub mod logging;
+pub mod manifest;
+pub mod metrics;
+pub mod resolve;
+pub mod router;
+pub mod server;
+
+pub use lifecycle::Host;

@@ -1,0 +1,247 @@
+//! Loading module libraries through abi_stable.
+//!
+//! Each library is first copied to a unique path in the host's runtime directory and
+//! loaded from there (dlopen caches by path, and a build overwriting a mapped file would
+//! crash the host). Libraries are never unloaded. This file turns abi_stable's long
+//! reports into one-line errors; the full report goes to the debug log.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use abi_stable::{
+    library::{lib_header_from_path, LibraryError},
+    sabi_types::VersionNumber,
+};
+use modhost_plugin_api::{ffi::ModuleRootRef, PLUGIN_API_VERSION};
+
+/// A library loaded and checked against this host's plugin-api.
+pub struct LoadedLibrary {
+    pub root: ModuleRootRef,
+    /// The copy the library was loaded from.
+    pub runtime_path: PathBuf,
+    /// The plugin-api version the library was built against.
+    pub plugin_api_version: String,
+}
+
+/// Why a library was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("module `{module}`: cannot copy {} to {}: {source}", from.display(), to.display())]
+    Copy {
+        module: String,
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("module `{module}`: {} is not a loadable shared library: {detail}", path.display())]
+    NotALibrary {
+        module: String,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("module `{module}`: {} is a shared library but not a modhost module (no root module symbol); build it with `modhost_plugin_api::export_module!`", path.display())]
+    NotAModule { module: String, path: PathBuf },
+    #[error("module `{module}` was built against plugin-api {found}; this host uses {host}; rebuild it against plugin-api {host}")]
+    IncompatibleVersion {
+        module: String,
+        found: String,
+        host: String,
+    },
+    #[error("module `{module}` was built against an incompatible plugin-api interface (its plugin-api says {found}, this host uses {host}); rebuild it against plugin-api {host} (details at debug level)")]
+    IncompatibleInterface {
+        module: String,
+        found: String,
+        host: String,
+    },
+    #[error("module `{module}`: loading the library failed: {detail}")]
+    Other { module: String, detail: String },
+}
+
+/// Where library copies live while the host runs: `<data dir>/runtime/<pid>/`.
+#[derive(Debug)]
+pub struct RuntimeDir {
+    path: PathBuf,
+    counter: AtomicU64,
+}
+
+impl RuntimeDir {
+    /// Creates this process's runtime directory, removing those of dead processes.
+    pub fn create(data_dir: &Path) -> std::io::Result<Self> {
+        let base = data_dir.join("runtime");
+        std::fs::create_dir_all(&base)?;
+        remove_stale(&base);
+        let path = base.join(std::process::id().to_string());
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+        }
+        std::fs::create_dir_all(&path)?;
+        Ok(Self {
+            path,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn next_copy(&self, module: &str, library: &Path) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let ext = library
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
+        self.path.join(format!("{module}-{n}{ext}"))
+    }
+
+    /// Removes the directory (at shutdown). Loaded code stays mapped.
+    pub fn remove(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::debug!(path = %self.path.display(), error = %e, "could not remove runtime dir");
+        }
+    }
+}
+
+/// Removes runtime dirs of processes that no longer exist (Linux: checks /proc).
+fn remove_stale(base: &Path) {
+    let proc_fs = Path::new("/proc/self");
+    if !proc_fs.exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.parse::<u32>().is_ok() && !Path::new("/proc").join(&name).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Copies `library` into the runtime dir and loads it.
+pub fn load_library(
+    module: &str,
+    library: &Path,
+    runtime: &RuntimeDir,
+) -> Result<LoadedLibrary, LoadError> {
+    precheck(module, library)?;
+    let copy = runtime.next_copy(module, library);
+    std::fs::copy(library, &copy).map_err(|source| LoadError::Copy {
+        module: module.to_string(),
+        from: library.to_path_buf(),
+        to: copy.clone(),
+        source,
+    })?;
+    match load_from(module, library, &copy) {
+        Ok(root) => Ok(LoadedLibrary {
+            root: root.0,
+            runtime_path: copy,
+            plugin_api_version: root.1,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&copy);
+            Err(e)
+        }
+    }
+}
+
+fn load_from(
+    module: &str,
+    original: &Path,
+    copy: &Path,
+) -> Result<(ModuleRootRef, String), LoadError> {
+    let header = lib_header_from_path(copy).map_err(|e| classify(module, original, e, None))?;
+    let found = VersionNumber::new(header.version_strings())
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| header.version_strings().version.to_string());
+    let root = header
+        .init_root_module::<ModuleRootRef>()
+        .map_err(|e| classify(module, original, e, Some(&found)))?;
+    Ok((root, found))
+}
+
+/// Cheap checks with clearer messages than the dynamic loader's.
+fn precheck(module: &str, library: &Path) -> Result<(), LoadError> {
+    let not_lib = |detail: String| LoadError::NotALibrary {
+        module: module.to_string(),
+        path: library.to_path_buf(),
+        detail,
+    };
+    let mut head = [0u8; 4];
+    let mut file = std::fs::File::open(library).map_err(|e| not_lib(e.to_string()))?;
+    let n = std::io::Read::read(&mut file, &mut head).map_err(|e| not_lib(e.to_string()))?;
+    if n == 0 {
+        return Err(not_lib("the file is empty".into()));
+    }
+    let known = head.starts_with(b"\x7fELF")
+        || head.starts_with(b"MZ")
+        || matches!(
+            head,
+            [0xcf, 0xfa, 0xed, 0xfe] | [0xfe, 0xed, 0xfa, 0xcf] | [0xca, 0xfe, 0xba, 0xbe]
+        );
+    if n < 4 || !known {
+        let kind = if head[..n]
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+        {
+            "it looks like a text file"
+        } else {
+            "it has no shared-library header"
+        };
+        return Err(not_lib(format!("{kind}; is this the right file?")));
+    }
+    Ok(())
+}
+
+fn classify(module: &str, path: &Path, err: LibraryError, found: Option<&str>) -> LoadError {
+    tracing::debug!(module, library = %path.display(), report = %err, "library load error (full report)");
+    let module = module.to_string();
+    let host = PLUGIN_API_VERSION.to_string();
+    match err {
+        LibraryError::OpenError { err, .. } => LoadError::NotALibrary {
+            module,
+            path: path.to_path_buf(),
+            detail: short_dl_error(&err.to_string()),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::NotAModule {
+            module,
+            path: path.to_path_buf(),
+        },
+        LibraryError::IncompatibleVersionNumber { actual_version, .. } => {
+            LoadError::IncompatibleVersion {
+                module,
+                found: actual_version.to_string(),
+                host,
+            }
+        }
+        LibraryError::AbiInstability(_)
+        | LibraryError::InvalidAbiHeader(_)
+        | LibraryError::InvalidCAbi { .. } => LoadError::IncompatibleInterface {
+            module,
+            found: found.unwrap_or("an unknown version").to_string(),
+            host,
+        },
+        other => LoadError::Other {
+            module,
+            detail: first_line(&other.to_string()),
+        },
+    }
+}
+
+/// dlopen messages repeat the (runtime copy) path; keep the reason.
+fn short_dl_error(msg: &str) -> String {
+    let msg = first_line(msg);
+    msg.rsplit(": ").next().unwrap_or(&msg).to_string()
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}

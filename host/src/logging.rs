@@ -1,0 +1,34 @@
+//! The host's log subscriber: `RUST_LOG` filtering, text or JSON lines on stdout.
+
+use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber (once; later calls are ignored) and a panic hook that
+/// logs panics instead of printing them raw.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        if message == "FFI future panicked" {
+            // A module panicked; its own message was already forwarded by the module.
+            tracing::debug!(%location, "module future panicked");
+        } else {
+            tracing::error!(%location, "panic: {message}");
+        }
+    }));
+}

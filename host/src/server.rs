@@ -1,0 +1,297 @@
+//! The HTTP server: accepting connections, dispatching requests to module handlers, and
+//! graceful shutdown.
+//!
+//! A request to `/api/v1/<module>/...` is matched in the route table, its body read up
+//! to the configured limit, and handed to the module's handler; panics become 500 and
+//! slow handlers 504, and the host keeps serving. Operations endpoints are `admin.rs`.
+
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, panic::AssertUnwindSafe, sync::Arc,
+    time::Instant,
+};
+
+use abi_stable::std_types::{RVec, Tuple2};
+use futures_util::FutureExt as _;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{HeaderName, HeaderValue, CONTENT_TYPE},
+    service::service_fn,
+    Request, Response, StatusCode,
+};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use modhost_plugin_api::ffi::{FfiHandler as _, FfiRequest};
+use tokio::net::TcpListener;
+
+use crate::{
+    admin,
+    lifecycle::Host,
+    router::{Lookup, Route},
+};
+
+/// The response body type.
+pub type Body = Full<Bytes>;
+
+/// Serves `host` on `listener` until `shutdown` resolves, then stops accepting, drains
+/// in-flight requests up to the configured deadline and stops the modules.
+pub async fn serve(
+    host: Arc<Host>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(host.config.header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let host = host.clone();
+                let service = service_fn(move |req| handle(host.clone(), req, peer));
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    host.begin_shutdown();
+    let deadline = host.config.shutdown_timeout;
+    tracing::info!(
+        ?deadline,
+        "shutting down: no new connections; draining in-flight requests"
+    );
+    if tokio::time::timeout(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?deadline,
+            "drain deadline passed; closing remaining connections"
+        );
+    }
+    let stopped = host.stop_all().await;
+    tracing::info!(?stopped, "all modules stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = term => tracing::info!("received SIGTERM"),
+    }
+}
+
+async fn handle(
+    host: Arc<Host>,
+    req: Request<Incoming>,
+    _peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    if path.starts_with("/api/v1/") {
+        return Ok(dispatch(&host, req).await);
+    }
+    Ok(admin::handle(&host, req.method(), path))
+}
+
+/// A JSON error response: `{"error": message}`.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, &serde_json::json!({ "error": message }))
+}
+
+/// A JSON response.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn dispatch(host: &Host, req: Request<Incoming>) -> Response<Body> {
+    let table = host.routes();
+    let method = req.method().as_str().to_string();
+    let (route, params) = match table.lookup(&method, req.uri().path()) {
+        Lookup::Found { route, params } => (route.clone(), params),
+        Lookup::MethodNotAllowed { allowed } => {
+            let mut resp = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("method {method} not allowed here"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                resp.headers_mut().insert(hyper::header::ALLOW, v);
+            }
+            return resp;
+        }
+        Lookup::NotFound => return json_error(StatusCode::NOT_FOUND, "no such route"),
+    };
+    let started = Instant::now();
+    route
+        .metrics
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let response = call_route(host, &route, req, params).await;
+    if response.status().is_server_error() {
+        route
+            .metrics
+            .errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    host.metrics
+        .latency(&route.module)
+        .observe(started.elapsed());
+    response
+}
+
+async fn call_route(
+    host: &Host,
+    route: &Route,
+    req: Request<Incoming>,
+    params: Vec<(String, String)>,
+) -> Response<Body> {
+    let limit = host.config.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is over the {limit}-byte limit"),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body is over the {limit}-byte limit"),
+            )
+        }
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {e}"),
+            )
+        }
+    };
+    let request = FfiRequest {
+        method: parts.method.as_str().into(),
+        path: parts.uri.path().into(),
+        params: params
+            .into_iter()
+            .map(|(k, v)| Tuple2(k.into(), v.into()))
+            .collect(),
+        query: parts.uri.query().unwrap_or("").into(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                Tuple2(
+                    k.as_str().into(),
+                    String::from_utf8_lossy(v.as_bytes()).as_ref().into(),
+                )
+            })
+            .collect(),
+        body: RVec::from(body.to_vec()),
+    };
+    let timeout = host.config.request_timeout;
+    let call = AssertUnwindSafe(route.handler.call(request)).catch_unwind();
+    let response = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(_)) => {
+            route
+                .metrics
+                .panics
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(module = %route.module, route = %route.info.path, "handler panicked; answered 500");
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the module's handler failed",
+            );
+        }
+        Err(_) => {
+            route
+                .metrics
+                .timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(module = %route.module, route = %route.info.path, ?timeout, "handler timed out; answered 504");
+            return json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the module's handler did not answer in time",
+            );
+        }
+    };
+    let Ok(status) = StatusCode::from_u16(response.status) else {
+        tracing::error!(module = %route.module, status = response.status, "handler returned an invalid status");
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the module returned an invalid status",
+        );
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(response.body.into_vec())));
+    *resp.status_mut() = status;
+    for Tuple2(name, value) in response.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value.as_str()),
+        ) {
+            (Ok(n), Ok(v)) => {
+                resp.headers_mut().append(n, v);
+            }
+            _ => {
+                tracing::warn!(module = %route.module, header = %name, "dropped an invalid response header")
+            }
+        }
+    }
+    resp
+}

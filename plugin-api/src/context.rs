@@ -1,0 +1,85 @@
+//! [`InitContext`]: what a module receives in `init` (its name, config and routes).
+
+use std::{future::Future, sync::Arc};
+
+use abi_stable::{sabi_trait::TD_Opaque, std_types::RResult};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    adapter::HandlerAdapter,
+    ffi::{FfiHandler_TO, FfiHostBox, FfiInitContext, FfiRoute},
+    Error, IntoResponse, Method, Request, Result,
+};
+
+/// Handed to [`crate::Module::init`].
+pub struct InitContext {
+    name: String,
+    config: serde_json::Value,
+    host: FfiHostBox,
+}
+
+impl InitContext {
+    pub(crate) fn from_ffi(ctx: FfiInitContext) -> Result<Self> {
+        let name = ctx.module_name.into_string();
+        let config = serde_json::from_str(ctx.config_json.as_str())
+            .map_err(|e| Error::new(format!("module {name}: config from host is not JSON: {e}")))?;
+        Ok(Self {
+            name,
+            config,
+            host: ctx.host,
+        })
+    }
+
+    /// The module's name, as in its `module.yaml`.
+    pub fn module_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The module's config: the manifest's `config:` section merged with the host's
+    /// overrides for this module. An empty object when there is none.
+    pub fn config_value(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// The module's config deserialised into `T`.
+    pub fn config<T: DeserializeOwned>(&self) -> Result<T> {
+        T::deserialize(&self.config)
+            .map_err(|e| Error::new(format!("invalid config for module {}: {e}", self.name)))
+    }
+
+    /// Registers an HTTP route.
+    ///
+    /// `path` must start with `/api/v1/<module name>/` and may hold parameters such as
+    /// `{id}`. `permission` is the permission a caller needs. The handler receives the
+    /// [`Request`] and returns anything that is [`IntoResponse`].
+    ///
+    /// An out-of-namespace or conflicting route is an error, and the host fails the
+    /// module's init even if the error is ignored.
+    pub fn route<H, Fut, R>(
+        &mut self,
+        method: Method,
+        path: &str,
+        permission: &str,
+        handler: H,
+    ) -> Result<()>
+    where
+        H: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoResponse + 'static,
+    {
+        let handler = FfiHandler_TO::from_ptr(
+            abi_stable::std_types::RArc::new(HandlerAdapter::new(Arc::new(handler))),
+            TD_Opaque,
+        );
+        let route = FfiRoute {
+            method: method.as_str().into(),
+            path: path.into(),
+            permission: permission.into(),
+            handler,
+        };
+        match self.host.register_route(route) {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(Error::new(e.into_string())),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The FFI contract between the host and a module library.
+//!
+//! Everything in this file crosses the shared-library boundary and is checked by
+//! abi_stable's layout check when a library is loaded. Plugin authors never touch these
+//! types: the SDK in the rest of this crate wraps them. Rules for changing this file:
+//! new methods or fields go only at the end (after the `last_prefix_field`), and every
+//! change bumps this crate's version.
+
+// abi_stable's `sabi_trait` macro generates impls inside a const block.
+#![allow(non_local_definitions)]
+
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    package_version_strings, sabi_trait,
+    sabi_types::VersionStrings,
+    std_types::{RArc, RBox, RResult, RStr, RString, RVec, Tuple2},
+    StableAbi,
+};
+use async_ffi::FfiFuture;
+
+/// A header or parameter pair.
+pub type FfiPair = Tuple2<RString, RString>;
+
+/// Result of a module entry point: `Err` carries a human-readable reason.
+pub type FfiUnitResult = RResult<(), RString>;
+
+/// An HTTP request as handed to a module's handler.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct FfiRequest {
+    pub method: RString,
+    pub path: RString,
+    pub params: RVec<FfiPair>,
+    pub query: RString,
+    pub headers: RVec<FfiPair>,
+    pub body: RVec<u8>,
+    /// Exists only in the test build that checks layout mismatches are refused.
+    #[cfg(feature = "__abi_mismatch_for_tests")]
+    pub mismatch: u64,
+}
+
+/// An HTTP response produced by a module's handler.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct FfiResponse {
+    pub status: u16,
+    pub headers: RVec<FfiPair>,
+    pub body: RVec<u8>,
+}
+
+/// A route handler living in a module library.
+#[sabi_trait]
+pub trait FfiHandler: Send + Sync {
+    #[sabi(last_prefix_field)]
+    fn call(&self, request: FfiRequest) -> FfiFuture<FfiResponse>;
+}
+
+/// Owned, shareable handler object.
+pub type FfiHandlerBox = FfiHandler_TO<'static, RArc<()>>;
+
+/// A route a module asks the host to serve.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct FfiRoute {
+    pub method: RString,
+    pub path: RString,
+    pub permission: RString,
+    pub handler: FfiHandlerBox,
+}
+
+/// What the host offers a module. One handle per module: the host knows whose it is.
+#[sabi_trait]
+pub trait FfiHost: Send + Sync + Clone {
+    /// Forward one log event (level 1 = error … 5 = trace) to the host's logger.
+    fn log(&self, level: u8, target: RStr<'_>, message: RStr<'_>);
+    /// The most verbose level the host will record (0 = off … 5 = trace).
+    fn max_log_level(&self) -> u8;
+    /// Register a route; only valid while the module's `init` runs.
+    #[sabi(last_prefix_field)]
+    fn register_route(&self, route: FfiRoute) -> FfiUnitResult;
+}
+
+/// Owned, cloneable host handle.
+pub type FfiHostBox = FfiHost_TO<'static, RArc<()>>;
+
+/// Everything a module receives when it is initialised.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct FfiInitContext {
+    pub module_name: RString,
+    /// The module's config section (manifest defaults merged with host overrides), JSON.
+    pub config_json: RString,
+    pub host: FfiHostBox,
+}
+
+/// A module instance living in a library.
+#[sabi_trait]
+pub trait FfiModule: Send + Sync {
+    fn init(&self, context: FfiInitContext) -> FfiFuture<FfiUnitResult>;
+    fn start(&self) -> FfiFuture<FfiUnitResult>;
+    #[sabi(last_prefix_field)]
+    fn stop(&self) -> FfiFuture<FfiUnitResult>;
+}
+
+/// Owned module object.
+pub type FfiModuleBox = FfiModule_TO<'static, RBox<()>>;
+
+/// The root module every module library exports (see [`crate::export_module!`]).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = ModuleRootRef)))]
+#[sabi(missing_field(panic))]
+pub struct ModuleRoot {
+    /// Create the module instance. Panics in the module's constructor become `Err`.
+    #[sabi(last_prefix_field)]
+    pub new_module: extern "C" fn() -> RResult<FfiModuleBox, RString>,
+}
+
+impl RootModule for ModuleRootRef {
+    declare_root_module_statics! {ModuleRootRef}
+    const BASE_NAME: &'static str = "modhost_module";
+    const NAME: &'static str = "modhost_module";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The version of this crate, i.e. of the ABI contract, as `major.minor.patch`.
+pub const PLUGIN_API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Log levels as carried by [`FfiHost::log`].
+pub mod level {
+    pub const OFF: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const WARN: u8 = 2;
+    pub const INFO: u8 = 3;
+    pub const DEBUG: u8 = 4;
+    pub const TRACE: u8 = 5;
+}

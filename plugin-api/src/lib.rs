@@ -1,0 +1,106 @@
+//! # modhost plugin API
+//!
+//! Write a modhost module in plain async Rust:
+//!
+//! ```
+//! use modhost_plugin_api::prelude::*;
+//!
+//! #[derive(Default)]
+//! pub struct Hello;
+//!
+//! impl Module for Hello {
+//!     async fn init(&self, ctx: &mut InitContext) -> Result<()> {
+//!         ctx.route(Method::Get, "/api/v1/hello/greet/{name}", "hello.greeting.read", |req| async move {
+//!             let name = req.param("name").unwrap_or("world").to_string();
+//!             Response::json(200, &serde_json::json!({ "greeting": format!("Hello, {name}!") }))
+//!         })?;
+//!         tracing::info!("hello is ready");
+//!         Ok(())
+//!     }
+//! }
+//!
+//! modhost_plugin_api::export_module!(Hello);
+//! ```
+//!
+//! Build the crate as a `cdylib`. The host does all I/O; a module never starts a runtime
+//! of its own. `tracing` events and panics inside the module are forwarded to the host's
+//! log, tagged with the module's name. The FFI contract lives in [`ffi`]; nothing else in
+//! this crate crosses the library boundary.
+
+mod adapter;
+mod context;
+mod error;
+pub mod ffi;
+mod http;
+mod logging;
+mod module;
+
+pub use context::InitContext;
+pub use error::{Error, Result};
+pub use ffi::PLUGIN_API_VERSION;
+pub use http::{IntoResponse, Method, Request, Response};
+pub use module::Module;
+
+/// Re-exports for the common case: `use modhost_plugin_api::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Error, InitContext, IntoResponse, Method, Module, Request, Response, Result};
+}
+
+/// The text of a panic payload, when it is a string.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Items the [`export_module!`] macro expands to. Not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::adapter::root_module;
+    pub use abi_stable::library::{
+        __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
+    };
+}
+
+/// Exports a [`Module`] type (which must implement [`Default`]) as this library's module.
+///
+/// Use it once per `cdylib` crate.
+#[macro_export]
+macro_rules! export_module {
+    ($module:ty) => {
+        // The symbol abi_stable's loader looks up (abi_stable 0.11's
+        // `ROOT_MODULE_LOADER_NAME`; a unit test in plugin-api keeps the two in sync).
+        #[doc(hidden)]
+        #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
+        pub static __MODHOST_ROOT_MODULE_LOADER: $crate::__private::LibHeader = {
+            extern "C" fn __modhost_load_root() -> $crate::__private::RootModuleResult {
+                $crate::__private::__call_root_module_loader(
+                    $crate::__private::root_module::<$module>,
+                )
+            }
+            // SAFETY: the constructor returns the root module type named here, and the
+            // layout is checked by the host when it loads the library.
+            unsafe {
+                $crate::__private::LibHeader::from_constructor::<$crate::ffi::ModuleRootRef>(
+                    __modhost_load_root,
+                    $crate::__private::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn export_symbol_matches_abi_stable() {
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
+}
