@@ -117,10 +117,8 @@ pub fn main() -> ExitCode {
     logging::init(format);
     match run_command(cli.command, &env) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(CliError::CheckFailed(n)) => {
-            eprintln!("modhost: {n} problem(s) found");
-            ExitCode::FAILURE
-        }
+        // `check` has already listed the problems.
+        Err(CliError::CheckFailed(_)) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("modhost: error: {e}");
             ExitCode::FAILURE

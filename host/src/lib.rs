@@ -13,6 +13,7 @@ pub mod config;
 pub mod discovery;
 pub mod host_handle;
 pub mod inspect;
+pub mod library_file;
 pub mod lifecycle;
 pub mod loader;
 pub mod logging;

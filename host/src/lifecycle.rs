@@ -19,7 +19,7 @@ use std::{
 use abi_stable::std_types::RResult;
 use async_ffi::FfiFuture;
 use futures_util::FutureExt as _;
-use modhost_plugin_api::ffi::{FfiInitContext, FfiModule as _, FfiModuleBox, FfiUnitResult};
+use modhost_plugin_api::ffi::{FfiInitContext, FfiModuleBox, FfiUnitResult};
 use semver::Version;
 use serde::Serialize;
 

@@ -49,7 +49,7 @@ pub enum LoadError {
         found: String,
         host: String,
     },
-    #[error("module `{module}` was built against an incompatible plugin-api interface (its plugin-api says {found}, this host uses {host}); rebuild it against plugin-api {host} (details at debug level)")]
+    #[error("module `{module}` was built against a plugin-api whose interface differs from this host's (it reports plugin-api {found}; the host uses {host}); rebuild it against plugin-api {host} (RUST_LOG=debug shows the full layout report)")]
     IncompatibleInterface {
         module: String,
         found: String,
@@ -128,9 +128,15 @@ pub fn load_library(
     library: &Path,
     runtime: &RuntimeDir,
 ) -> Result<LoadedLibrary, LoadError> {
-    precheck(module, library)?;
+    let not_lib = |detail: String| LoadError::NotALibrary {
+        module: module.to_string(),
+        path: library.to_path_buf(),
+        detail,
+    };
+    let bytes = std::fs::read(library).map_err(|e| not_lib(e.to_string()))?;
+    crate::library_file::check(&bytes).map_err(not_lib)?;
     let copy = runtime.next_copy(module, library);
-    std::fs::copy(library, &copy).map_err(|source| LoadError::Copy {
+    std::fs::write(&copy, &bytes).map_err(|source| LoadError::Copy {
         module: module.to_string(),
         from: library.to_path_buf(),
         to: copy.clone(),
@@ -162,39 +168,6 @@ fn load_from(
         .init_root_module::<ModuleRootRef>()
         .map_err(|e| classify(module, original, e, Some(&found)))?;
     Ok((root, found))
-}
-
-/// Cheap checks with clearer messages than the dynamic loader's.
-fn precheck(module: &str, library: &Path) -> Result<(), LoadError> {
-    let not_lib = |detail: String| LoadError::NotALibrary {
-        module: module.to_string(),
-        path: library.to_path_buf(),
-        detail,
-    };
-    let mut head = [0u8; 4];
-    let mut file = std::fs::File::open(library).map_err(|e| not_lib(e.to_string()))?;
-    let n = std::io::Read::read(&mut file, &mut head).map_err(|e| not_lib(e.to_string()))?;
-    if n == 0 {
-        return Err(not_lib("the file is empty".into()));
-    }
-    let known = head.starts_with(b"\x7fELF")
-        || head.starts_with(b"MZ")
-        || matches!(
-            head,
-            [0xcf, 0xfa, 0xed, 0xfe] | [0xfe, 0xed, 0xfa, 0xcf] | [0xca, 0xfe, 0xba, 0xbe]
-        );
-    if n < 4 || !known {
-        let kind = if head[..n]
-            .iter()
-            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
-        {
-            "it looks like a text file"
-        } else {
-            "it has no shared-library header"
-        };
-        return Err(not_lib(format!("{kind}; is this the right file?")));
-    }
-    Ok(())
 }
 
 fn classify(module: &str, path: &Path, err: LibraryError, found: Option<&str>) -> LoadError {

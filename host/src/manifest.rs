@@ -375,7 +375,11 @@ impl Manifest {
                 limit: MAX_MANIFEST_BYTES,
             });
         }
-        if text.trim().is_empty() {
+        let blank = text.lines().all(|l| {
+            let t = l.trim();
+            t.is_empty() || t.starts_with('#')
+        });
+        if blank {
             return Err(invalid(
                 path,
                 1,
@@ -481,11 +485,18 @@ fn invalid(path: &Path, line: usize, column: usize, message: String) -> Manifest
     }
 }
 
-/// The first `line:column` (1-based) where `needle` appears, or `1:1`.
+/// The first `line:column` (1-based) where `needle` appears outside a comment, or `1:1`.
 fn locate(text: &str, needle: &str) -> (usize, usize) {
     text.lines()
         .enumerate()
-        .find_map(|(i, line)| line.find(needle).map(|col| (i + 1, col + 1)))
+        .find_map(|(i, line)| {
+            let code = match line.find('#') {
+                Some(0) => "",
+                Some(at) if line[..at].ends_with(char::is_whitespace) => &line[..at],
+                _ => line,
+            };
+            code.find(needle).map(|col| (i + 1, col + 1))
+        })
         .unwrap_or((1, 1))
 }
 

@@ -155,7 +155,9 @@ pub fn resolve(modules: &[ModuleSpec<'_>]) -> Resolution {
         }
     }
     let mut order = Vec::with_capacity(modules.len());
+    let mut reached = vec![false; modules.len()];
     while let Some(Reverse((name, i))) = ready.pop() {
+        reached[i] = true;
         if !failed.contains_key(&i) {
             // A required dependency that failed fails this module too.
             let mut deps: Vec<(&str, bool)> = graph
@@ -194,7 +196,7 @@ pub fn resolve(modules: &[ModuleSpec<'_>]) -> Resolution {
     }
     // Dependents of modules on a cycle were never reached above.
     for (i, m) in modules.iter().enumerate() {
-        if !on_cycle[i] && !failed.contains_key(&i) && !order.contains(&i) {
+        if !on_cycle[i] && !failed.contains_key(&i) && !reached[i] {
             let dep = m
                 .dependencies
                 .keys()
@@ -231,8 +233,7 @@ fn cycle_path(
     // Depth-first along dependencies (incoming edges), smallest name first.
     let mut path = vec![start];
     let mut visited = vec![start];
-    loop {
-        let Some(&current) = path.last() else { break };
+    while let Some(&current) = path.last() {
         let mut next: Vec<NodeIndex> = graph
             .neighbors_directed(current, Direction::Incoming)
             .filter(in_scc)
@@ -249,9 +250,6 @@ fn cycle_path(
             }
             None => {
                 path.pop();
-                if path.is_empty() {
-                    break;
-                }
             }
         }
     }

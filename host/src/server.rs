@@ -23,7 +23,7 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use modhost_plugin_api::ffi::{FfiHandler as _, FfiRequest};
+use modhost_plugin_api::ffi::FfiRequest;
 use tokio::net::TcpListener;
 
 use crate::{

@@ -1,0 +1,354 @@
+//! End-to-end tests: the real `modhost` binary loads real plugin libraries and serves
+//! real HTTP over loopback.
+
+mod common;
+
+use common::{http, messages_with, HostProcess, Modules};
+
+fn examples() -> Modules {
+    let m = Modules::new();
+    for name in ["hello", "blog", "billing", "notifications"] {
+        m.add_example(name);
+    }
+    m
+}
+
+fn state_of(host: &HostProcess, module: &str) -> serde_json::Value {
+    let modules = host.get("/admin/modules").json();
+    modules
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|m| m["name"] == module)
+        .cloned()
+        .unwrap_or_else(|| panic!("module {module} not in /admin/modules: {modules}"))
+}
+
+#[test]
+fn example_modules_load_in_order_and_serve_routes() {
+    let m = examples();
+    let host = HostProcess::start(&m, &[], &[]);
+
+    let resp = host.get("/api/v1/hello/greet/ada");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["message"], "Hello, ada!");
+
+    // Config from the manifest reaches the module; percent-decoding of params.
+    let resp = host.get("/api/v1/hello/greet/grace%20hopper");
+    assert_eq!(resp.json()["message"], "Hello, grace hopper!");
+
+    let resp = host.get("/api/v1/billing/plans");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()[1]["id"], "pro");
+
+    // Load order: dependencies first, ties by name.
+    let modules = host.get("/admin/modules").json();
+    let order: Vec<(&str, u64)> = modules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["load_order"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("billing", 0),
+            ("blog", 1),
+            ("hello", 2),
+            ("notifications", 3)
+        ]
+    );
+    let notif = state_of(&host, "notifications");
+    assert_eq!(notif["state"], "started");
+    assert_eq!(notif["dependencies"]["blog"]["requirement"], ">=1.0, <2");
+    assert_eq!(
+        notif["routes"][0]["permission"],
+        "notifications.status.read"
+    );
+    assert!(notif["load_time_ms"].as_f64().unwrap() > 0.0);
+    assert!(notif["runtime_path"].as_str().unwrap().contains("runtime"));
+
+    // The startup log names every module with version, order and routes.
+    let logs = host.logs();
+    let loaded: Vec<_> = logs
+        .iter()
+        .filter(|v| v["message"] == "module loaded")
+        .map(|v| {
+            (
+                v["module"].as_str().unwrap().to_string(),
+                v["order"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(loaded.len(), 4, "{logs:?}");
+    let hello = logs
+        .iter()
+        .find(|v| v["message"] == "module loaded" && v["module"] == "hello")
+        .unwrap();
+    assert_eq!(hello["version"], "1.0.0");
+    assert!(hello["routes"]
+        .as_str()
+        .unwrap()
+        .contains("/api/v1/hello/greet/{name}"));
+
+    // The plugin's own tracing events reach the host's log, tagged with the module.
+    assert!(
+        messages_with(&logs, "module", "hello").contains(&"hello module initialised".to_string()),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn blog_json_routes_validate_input() {
+    let m = examples();
+    let host = HostProcess::start(&m, &[], &[]);
+    let created = http(
+        host.addr,
+        "POST",
+        "/api/v1/blog/posts",
+        &[],
+        br#"{"title":"First","body":"hi"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_u64().unwrap();
+    let got = host.get(&format!("/api/v1/blog/posts/{id}"));
+    assert_eq!(got.json()["title"], "First");
+    assert_eq!(host.get("/api/v1/blog/posts/999").status, 404);
+    let bad = http(host.addr, "POST", "/api/v1/blog/posts", &[], b"{not json");
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("invalid JSON"));
+    let empty_title = http(
+        host.addr,
+        "POST",
+        "/api/v1/blog/posts",
+        &[],
+        br#"{"title":""}"#,
+    );
+    assert_eq!(empty_title.status, 400);
+    assert_eq!(
+        host.get("/api/v1/blog/posts")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn operations_endpoints() {
+    let m = examples();
+    let host = HostProcess::start(&m, &[], &[]);
+    assert_eq!(host.get("/healthz").status, 200);
+    assert_eq!(host.get("/readyz").status, 200);
+    host.get("/api/v1/hello/greet/x");
+    let metrics = host.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = metrics.text();
+    for needle in [
+        "modhost_requests_total{module=\"hello\",method=\"GET\",route=\"/api/v1/hello/greet/{name}\"} 1",
+        "modhost_request_duration_seconds_count{module=\"hello\"} 1",
+        "modhost_module_state{module=\"blog\",state=\"started\"} 1",
+        "modhost_module_load_seconds{module=\"notifications\"}",
+        "modhost_handler_panics_total",
+        "modhost_request_errors_total",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    let missing = host.get("/api/v1/hello/nope");
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"], "no such route");
+    let wrong_method = http(host.addr, "DELETE", "/api/v1/hello/greet/x", &[], b"");
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("GET"));
+}
+
+#[test]
+fn failing_inits_fail_only_their_module_and_dependents() {
+    let m = Modules::new();
+    m.add_faulty("good", "ok", "");
+    m.add_faulty("erring", "init_error", "");
+    m.add_faulty("panicky", "init_panic", "");
+    m.add_faulty("hanging", "init_hang", "");
+    m.add_faulty("outsider", "bad_route", "");
+    m.add_faulty("twice", "conflict", "");
+    m.add_faulty("dependent", "ok", "dependencies:\n  erring: \"^1\"\n");
+    let host = HostProcess::start(&m, &[("MODHOST_INIT_TIMEOUT", "1s")], &[]);
+
+    assert_eq!(host.get("/api/v1/good/ok").status, 200);
+    let reason = |name: &str| {
+        state_of(&host, name)["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(state_of(&host, "good")["state"], "started");
+    assert!(
+        reason("erring").contains("configured to fail in init"),
+        "{}",
+        reason("erring")
+    );
+    assert!(
+        reason("panicky").contains("it panicked"),
+        "{}",
+        reason("panicky")
+    );
+    assert!(
+        reason("panicky").contains("configured to panic in init"),
+        "{}",
+        reason("panicky")
+    );
+    assert!(
+        reason("hanging").contains("did not finish within 1s"),
+        "{}",
+        reason("hanging")
+    );
+    assert!(
+        reason("outsider").contains("outside the module's namespace"),
+        "{}",
+        reason("outsider")
+    );
+    assert!(
+        reason("twice").contains("conflicts with GET /api/v1/twice/items/{id}"),
+        "{}",
+        reason("twice")
+    );
+    assert!(
+        reason("dependent")
+            .contains("dependency `erring` failed: init failed: configured to fail in init"),
+        "{}",
+        reason("dependent")
+    );
+    // A failed module has no routes.
+    assert_eq!(host.get("/api/v1/dependent/ok").status, 404);
+    assert_eq!(host.get("/api/v1/outsider/ok").status, 404);
+}
+
+#[test]
+fn handler_panic_gives_500_and_host_keeps_serving() {
+    let m = Modules::new();
+    m.add_faulty("probe", "ok", "");
+    let host = HostProcess::start(&m, &[("MODHOST_REQUEST_TIMEOUT", "500ms")], &[]);
+    for _ in 0..3 {
+        let resp = host.get("/api/v1/probe/boom");
+        assert_eq!(resp.status, 500);
+        assert!(resp.json()["error"].is_string());
+        assert_eq!(host.get("/api/v1/probe/ok").status, 200);
+    }
+    let hang = host.get("/api/v1/probe/hang");
+    assert_eq!(hang.status, 504);
+    let metrics = host.get("/metrics").text();
+    assert!(metrics.contains("modhost_handler_panics_total{module=\"probe\",method=\"GET\",route=\"/api/v1/probe/boom\"} 3"), "{metrics}");
+    assert!(metrics.contains("modhost_handler_timeouts_total{module=\"probe\",method=\"GET\",route=\"/api/v1/probe/hang\"} 1"), "{metrics}");
+    let logs = host.logs();
+    assert!(
+        messages_with(&logs, "module", "probe")
+            .iter()
+            .any(|m| m.contains("handler configured to panic")),
+        "the plugin's panic message reaches the host log: {logs:?}"
+    );
+}
+
+#[test]
+fn body_limit_gives_413() {
+    let m = Modules::new();
+    m.add_faulty("probe", "ok", "");
+    let host = HostProcess::start(&m, &[("MODHOST_MAX_BODY_BYTES", "1024")], &[]);
+    let small = http(host.addr, "POST", "/api/v1/probe/echo", &[], &[b'a'; 1000]);
+    assert_eq!(small.status, 200);
+    assert_eq!(small.body.len(), 1000);
+    let big = http(host.addr, "POST", "/api/v1/probe/echo", &[], &[b'a'; 5000]);
+    assert_eq!(big.status, 413);
+}
+
+#[test]
+fn sigterm_stops_modules_in_reverse_order_and_exits_0() {
+    let m = examples();
+    let host = HostProcess::start(&m, &[], &[]);
+    assert_eq!(host.get("/readyz").status, 200);
+    let (code, logs) = host.terminate();
+    assert_eq!(code, Some(0));
+    let stopped: Vec<&str> = logs
+        .iter()
+        .filter(|v| v["message"] == "module stopped")
+        .map(|v| v["module"].as_str().unwrap())
+        .collect();
+    assert_eq!(stopped, vec!["notifications", "hello", "blog", "billing"]);
+    // The plugin's stop hook ran (its log is forwarded) before the host exited.
+    assert!(messages_with(&logs, "module", "notifications")
+        .contains(&"notifications stopping".to_string()));
+}
+
+#[test]
+fn incompatible_plugin_api_is_refused_with_a_short_message() {
+    let m = Modules::new();
+    let dir = m.dir().join("mismatch");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("module.yaml"), "name: mismatch\nversion: 1.0.0\n").unwrap();
+    std::fs::copy(
+        common::abi_mismatch_plugin(),
+        dir.join(common::lib_file("abi_mismatch")),
+    )
+    .unwrap();
+    m.add_example("hello");
+    let host = HostProcess::start(&m, &[], &[]);
+    let reason = state_of(&host, "mismatch")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.starts_with(
+            "module `mismatch` was built against a plugin-api whose interface differs"
+        ),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("rebuild it against plugin-api 0.1.0"),
+        "{reason}"
+    );
+    assert!(
+        reason.lines().count() == 1 && reason.len() < 300,
+        "short message: {reason}"
+    );
+    assert_eq!(host.get("/api/v1/hello/greet/x").status, 200);
+}
+
+#[test]
+fn strict_mode_makes_a_failure_fatal() {
+    let m = Modules::new();
+    m.add_faulty("good", "ok", "");
+    m.add_faulty("erring", "init_error", "");
+    let result = HostProcess::try_start(&m, &[], &["--strict"]);
+    let Err((msg, _)) = result else {
+        panic!("--strict with a failing module must not become ready");
+    };
+    assert!(msg.contains("--strict: 1 module(s) failed"), "{msg}");
+    assert!(
+        msg.contains("erring: init failed: configured to fail in init"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn host_config_overrides_module_config() {
+    let m = examples();
+    let cfg = m.tmp.path().join("modhost.toml");
+    std::fs::write(&cfg, "[modules.hello]\ngreeting = \"Howdy\"\n").unwrap();
+    let host = HostProcess::start(&m, &[], &["--config", cfg.to_str().unwrap()]);
+    assert_eq!(
+        host.get("/api/v1/hello/greet/tex").json()["message"],
+        "Howdy, tex!"
+    );
+}
