@@ -94,6 +94,11 @@ macro_rules! export_module {
     };
 }
 
+/// The plugin author's guide; its Rust examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/writing-a-plugin.md")]
+mod writing_a_plugin_guide {}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Makes sure this machine can build modhost: a Rust toolchain (>= 1.85) with rustfmt and
+# clippy, and a C compiler for linking. Installs what is missing, or says what to do.
+set -euo pipefail
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v curl >/dev/null 2>&1 || true
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+  else
+    echo "ensure-toolchain: please install: ${need_apt[*]}" >&2
+    exit 1
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "ensure-toolchain: cargo not found; install Rust (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+if command -v rustup >/dev/null 2>&1; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi

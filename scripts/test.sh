@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, as CI does: formatting, clippy, then every test (the
+# integration tests build the plugins and run the real host over loopback).
+#
+#   scripts/test.sh
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+case "${1:-}" in -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+cd "$root"
+scripts/ensure-toolchain.sh
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace --no-fail-fast
+echo "== scripts"
+bash -n scripts/*.sh
