@@ -25,12 +25,12 @@ use serde::Serialize;
 
 use crate::{
     config::HostConfig,
-    discovery::{discover, DiscoveryError},
+    discovery::DiscoveryError,
     host_handle::ModuleHost,
+    inspect::Inspection,
     loader::{load_library, RuntimeDir},
     manifest::{Dependency, Manifest, ModuleName},
     metrics::Metrics,
-    resolve::{resolve, ModuleSpec},
     router::{Route, RouteInfo, RouteTable},
 };
 
@@ -180,19 +180,10 @@ impl Host {
                 data_dir: config.data_dir.clone(),
                 source,
             })?;
-        let discovery = discover(&config.modules_dir)?;
-
-        let specs: Vec<ModuleSpec<'_>> = discovery
-            .modules
-            .iter()
-            .map(|m| ModuleSpec {
-                name: m.manifest.name.as_str(),
-                version: &m.manifest.version,
-                dependencies: &m.manifest.dependencies,
-                origin: &m.dir,
-            })
-            .collect();
-        let resolution = resolve(&specs);
+        let Inspection {
+            discovery,
+            resolution,
+        } = Inspection::of(&config.modules_dir)?;
 
         let mut ordered = Vec::new();
         let mut failed = Vec::new();
