@@ -50,6 +50,9 @@ struct RunArgs {
     /// Where the host keeps its data and runtime copies of libraries (also MODHOST_DATA_DIR) [default: data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Database: postgres://USER@HOST:PORT/DB (also MODHOST_DATABASE_URL) [default: SQLite files in DATA_DIR/db]
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
     /// A TOML config file (also MODHOST_CONFIG); see the README for its keys.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -159,6 +162,9 @@ fn run(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliErr
     }
     if let Some(addr) = &args.listen {
         config.set("listen", addr, "--listen")?;
+    }
+    if let Some(url) = &args.database_url {
+        config.set("database_url", url, "--database-url")?;
     }
     if args.strict {
         config.strict = true;

@@ -12,6 +12,10 @@
 //! request_timeout = "30s"      # per request; 504 after it
 //! header_read_timeout = "10s"
 //! max_body_bytes = 1048576     # 413 above it
+//! database_url = "postgres://postgres@127.0.0.1:5432/app"  # default: SQLite files in data_dir
+//! database_connect_timeout = "30s"   # keep retrying an unreachable database this long
+//! database_max_connections = 5       # per module
+//! postgres_role_prefix = "modhost_"  # each module's role is <prefix><module>
 //!
 //! [modules.hello]              # merged over the `config:` of hello's module.yaml
 //! greeting = "Howdy"
@@ -47,6 +51,11 @@ pub struct HostConfig {
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_body_bytes: u64,
+    /// `None`: embedded SQLite files under `data_dir/db`.
+    pub database_url: Option<String>,
+    pub database_connect_timeout: Duration,
+    pub database_max_connections: u32,
+    pub postgres_role_prefix: String,
     /// Per-module config overrides, merged over each manifest's `config:`.
     pub module_overrides: BTreeMap<String, serde_json::Value>,
 }
@@ -64,6 +73,10 @@ impl Default for HostConfig {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
+            database_url: None,
+            database_connect_timeout: Duration::from_secs(30),
+            database_max_connections: 5,
+            postgres_role_prefix: "modhost_".to_string(),
             module_overrides: BTreeMap::new(),
         }
     }
@@ -83,6 +96,10 @@ struct FileConfig {
     request_timeout: Option<String>,
     header_read_timeout: Option<String>,
     max_body_bytes: Option<u64>,
+    database_url: Option<String>,
+    database_connect_timeout: Option<String>,
+    database_max_connections: Option<u32>,
+    postgres_role_prefix: Option<String>,
     #[serde(default)]
     modules: BTreeMap<String, toml::Table>,
 }
@@ -98,6 +115,10 @@ const FILE_FIELDS: &[&str] = &[
     "request_timeout",
     "header_read_timeout",
     "max_body_bytes",
+    "database_url",
+    "database_connect_timeout",
+    "database_max_connections",
+    "postgres_role_prefix",
     "modules",
 ];
 
@@ -152,6 +173,13 @@ impl HostConfig {
             set("init_timeout", f.init_timeout),
             set("request_timeout", f.request_timeout),
             set("header_read_timeout", f.header_read_timeout),
+            set("database_url", f.database_url),
+            set("database_connect_timeout", f.database_connect_timeout),
+            set(
+                "database_max_connections",
+                f.database_max_connections.map(|n| n.to_string()),
+            ),
+            set("postgres_role_prefix", f.postgres_role_prefix),
         ]
         .into_iter()
         .flatten()
@@ -197,6 +225,10 @@ impl HostConfig {
             "request_timeout",
             "header_read_timeout",
             "max_body_bytes",
+            "database_url",
+            "database_connect_timeout",
+            "database_max_connections",
+            "postgres_role_prefix",
         ] {
             let var = format!("MODHOST_{}", field.to_uppercase());
             if let Some(value) = env(&var) {
@@ -247,9 +279,45 @@ impl HostConfig {
                     .parse()
                     .map_err(|_| bad("expected a number of bytes".into()))?
             }
+            "database_url" => {
+                self.database_url = match value.trim() {
+                    "" => None,
+                    url => Some(url.to_string()),
+                }
+            }
+            "database_connect_timeout" => {
+                self.database_connect_timeout = parse_duration(value).map_err(bad)?
+            }
+            "database_max_connections" => {
+                self.database_max_connections = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("expected a positive number".into()))?
+            }
+            "postgres_role_prefix" => {
+                let ok = value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !ok || value.is_empty() {
+                    return Err(bad("use a-z, 0-9 and _ only".into()));
+                }
+                self.postgres_role_prefix = value.to_string()
+            }
             _ => return Err(bad("unknown setting".into())),
         }
         Ok(())
+    }
+
+    /// The database settings.
+    pub fn database(&self) -> crate::database::DatabaseSettings {
+        crate::database::DatabaseSettings {
+            url: self.database_url.clone(),
+            data_dir: self.data_dir.clone(),
+            connect_timeout: self.database_connect_timeout,
+            max_connections: self.database_max_connections,
+            role_prefix: self.postgres_role_prefix.clone(),
+        }
     }
 
     /// The config handed to `module`: its manifest defaults with the host's overrides

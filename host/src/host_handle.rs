@@ -7,10 +7,13 @@
 use std::sync::{Arc, Mutex};
 
 use abi_stable::std_types::{RResult, RStr, RString};
-use modhost_plugin_api::ffi::{level, FfiHost, FfiHostBox, FfiHost_TO, FfiRoute, FfiUnitResult};
+use modhost_plugin_api::ffi::{
+    level, FfiDatabaseBox, FfiHost, FfiHostBox, FfiHost_TO, FfiRoute, FfiUnitResult,
+};
 use tracing::level_filters::LevelFilter;
 
 use crate::{
+    db_handle::ModuleDatabase,
     metrics::Metrics,
     router::{Route, RouteError, RouteInfo},
 };
@@ -31,16 +34,18 @@ pub struct ModuleHost {
     metrics: Arc<Metrics>,
     /// The last panic message the module's panic hook forwarded.
     last_panic: Arc<Mutex<Option<String>>>,
+    database: ModuleDatabase,
 }
 
 impl ModuleHost {
     /// A handle for `module`, open for route registration.
-    pub fn new(module: &str, metrics: Arc<Metrics>) -> Self {
+    pub fn new(module: &str, metrics: Arc<Metrics>, database: ModuleDatabase) -> Self {
         Self {
             module: Arc::from(module),
             pending: Arc::new(Mutex::new(Some(PendingRoutes::default()))),
             metrics,
             last_panic: Arc::new(Mutex::new(None)),
+            database,
         }
     }
 
@@ -150,5 +155,9 @@ impl FfiHost for ModuleHost {
             Ok(()) => RResult::ROk(()),
             Err(e) => RResult::RErr(RString::from(e.to_string())),
         }
+    }
+
+    fn database(&self) -> FfiDatabaseBox {
+        self.database.to_ffi()
     }
 }

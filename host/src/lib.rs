@@ -5,11 +5,14 @@
 //! [`manifest`] (module.yaml), [`discovery`] (module folders), [`resolve`] (dependency
 //! order), [`loader`] (abi_stable loading), [`lifecycle`] (boot and shutdown),
 //! [`router`] and [`server`] (HTTP), [`admin`] and [`metrics`] (operations),
-//! [`config`] and [`logging`].
+//! [`database`], [`db_handle`] and [`migrations`] (per-module data), [`config`] and
+//! [`logging`].
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod database;
+pub mod db_handle;
 pub mod discovery;
 pub mod host_handle;
 pub mod inspect;
@@ -19,6 +22,7 @@ pub mod loader;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod migrations;
 pub mod resolve;
 pub mod router;
 pub mod server;

@@ -25,12 +25,15 @@ use serde::Serialize;
 
 use crate::{
     config::HostConfig,
+    database::{Databases, DbSetupError},
+    db_handle::ModuleDatabase,
     discovery::DiscoveryError,
     host_handle::ModuleHost,
     inspect::Inspection,
     loader::{load_library, RuntimeDir},
     manifest::{Dependency, Manifest, ModuleName},
     metrics::Metrics,
+    migrations,
     router::{Route, RouteInfo, RouteTable},
 };
 
@@ -158,6 +161,8 @@ pub enum BootError {
     },
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    Database(#[from] DbSetupError),
     #[error("--strict: {} module(s) failed:\n  {}", .0.len(), .0.join("\n  "))]
     Strict(Vec<String>),
 }
@@ -169,6 +174,7 @@ pub struct Host {
     modules: Mutex<Vec<ModuleEntry>>,
     routes: RwLock<Arc<RouteTable>>,
     runtime: RuntimeDir,
+    databases: Databases,
     ready: AtomicBool,
 }
 
@@ -180,6 +186,8 @@ impl Host {
                 data_dir: config.data_dir.clone(),
                 source,
             })?;
+        let databases = Databases::connect(&config.database()).await?;
+        tracing::info!(database = %databases.describe(), "database ready");
         let Inspection {
             discovery,
             resolution,
@@ -228,6 +236,7 @@ impl Host {
             modules: Mutex::new(ordered),
             routes: RwLock::new(Arc::new(RouteTable::default())),
             runtime,
+            databases,
             ready: AtomicBool::new(false),
         });
         for idx in 0..count {
@@ -316,7 +325,7 @@ impl Host {
         if let Some(why) = self.unmet_dependency(idx, &ModuleState::Initialized) {
             return self.fail(idx, why);
         }
-        let (name, library, defaults) = {
+        let (name, dir, library, defaults) = {
             let entries = self.entries();
             let e = &entries[idx];
             let Some(library) = e.library.clone() else {
@@ -328,7 +337,7 @@ impl Host {
                 .as_ref()
                 .map(|m| m.config.clone())
                 .unwrap_or_default();
-            (e.name.clone(), library, defaults)
+            (e.name.clone(), e.dir.clone(), library, defaults)
         };
         let started = Instant::now();
         let loaded = match load_library(&name, &library, &self.runtime) {
@@ -342,11 +351,20 @@ impl Host {
             e.runtime_path = Some(loaded.runtime_path.clone());
             e.plugin_api_version = Some(loaded.plugin_api_version.clone());
         }
+        let pool = match self.databases.for_module(&name).await {
+            Ok(pool) => pool,
+            Err(e) => return self.fail(idx, e.to_string()),
+        };
+        match migrations::apply(&pool, &dir).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(module = %name, applied = n, "migrations applied"),
+            Err(e) => return self.fail(idx, e.to_string()),
+        }
         let module = match (loaded.root.new_module())() {
             RResult::ROk(m) => Arc::new(m),
             RResult::RErr(e) => return self.fail(idx, e.into_string()),
         };
-        let handle = ModuleHost::new(&name, self.metrics.clone());
+        let handle = ModuleHost::new(&name, self.metrics.clone(), ModuleDatabase::new(pool));
         let config = self.config.module_config(&name, &defaults);
         let ctx = FfiInitContext {
             module_name: name.as_str().into(),

@@ -315,7 +315,10 @@ fn incompatible_plugin_api_is_refused_with_a_short_message() {
         "{reason}"
     );
     assert!(
-        reason.contains("rebuild it against plugin-api 0.1.0"),
+        reason.contains(&format!(
+            "rebuild it against plugin-api {}",
+            modhost_plugin_api::PLUGIN_API_VERSION
+        )),
         "{reason}"
     );
     assert!(

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::{
     adapter::HandlerAdapter,
     ffi::{FfiHandler_TO, FfiHostBox, FfiInitContext, FfiRoute},
-    Error, IntoResponse, Method, Request, Result,
+    Database, Error, IntoResponse, Method, Request, Result,
 };
 
 /// Handed to [`crate::Module::init`].
@@ -45,6 +45,14 @@ impl InitContext {
     pub fn config<T: DeserializeOwned>(&self) -> Result<T> {
         T::deserialize(&self.config)
             .map_err(|e| Error::new(format!("invalid config for module {}: {e}", self.name)))
+    }
+
+    /// The module's own database (see [`Database`]). Clone it into your handlers.
+    ///
+    /// Tables come from the SQL migrations in the module folder's `migrations/`, which
+    /// the host applies before `init` runs.
+    pub fn database(&self) -> Database {
+        Database::new(self.host.database())
     }
 
     /// Registers an HTTP route.

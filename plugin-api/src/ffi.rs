@@ -69,6 +69,65 @@ pub struct FfiRoute {
     pub handler: FfiHandlerBox,
 }
 
+/// A value bound to, or read from, an SQL statement.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub enum FfiValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(RString),
+    Bytes(RVec<u8>),
+}
+
+/// The rows a query returned.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct FfiRows {
+    pub columns: RVec<RString>,
+    pub rows: RVec<RVec<FfiValue>>,
+}
+
+/// A database error: a kind from [`db_error`] and a message.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiDbError {
+    pub kind: u8,
+    pub message: RString,
+}
+
+/// Result of a database call.
+pub type FfiDbResult<T> = RResult<T, FfiDbError>;
+
+/// The module's own database, provided by the host.
+#[sabi_trait]
+pub trait FfiDatabase: Send + Sync + Clone {
+    /// Runs a statement; returns the number of rows affected.
+    fn execute(&self, sql: RString, params: RVec<FfiValue>) -> FfiFuture<FfiDbResult<u64>>;
+    /// Runs a query; returns its rows.
+    fn query(&self, sql: RString, params: RVec<FfiValue>) -> FfiFuture<FfiDbResult<FfiRows>>;
+    /// Starts a transaction.
+    #[sabi(last_prefix_field)]
+    fn begin(&self) -> FfiFuture<FfiDbResult<FfiTransactionBox>>;
+}
+
+/// Owned, cloneable database handle.
+pub type FfiDatabaseBox = FfiDatabase_TO<'static, RArc<()>>;
+
+/// An open transaction. Dropping it without `commit` rolls it back.
+#[sabi_trait]
+pub trait FfiTransaction: Send + Sync {
+    fn execute(&self, sql: RString, params: RVec<FfiValue>) -> FfiFuture<FfiDbResult<u64>>;
+    fn query(&self, sql: RString, params: RVec<FfiValue>) -> FfiFuture<FfiDbResult<FfiRows>>;
+    fn commit(&self) -> FfiFuture<FfiDbResult<()>>;
+    #[sabi(last_prefix_field)]
+    fn rollback(&self) -> FfiFuture<FfiDbResult<()>>;
+}
+
+/// Owned transaction handle.
+pub type FfiTransactionBox = FfiTransaction_TO<'static, RBox<()>>;
+
 /// What the host offers a module. One handle per module: the host knows whose it is.
 #[sabi_trait]
 pub trait FfiHost: Send + Sync + Clone {
@@ -77,8 +136,10 @@ pub trait FfiHost: Send + Sync + Clone {
     /// The most verbose level the host will record (0 = off … 5 = trace).
     fn max_log_level(&self) -> u8;
     /// Register a route; only valid while the module's `init` runs.
-    #[sabi(last_prefix_field)]
     fn register_route(&self, route: FfiRoute) -> FfiUnitResult;
+    /// The module's own database.
+    #[sabi(last_prefix_field)]
+    fn database(&self) -> FfiDatabaseBox;
 }
 
 /// Owned, cloneable host handle.
@@ -126,6 +187,20 @@ impl RootModule for ModuleRootRef {
 
 /// The version of this crate, i.e. of the ABI contract, as `major.minor.patch`.
 pub const PLUGIN_API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Kinds of [`FfiDbError`].
+pub mod db_error {
+    /// The database cannot be reached right now.
+    pub const UNAVAILABLE: u8 = 1;
+    /// A constraint (unique, foreign key, not null, check) was violated.
+    pub const CONSTRAINT: u8 = 2;
+    /// The database refused access (e.g. another module's data).
+    pub const DENIED: u8 = 3;
+    /// Any other error in the statement or its parameters.
+    pub const QUERY: u8 = 4;
+    /// The transaction was already committed or rolled back.
+    pub const CLOSED: u8 = 5;
+}
 
 /// Log levels as carried by [`FfiHost::log`].
 pub mod level {

@@ -29,6 +29,7 @@
 
 mod adapter;
 mod context;
+mod database;
 mod error;
 pub mod ffi;
 mod http;
@@ -36,6 +37,7 @@ mod logging;
 mod module;
 
 pub use context::InitContext;
+pub use database::{Database, DbError, DbErrorKind, Row, Rows, Transaction, Value};
 pub use error::{Error, Result};
 pub use ffi::PLUGIN_API_VERSION;
 pub use http::{IntoResponse, Method, Request, Response};
@@ -43,7 +45,10 @@ pub use module::Module;
 
 /// Re-exports for the common case: `use modhost_plugin_api::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Error, InitContext, IntoResponse, Method, Module, Request, Response, Result};
+    pub use crate::{
+        params, Database, DbError, DbErrorKind, Error, InitContext, IntoResponse, Method, Module,
+        Request, Response, Result, Value,
+    };
 }
 
 /// The text of a panic payload, when it is a string.

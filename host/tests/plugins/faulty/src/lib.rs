@@ -5,6 +5,9 @@
 //!   `GET .../hang` that never answers
 //! - `init_error`, `init_panic`, `init_hang`, `start_error`
 //! - `bad_route` (out of namespace, error ignored), `conflict` (same route twice)
+//!
+//! Also `POST .../sql` runs the SQL in the body on the module's database (for
+//! isolation tests) and `POST .../echo` returns the body.
 
 use modhost_plugin_api::prelude::*;
 use serde_json::json;

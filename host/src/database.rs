@@ -1,0 +1,400 @@
+//! The host's databases: choosing the backend, connecting (with retry), and giving each
+//! module an isolated area.
+//!
+//! - Embedded default, SQLite: one file per module under `<data dir>/db/`, plus
+//!   `core.sqlite` for the host. Connections refuse `ATTACH`, so a module cannot open
+//!   another module's file.
+//! - PostgreSQL: one schema per module, owned by a role of its own that the module's
+//!   connections log in as; other schemas are closed to it. The host keeps its data in
+//!   the `core` schema.
+//!
+//! Running statements for modules is `db_handle.rs`; migrations are `migrations.rs`.
+
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions},
+    ConnectOptions,
+};
+
+/// A connection pool confined to one module's area (or to the host's `core` area).
+#[derive(Clone, Debug)]
+pub enum AreaPool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl AreaPool {
+    /// Which backend this is, for backend-specific migration files.
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            AreaPool::Sqlite(_) => BackendKind::Sqlite,
+            AreaPool::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+}
+
+/// The two supported backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+impl BackendKind {
+    /// Suffix of backend-specific migration files (`0001_x.sqlite.sql`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// Database settings, from the host config.
+#[derive(Clone, Debug)]
+pub struct DatabaseSettings {
+    /// `None`: embedded SQLite under `data_dir`. Else a `postgres://` or `sqlite://` URL.
+    pub url: Option<String>,
+    pub data_dir: PathBuf,
+    /// How long to keep retrying an unreachable database at startup.
+    pub connect_timeout: Duration,
+    /// Connections per module pool.
+    pub max_connections: u32,
+    /// Prefix of the PostgreSQL role created for each module.
+    pub role_prefix: String,
+}
+
+/// Why the databases could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error(
+        "invalid database URL {url}: {why}; expected postgres://USER@HOST:PORT/DB or sqlite://DIR"
+    )]
+    Url { url: String, why: String },
+    #[error("cannot create the database directory {}: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot reach the database at {url} after {attempts} attempts over {waited:?}: {last}; is it running? (the deadline is database_connect_timeout)")]
+    Unreachable {
+        url: String,
+        attempts: u32,
+        waited: Duration,
+        last: String,
+    },
+    #[error("module `{module}`: cannot set up its database area: {why}")]
+    Provision { module: String, why: String },
+    #[error("cannot open {}: {source}", path.display())]
+    Open { path: PathBuf, source: sqlx::Error },
+}
+
+/// The host's database backend.
+pub enum Databases {
+    Sqlite {
+        dir: PathBuf,
+        max_connections: u32,
+        core: SqlitePool,
+    },
+    Postgres {
+        admin: PgPool,
+        options: Box<PgConnectOptions>,
+        database: String,
+        role_prefix: String,
+        max_connections: u32,
+        core: PgPool,
+    },
+}
+
+impl Databases {
+    /// Connects to the configured backend (retrying while it is unreachable, up to the
+    /// configured deadline) and prepares the host's `core` area.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Databases, DbSetupError> {
+        match settings.url.as_deref() {
+            None => Self::sqlite(&settings.data_dir.join("db"), settings).await,
+            Some(url) if url.starts_with("sqlite:") => {
+                let dir = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                Self::sqlite(Path::new(dir), settings).await
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Self::postgres(url, settings).await
+            }
+            Some(url) => Err(DbSetupError::Url {
+                url: redact(url),
+                why: "unsupported scheme".into(),
+            }),
+        }
+    }
+
+    async fn sqlite(dir: &Path, settings: &DatabaseSettings) -> Result<Databases, DbSetupError> {
+        std::fs::create_dir_all(dir).map_err(|source| DbSetupError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let core = open_sqlite(&dir.join("core.sqlite"), settings.max_connections).await?;
+        Ok(Databases::Sqlite {
+            dir: dir.to_path_buf(),
+            max_connections: settings.max_connections,
+            core,
+        })
+    }
+
+    async fn postgres(url: &str, settings: &DatabaseSettings) -> Result<Databases, DbSetupError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| DbSetupError::Url {
+            url: redact(url),
+            why: e.to_string(),
+        })?;
+        let database = options.get_database().unwrap_or("postgres").to_string();
+        let admin = connect_with_retry(&redact(url), settings.connect_timeout, || {
+            PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options.clone())
+        })
+        .await?;
+        let provision = |why: sqlx::Error| DbSetupError::Provision {
+            module: "core".into(),
+            why: why.to_string(),
+        };
+        sqlx::raw_sql(
+            "CREATE SCHEMA IF NOT EXISTS core; REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+        )
+        .execute(&admin)
+        .await
+        .map_err(provision)?;
+        let core = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .connect_with(options.clone().options([("search_path", "core")]))
+            .await
+            .map_err(provision)?;
+        Ok(Databases::Postgres {
+            admin,
+            options: Box::new(options),
+            database,
+            role_prefix: settings.role_prefix.clone(),
+            max_connections: settings.max_connections,
+            core,
+        })
+    }
+
+    /// The host's own `core` area.
+    pub fn core(&self) -> AreaPool {
+        match self {
+            Databases::Sqlite { core, .. } => AreaPool::Sqlite(core.clone()),
+            Databases::Postgres { core, .. } => AreaPool::Postgres(core.clone()),
+        }
+    }
+
+    /// Which backend is in use.
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            Databases::Sqlite { .. } => BackendKind::Sqlite,
+            Databases::Postgres { .. } => BackendKind::Postgres,
+        }
+    }
+
+    /// A description for the startup log (no passwords).
+    pub fn describe(&self) -> String {
+        match self {
+            Databases::Sqlite { dir, .. } => format!("sqlite files in {}", dir.display()),
+            Databases::Postgres { database, .. } => format!("postgres database {database}"),
+        }
+    }
+
+    /// Creates (if needed) and opens `module`'s isolated area.
+    pub async fn for_module(&self, module: &str) -> Result<AreaPool, DbSetupError> {
+        match self {
+            Databases::Sqlite {
+                dir,
+                max_connections,
+                ..
+            } => Ok(AreaPool::Sqlite(
+                open_sqlite(&dir.join(format!("{module}.sqlite")), *max_connections).await?,
+            )),
+            Databases::Postgres {
+                admin,
+                options,
+                database,
+                role_prefix,
+                max_connections,
+                ..
+            } => {
+                let fail = |why: String| DbSetupError::Provision {
+                    module: module.to_string(),
+                    why,
+                };
+                if matches!(module, "public" | "core" | "information_schema")
+                    || module.starts_with("pg_")
+                {
+                    return Err(fail(format!(
+                        "`{module}` is reserved in PostgreSQL; rename the module"
+                    )));
+                }
+                let role = format!("{role_prefix}{module}");
+                if role.len() > 63 {
+                    return Err(fail(format!(
+                        "role name `{role}` is over PostgreSQL's 63-byte limit; use a shorter module name or postgres_role_prefix"
+                    )));
+                }
+                let password = random_password();
+                let sql = provision_sql(&role, module, database, &password);
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(admin)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(*max_connections)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(
+                        (**options)
+                            .clone()
+                            .username(&role)
+                            .password(&password)
+                            .options([("search_path", module)]),
+                    )
+                    .await
+                    .map_err(|e| fail(format!("cannot log in as role `{role}`: {e}")))?;
+                Ok(AreaPool::Postgres(pool))
+            }
+        }
+    }
+}
+
+/// SQL that creates a module's role and schema and closes everything else to it.
+/// Identifiers are validated module names (`[a-z][a-z0-9_]*`), so quoting is safe.
+fn provision_sql(role: &str, schema: &str, database: &str, password: &str) -> String {
+    format!(
+        r#"
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+    CREATE ROLE "{role}" LOGIN;
+  END IF;
+END $$;
+ALTER ROLE "{role}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS PASSWORD '{password}';
+CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION "{role}";
+ALTER SCHEMA "{schema}" OWNER TO "{role}";
+REVOKE ALL ON SCHEMA "{schema}" FROM PUBLIC;
+GRANT CONNECT ON DATABASE "{database}" TO "{role}";
+REVOKE CREATE ON DATABASE "{database}" FROM "{role}";
+ALTER ROLE "{role}" SET search_path = "{schema}";
+"#
+    )
+}
+
+fn random_password() -> String {
+    let mut bytes = [0u8; 24];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back to time and pid (the role is still confined).
+        let seed = format!("{:?}{}", Instant::now(), std::process::id());
+        bytes
+            .iter_mut()
+            .zip(seed.bytes().cycle())
+            .for_each(|(b, s)| *b ^= s);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Opens (creating if needed) one SQLite file with `ATTACH` refused.
+async fn open_sqlite(path: &Path, max_connections: u32) -> Result<SqlitePool, DbSetupError> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(5))
+        .disable_statement_logging();
+    SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                let mut handle = conn.lock_handle().await?;
+                // SAFETY: a valid, locked connection handle; sqlite3_limit only sets a
+                // per-connection limit. 0 attached databases: ATTACH always fails.
+                unsafe {
+                    libsqlite3_sys::sqlite3_limit(
+                        handle.as_raw_handle().as_ptr(),
+                        libsqlite3_sys::SQLITE_LIMIT_ATTACHED,
+                        0,
+                    );
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(|source| DbSetupError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+async fn connect_with_retry<F, Fut, T>(
+    url: &str,
+    deadline: Duration,
+    mut connect: F,
+) -> Result<T, DbSetupError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match connect().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let waited = started.elapsed();
+                if waited + delay > deadline {
+                    return Err(DbSetupError::Unreachable {
+                        url: url.to_string(),
+                        attempts,
+                        waited,
+                        last: e.to_string(),
+                    });
+                }
+                tracing::warn!(%url, attempt = attempts, error = %e, retry_in = ?delay, "database not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The URL without its password.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://data"), "sqlite://data");
+    }
+}

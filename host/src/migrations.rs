@@ -1,0 +1,329 @@
+//! Per-module SQL migrations: finding them, checking them, applying them.
+//!
+//! A module ships `migrations/NNNN_description.sql` in its folder. A file named
+//! `NNNN_description.sqlite.sql` or `NNNN_description.postgres.sql` replaces the plain
+//! one on that backend. Each migration runs in its own transaction, in the module's own
+//! area, and is recorded there (table `_modhost_migrations`) with its version and SHA-256
+//! checksum in the same transaction, so nothing is ever half-applied or applied twice.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::database::{AreaPool, BackendKind};
+
+/// The folder, inside a module folder, that holds its migrations.
+pub const MIGRATIONS_DIR: &str = "migrations";
+
+/// One migration file.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    pub version: i64,
+    pub description: String,
+    pub path: PathBuf,
+    pub sql: String,
+    pub checksum: String,
+}
+
+/// Why migrations could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: migration files are named NNNN_description.sql (or .sqlite.sql / .postgres.sql), e.g. 0001_create_posts.sql", path.display())]
+    BadName { path: PathBuf },
+    #[error("{} and {} both define migration {version}; give each its own number", first.display(), second.display())]
+    Duplicate {
+        version: i64,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("{}: migration {version} was already applied with checksum {applied}, but the file now has checksum {found}; applied migrations must not change: add a new migration instead", path.display())]
+    ChecksumMismatch {
+        version: i64,
+        path: PathBuf,
+        applied: String,
+        found: String,
+    },
+    #[error("migration {version} ({description}) was applied to this database but its file is gone from {}; restore it", dir.display())]
+    Missing {
+        version: i64,
+        description: String,
+        dir: PathBuf,
+    },
+    #[error("{}: migration {version} is new but {latest} is already applied; number new migrations after {latest}", path.display())]
+    OutOfOrder {
+        version: i64,
+        latest: i64,
+        path: PathBuf,
+    },
+    #[error("{}: migration failed and was rolled back: {error}", path.display())]
+    Failed { path: PathBuf, error: String },
+    #[error("cannot read the applied migrations: {0}")]
+    Bookkeeping(String),
+}
+
+/// Reads the migrations in `module_dir/migrations` for `backend`, ordered by version.
+pub fn discover(module_dir: &Path, backend: BackendKind) -> Result<Vec<Migration>, MigrationError> {
+    let dir = module_dir.join(MIGRATIONS_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    paths.sort();
+    // version -> (is backend-specific, path, description)
+    let mut chosen: BTreeMap<i64, (bool, PathBuf, String)> = BTreeMap::new();
+    for path in paths {
+        let Some(file) = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let Some(stem) = file.strip_suffix(".sql") else {
+            continue;
+        };
+        let (stem, specific) = match stem.rsplit_once('.') {
+            Some((s, b)) if b == backend.name() => (s, true),
+            Some((_, b)) if b == "sqlite" || b == "postgres" => continue,
+            Some(_) => return Err(MigrationError::BadName { path }),
+            None => (stem, false),
+        };
+        let Some((num, description)) = stem.split_once('_') else {
+            return Err(MigrationError::BadName { path });
+        };
+        let version = match num.parse::<i64>() {
+            Ok(v)
+                if !num.is_empty()
+                    && num.chars().all(|c| c.is_ascii_digit())
+                    && !description.is_empty() =>
+            {
+                v
+            }
+            _ => return Err(MigrationError::BadName { path }),
+        };
+        match chosen.get(&version) {
+            Some((true, first, _)) if specific => {
+                return Err(MigrationError::Duplicate {
+                    version,
+                    first: first.clone(),
+                    second: path,
+                })
+            }
+            Some((false, first, _)) if !specific => {
+                return Err(MigrationError::Duplicate {
+                    version,
+                    first: first.clone(),
+                    second: path,
+                })
+            }
+            Some((true, _, _)) => {}
+            _ => {
+                chosen.insert(version, (specific, path, description.to_string()));
+            }
+        }
+    }
+    chosen
+        .into_iter()
+        .map(|(version, (_, path, description))| {
+            let sql = std::fs::read_to_string(&path).map_err(|source| MigrationError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let checksum = hex(&Sha256::digest(sql.as_bytes()));
+            Ok(Migration {
+                version,
+                description,
+                path,
+                sql,
+                checksum,
+            })
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _modhost_migrations (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)";
+
+/// Applies the pending migrations of `module_dir` to `pool`; returns how many ran.
+pub async fn apply(pool: &AreaPool, module_dir: &Path) -> Result<usize, MigrationError> {
+    let migrations = discover(module_dir, pool.backend())?;
+    let book = |e: sqlx::Error| MigrationError::Bookkeeping(e.to_string());
+    let applied: Vec<(i64, String, String)> = match pool {
+        AreaPool::Sqlite(p) => {
+            sqlx::query(BOOKKEEPING).execute(p).await.map_err(book)?;
+            sqlx::query(
+                "SELECT version, description, checksum FROM _modhost_migrations ORDER BY version",
+            )
+            .fetch_all(p)
+            .await
+            .map_err(book)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+        }
+        AreaPool::Postgres(p) => {
+            sqlx::query(BOOKKEEPING).execute(p).await.map_err(book)?;
+            sqlx::query(
+                "SELECT version, description, checksum FROM _modhost_migrations ORDER BY version",
+            )
+            .fetch_all(p)
+            .await
+            .map_err(book)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+        }
+    };
+    let by_version: BTreeMap<i64, &Migration> = migrations.iter().map(|m| (m.version, m)).collect();
+    for (version, description, checksum) in &applied {
+        match by_version.get(version) {
+            None => {
+                return Err(MigrationError::Missing {
+                    version: *version,
+                    description: description.clone(),
+                    dir: module_dir.join(MIGRATIONS_DIR),
+                })
+            }
+            Some(m) if &m.checksum != checksum => {
+                return Err(MigrationError::ChecksumMismatch {
+                    version: *version,
+                    path: m.path.clone(),
+                    applied: checksum.clone(),
+                    found: m.checksum.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    let latest = applied.iter().map(|a| a.0).max();
+    let mut ran = 0;
+    for m in migrations
+        .iter()
+        .filter(|m| !applied.iter().any(|a| a.0 == m.version))
+    {
+        if let Some(latest) = latest.filter(|l| *l > m.version) {
+            return Err(MigrationError::OutOfOrder {
+                version: m.version,
+                latest,
+                path: m.path.clone(),
+            });
+        }
+        run_one(pool, m)
+            .await
+            .map_err(|error| MigrationError::Failed {
+                path: m.path.clone(),
+                error,
+            })?;
+        tracing::info!(migration = %m.path.display(), version = m.version, "migration applied");
+        ran += 1;
+    }
+    Ok(ran)
+}
+
+async fn run_one(pool: &AreaPool, m: &Migration) -> Result<(), String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().to_string())
+        .unwrap_or_default();
+    let record = "INSERT INTO _modhost_migrations (version, description, checksum, applied_at) VALUES ($1, $2, $3, $4)";
+    let err = |e: sqlx::Error| e.to_string();
+    match pool {
+        AreaPool::Sqlite(p) => {
+            let mut tx = p.begin().await.map_err(err)?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql.as_str()))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            sqlx::query(record)
+                .bind(m.version)
+                .bind(&m.description)
+                .bind(&m.checksum)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)
+        }
+        AreaPool::Postgres(p) => {
+            let mut tx = p.begin().await.map_err(err)?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql.as_str()))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            sqlx::query(record)
+                .bind(m.version)
+                .bind(&m.description)
+                .bind(&m.checksum)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, sql: &str) {
+        std::fs::create_dir_all(dir.join(MIGRATIONS_DIR)).unwrap();
+        std::fs::write(dir.join(MIGRATIONS_DIR).join(name), sql).unwrap();
+    }
+
+    #[test]
+    fn backend_specific_files_replace_plain_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "0001_create.sql", "plain");
+        write(tmp.path(), "0001_create.postgres.sql", "pg");
+        write(tmp.path(), "0002_more.sqlite.sql", "lite only");
+        write(tmp.path(), "README.md", "ignored");
+        let pg = discover(tmp.path(), BackendKind::Postgres).unwrap();
+        assert_eq!(
+            pg.iter().map(|m| m.sql.as_str()).collect::<Vec<_>>(),
+            vec!["pg"]
+        );
+        let lite = discover(tmp.path(), BackendKind::Sqlite).unwrap();
+        assert_eq!(
+            lite.iter().map(|m| m.sql.as_str()).collect::<Vec<_>>(),
+            vec!["plain", "lite only"]
+        );
+        assert_eq!(lite[0].checksum.len(), 64);
+    }
+
+    #[test]
+    fn bad_names_and_duplicates_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "create.sql", "x");
+        let err = discover(tmp.path(), BackendKind::Sqlite)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NNNN_description.sql"), "{err}");
+
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "0001_a.sql", "x");
+        write(tmp.path(), "0001_b.sql", "y");
+        let err = discover(tmp.path(), BackendKind::Sqlite)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("both define migration 1"), "{err}");
+    }
+}

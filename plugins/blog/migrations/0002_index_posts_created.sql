@@ -1,0 +1,1 @@
+CREATE INDEX blog_posts_created_at ON blog_posts (created_at);
