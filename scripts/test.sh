@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, as CI does: formatting, clippy, then every test (the
-# integration tests build the plugins and run the real host over loopback).
+# integration tests build the plugins and run the real host over loopback, against
+# embedded SQLite and the local PostgreSQL, which it starts if it is stopped).
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -8,6 +9,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 case "${1:-}" in -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 cd "$root"
 scripts/ensure-toolchain.sh
+scripts/ensure-services.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -153,13 +153,32 @@ impl Databases {
             why: e.to_string(),
         })?;
         let database = options.get_database().unwrap_or("postgres").to_string();
-        let admin = connect_with_retry(&redact(url), settings.connect_timeout, || {
-            PgPoolOptions::new()
-                .max_connections(2)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options.clone())
+        // Probe with single connections until the server answers, then build the pool.
+        connect_with_retry(&redact(url), settings.connect_timeout, || {
+            let options = options.clone();
+            async move {
+                use sqlx::Connection as _;
+                let conn = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    sqlx::PgConnection::connect_with(&options),
+                )
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??;
+                conn.close().await
+            }
         })
         .await?;
+        let admin = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| DbSetupError::Unreachable {
+                url: redact(url),
+                attempts: 1,
+                waited: Duration::ZERO,
+                last: e.to_string(),
+            })?;
         let provision = |why: sqlx::Error| DbSetupError::Provision {
             module: "core".into(),
             why: why.to_string(),

@@ -110,12 +110,19 @@ impl Modules {
         dir
     }
 
-    /// Adds an example plugin with its own manifest from `plugins/<name>/`.
+    /// Adds an example plugin with its manifest and migrations from `plugins/<name>/`.
     pub fn add_example(&self, name: &str) -> PathBuf {
-        let manifest =
-            std::fs::read_to_string(workspace().join("plugins").join(name).join("module.yaml"))
-                .expect("example manifest");
-        self.add(name, name, &manifest)
+        let src = workspace().join("plugins").join(name);
+        let manifest = std::fs::read_to_string(src.join("module.yaml")).expect("example manifest");
+        let dir = self.add(name, name, &manifest);
+        if let Ok(files) = std::fs::read_dir(src.join("migrations")) {
+            std::fs::create_dir_all(dir.join("migrations")).expect("migrations dir");
+            for f in files.flatten() {
+                std::fs::copy(f.path(), dir.join("migrations").join(f.file_name()))
+                    .expect("copy migration");
+            }
+        }
+        dir
     }
 
     /// Adds a `faulty` module named `name` in `mode`, with optional extra manifest lines.

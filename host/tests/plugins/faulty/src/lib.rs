@@ -6,14 +6,65 @@
 //! - `init_error`, `init_panic`, `init_hang`, `start_error`
 //! - `bad_route` (out of namespace, error ignored), `conflict` (same route twice)
 //!
-//! Also `POST .../sql` runs the SQL in the body on the module's database (for
-//! isolation tests) and `POST .../echo` returns the body.
+//! Also `POST .../sql` runs the SQL in the body on the module's database (isolation
+//! tests), `POST .../tx` exercises transactions and `POST .../echo` returns the body.
+//!
 
 use modhost_plugin_api::prelude::*;
 use serde_json::json;
 
 #[derive(Default)]
-pub struct Faulty;
+pub struct Faulty {
+    mode: std::sync::OnceLock<String>,
+}
+
+async fn transactions(db: Database) -> std::result::Result<Response, DbError> {
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS tx_items (label TEXT NOT NULL)",
+        &[],
+    )
+    .await?;
+    let tx = db.begin().await?;
+    tx.execute(
+        "INSERT INTO tx_items (label) VALUES ($1)",
+        params!["rolled back"],
+    )
+    .await?;
+    tx.rollback().await?;
+    let tx = db.begin().await?;
+    tx.execute(
+        "INSERT INTO tx_items (label) VALUES ($1)",
+        params!["committed"],
+    )
+    .await?;
+    let inside = tx.query("SELECT count(*) AS n FROM tx_items", &[]).await?;
+    tx.commit().await?;
+    let dropped = db.begin().await?;
+    dropped
+        .execute(
+            "INSERT INTO tx_items (label) VALUES ($1)",
+            params!["dropped"],
+        )
+        .await?;
+    drop(dropped);
+    let labels: Vec<String> = db
+        .query("SELECT label FROM tx_items ORDER BY label", &[])
+        .await?
+        .iter()
+        .map(|r| r.get::<String>("label"))
+        .collect::<std::result::Result<_, _>>()?;
+    let typed = db
+        .query(
+            "SELECT $1 AS i, $2 AS f, $3 AS t, $4 AS b, $5 AS n",
+            params![42i64, 1.5f64, "text", vec![1u8, 2, 3], None::<String>],
+        )
+        .await?;
+    let row = typed.iter().next().map(|r| r.to_json()).unwrap_or_default();
+    Ok(Response::json(
+        200,
+        &json!({ "labels": labels, "count_inside": inside.iter().next().map(|r| r.to_json()), "typed": row }),
+    ))
+}
 
 impl Module for Faulty {
     async fn init(&self, ctx: &mut InitContext) -> Result<()> {
@@ -25,6 +76,7 @@ impl Module for Faulty {
             .unwrap_or("ok")
             .to_string();
         tracing::info!(mode = %mode, "faulty init");
+        let _ = self.mode.set(mode.clone());
         match mode.as_str() {
             "init_error" => return Err(Error::new("configured to fail in init")),
             "init_panic" => panic!("configured to panic in init"),
@@ -92,11 +144,48 @@ impl Module for Faulty {
             &format!("{name}.probe.write"),
             |req| async move { Response::new(200).with_body(req.body) },
         )?;
+        // Test-only: runs the SQL in the body on this module's database.
+        let db = ctx.database();
+        ctx.route(
+            Method::Post,
+            &format!("/api/v1/{name}/sql"),
+            &format!("{name}.probe.write"),
+            move |req| {
+                let db = db.clone();
+                async move {
+                    let sql = String::from_utf8_lossy(&req.body).into_owned();
+                    match db.query(&sql, &[]).await {
+                        Ok(rows) => {
+                            let rows: Vec<_> = rows.iter().map(|r| r.to_json()).collect();
+                            Response::json(200, &json!({ "rows": rows }))
+                        }
+                        Err(e) => Response::json(
+                            422,
+                            &json!({ "kind": format!("{:?}", e.kind), "error": e.message }),
+                        ),
+                    }
+                }
+            },
+        )?;
+        // Test-only: a rolled-back, a committed and a dropped transaction, typed values.
+        let db = ctx.database();
+        ctx.route(
+            Method::Post,
+            &format!("/api/v1/{name}/tx"),
+            &format!("{name}.probe.write"),
+            move |_req| {
+                let db = db.clone();
+                async move { transactions(db).await.map_err(Response::from) }
+            },
+        )?;
         Ok(())
     }
 
     async fn start(&self) -> Result<()> {
-        Ok(())
+        match self.mode.get().map(String::as_str) {
+            Some("start_error") => Err(Error::new("configured to fail in start")),
+            _ => Ok(()),
+        }
     }
 
     async fn stop(&self) -> Result<()> {
