@@ -36,10 +36,12 @@ fi
 mkdir -p "$dir/src"
 
 if $standalone; then
-  api="modhost-plugin-api = { path = \"$root/plugin-api\" }"
+  api_path="$root/plugin-api"
+  api="modhost-plugin-api = { path = \"$api_path\" }"
   edition='edition = "2021"'
   workspace=$'\n[workspace]\n'
 else
+  api_path="../../plugin-api"
   api="modhost-plugin-api.workspace = true"
   edition="edition.workspace = true"
   workspace=""
@@ -59,8 +61,19 @@ crate-type = ["cdylib"]
 $api
 serde_json = "1"
 tracing = "0.1"
+
+[build-dependencies]
+modhost-plugin-api = { path = "$api_path", default-features = false, features = ["build"] }
 $workspace
 TOML
+
+cat > "$dir/build.rs" <<'RUST'
+//! Generates `permissions::*` constants from module.yaml.
+
+fn main() -> Result<(), String> {
+    modhost_plugin_api::build::generate_permissions()
+}
+RUST
 
 cat > "$dir/module.yaml" <<YAML
 name: $name
@@ -78,13 +91,16 @@ cat > "$dir/src/lib.rs" <<RUST
 use modhost_plugin_api::prelude::*;
 use serde_json::json;
 
+// permissions::GREETING_READ and friends, generated from module.yaml by build.rs.
+modhost_plugin_api::include_permissions!();
+
 #[derive(Default)]
 pub struct Plugin;
 
 impl Module for Plugin {
     async fn init(&self, ctx: &mut InitContext) -> Result<()> {
         let greeting = ctx.config_value()["greeting"].as_str().unwrap_or("Hello").to_string();
-        ctx.route(Method::Get, "/api/v1/$name/hello", "$name.greeting.read", move |_req| {
+        ctx.route(Method::Get, "/api/v1/$name/hello", permissions::GREETING_READ, move |_req| {
             let body = json!({ "message": format!("{greeting} from $name") });
             async move { Response::json(200, &body) }
         })?;

@@ -1,26 +1,52 @@
-//! Operations endpoints: `/healthz`, `/readyz`, `/metrics` and `/admin/modules`.
+//! Operations endpoints: `/healthz`, `/readyz`, `/metrics` (open) and `/admin/modules`
+//! (needs `core.admin.read`).
 
 use std::fmt::Write as _;
 
 use http_body_util::Full;
-use hyper::{body::Bytes, header::HeaderValue, header::CONTENT_TYPE, Method, Response, StatusCode};
+use hyper::{
+    body::{Bytes, Incoming},
+    header::HeaderValue,
+    header::CONTENT_TYPE,
+    Method, Request, Response, StatusCode,
+};
 
 use crate::{
+    core::api::Access,
+    enforce::{authorize, Target},
     lifecycle::{Host, ModuleState},
     metrics::escape,
     server::{json_error, json_response, Body},
 };
 
-/// Answers a request outside `/api/v1/`.
-pub fn handle(host: &Host, method: &Method, path: &str) -> Response<Body> {
+/// Answers a request outside `/api/v1/`. `/admin/*` needs `core.admin.read` (reads)
+/// or `core.admin.write` (changes); `/healthz`, `/readyz` and `/metrics` are open.
+pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let known = ["/healthz", "/readyz", "/metrics", "/admin/modules"];
-    if known.contains(&path) && method != Method::GET {
+    if known.contains(&path.as_str()) && method != Method::GET {
         return json_error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{path} answers GET only"),
         );
     }
-    match path {
+    if path.starts_with("/admin/") {
+        let permission = if method == Method::GET {
+            "core.admin.read"
+        } else {
+            "core.admin.write"
+        };
+        let target = Target {
+            module: "core",
+            method: method.as_str(),
+            path: &path,
+        };
+        let access = Access::Permission(permission);
+        if let Err(resp) = authorize(&host.core, access, req.headers(), target).await {
+            return resp;
+        }
+    }
+    match path.as_str() {
         "/healthz" => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         "/readyz" if host.is_ready() => {
             json_response(StatusCode::OK, &serde_json::json!({ "status": "ready" }))

@@ -37,6 +37,58 @@ enum Command {
     List(DirArgs),
     /// Print the dependency graph (an edge a -> b means a depends on b).
     Graph(GraphArgs),
+    /// Operator tasks on the host's data: create users, mint tokens.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a user (e.g. the first admin). Without --password-stdin a random password
+    /// is generated and printed once.
+    CreateUser(CreateUserArgs),
+    /// Print a short-lived token holding every permission, for the operator at the
+    /// console. Whoever can read the host's data can do this.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct DataArgs {
+    /// Where the host keeps its data (also MODHOST_DATA_DIR) [default: data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The host's database (also MODHOST_DATABASE_URL) [default: SQLite in DATA_DIR/db]
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// A TOML config file (also MODHOST_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CreateUserArgs {
+    /// The user's email (their login).
+    email: String,
+    /// Roles to give the user; repeat for several (the built-in `admin` holds every permission).
+    #[arg(long = "role", value_name = "ROLE")]
+    roles: Vec<String>,
+    /// Read the password from standard input (one line).
+    #[arg(long)]
+    password_stdin: bool,
+    /// A display name.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    display_name: String,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// How long the token is valid, e.g. 30m, 1h.
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    ttl: String,
+    #[command(flatten)]
+    data: DataArgs,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +156,14 @@ pub enum CliError {
     CheckFailed(usize),
     #[error("cannot create a scratch directory for loading libraries: {0}")]
     Scratch(std::io::Error),
+    #[error(transparent)]
+    Database(#[from] crate::database::DbSetupError),
+    #[error(transparent)]
+    CoreSetup(#[from] crate::core::CoreSetupError),
+    #[error("{0}")]
+    Core(#[from] crate::core::CoreError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Runs the command line; the binary's `main`.
@@ -117,7 +177,11 @@ pub fn main() -> ExitCode {
             _ => None,
         })
         .unwrap_or(LogFormat::Text);
-    logging::init(format);
+    let target = match cli.command {
+        Command::Run(_) => logging::LogTarget::Stdout,
+        _ => logging::LogTarget::Stderr,
+    };
+    logging::init(format, target);
     match run_command(cli.command, &env) {
         Ok(()) => ExitCode::SUCCESS,
         // `check` has already listed the problems.
@@ -137,6 +201,7 @@ fn run_command(command: Command, env: &dyn Fn(&str) -> Option<String>) -> Result
             print!("{}", Inspection::of(&args.dir)?.table());
             Ok(())
         }
+        Command::Admin(cmd) => admin(cmd, env),
         Command::Graph(args) => {
             let inspection = Inspection::of(&args.dir)?;
             match args.format {
@@ -193,6 +258,70 @@ fn run(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliErr
         server::serve(host, listener, server::shutdown_signal())
             .await
             .map_err(|source| CliError::Listen { addr, source })
+    })
+}
+
+fn admin(cmd: AdminCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+    let data = match &cmd {
+        AdminCommand::CreateUser(a) => &a.data,
+        AdminCommand::Token(a) => &a.data,
+    };
+    let file = data
+        .config
+        .clone()
+        .or_else(|| env("MODHOST_CONFIG").map(PathBuf::from));
+    let mut config = HostConfig::load(file.as_deref(), env)?;
+    if let Some(dir) = &data.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(url) = &data.database_url {
+        config.set("database_url", url, "--database-url")?;
+    }
+    let password = match &cmd {
+        AdminCommand::CreateUser(a) if a.password_stdin => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| {
+                CliError::Usage(format!("cannot read the password from stdin: {e}"))
+            })?;
+            Some(line.trim_end_matches(['\r', '\n']).to_string())
+        }
+        _ => None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(async move {
+        let databases = crate::database::Databases::connect(&config.database()).await?;
+        let core = crate::core::Core::open(databases.core(), config.auth.clone()).await?;
+        match cmd {
+            AdminCommand::CreateUser(a) => {
+                let generated = password.is_none();
+                let password = password.unwrap_or_else(|| crate::random::random_hex(10));
+                let user = core
+                    .create_user("console", &a.email, &password, &a.display_name)
+                    .await?;
+                for role in &a.roles {
+                    core.assign_role("console", &user.id, role).await?;
+                }
+                println!(
+                    "created user {} ({}) with roles [{}]",
+                    user.email,
+                    user.id,
+                    a.roles.join(", ")
+                );
+                if generated {
+                    println!("password: {password}");
+                }
+                Ok(())
+            }
+            AdminCommand::Token(a) => {
+                let ttl = crate::config::parse_duration(&a.ttl)
+                    .map_err(|e| CliError::Usage(format!("--ttl {}: {e}", a.ttl)))?;
+                println!("{}", core.console_token(ttl));
+                Ok(())
+            }
+        }
     })
 }
 

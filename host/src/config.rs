@@ -16,6 +16,9 @@
 //! database_connect_timeout = "30s"   # keep retrying an unreachable database this long
 //! database_max_connections = 5       # per module
 //! postgres_role_prefix = "modhost_"  # each module's role is <prefix><module>
+//! auth_signing_key = "<64+ hex chars>"  # default: generated once, kept in the core area
+//! auth_token_ttl = "15m"             # access tokens
+//! auth_refresh_ttl = "7d"            # refresh tokens
 //!
 //! [modules.hello]              # merged over the `config:` of hello's module.yaml
 //! greeting = "Howdy"
@@ -56,6 +59,7 @@ pub struct HostConfig {
     pub database_connect_timeout: Duration,
     pub database_max_connections: u32,
     pub postgres_role_prefix: String,
+    pub auth: crate::core::AuthSettings,
     /// Per-module config overrides, merged over each manifest's `config:`.
     pub module_overrides: BTreeMap<String, serde_json::Value>,
 }
@@ -77,6 +81,7 @@ impl Default for HostConfig {
             database_connect_timeout: Duration::from_secs(30),
             database_max_connections: 5,
             postgres_role_prefix: "modhost_".to_string(),
+            auth: crate::core::AuthSettings::default(),
             module_overrides: BTreeMap::new(),
         }
     }
@@ -100,6 +105,9 @@ struct FileConfig {
     database_connect_timeout: Option<String>,
     database_max_connections: Option<u32>,
     postgres_role_prefix: Option<String>,
+    auth_signing_key: Option<String>,
+    auth_token_ttl: Option<String>,
+    auth_refresh_ttl: Option<String>,
     #[serde(default)]
     modules: BTreeMap<String, toml::Table>,
 }
@@ -119,6 +127,9 @@ const FILE_FIELDS: &[&str] = &[
     "database_connect_timeout",
     "database_max_connections",
     "postgres_role_prefix",
+    "auth_signing_key",
+    "auth_token_ttl",
+    "auth_refresh_ttl",
     "modules",
 ];
 
@@ -180,6 +191,9 @@ impl HostConfig {
                 f.database_max_connections.map(|n| n.to_string()),
             ),
             set("postgres_role_prefix", f.postgres_role_prefix),
+            set("auth_signing_key", f.auth_signing_key),
+            set("auth_token_ttl", f.auth_token_ttl),
+            set("auth_refresh_ttl", f.auth_refresh_ttl),
         ]
         .into_iter()
         .flatten()
@@ -229,6 +243,9 @@ impl HostConfig {
             "database_connect_timeout",
             "database_max_connections",
             "postgres_role_prefix",
+            "auth_signing_key",
+            "auth_token_ttl",
+            "auth_refresh_ttl",
         ] {
             let var = format!("MODHOST_{}", field.to_uppercase());
             if let Some(value) = env(&var) {
@@ -240,10 +257,15 @@ impl HostConfig {
 
     /// Sets one field from text (env var or flag), naming `origin` in errors.
     pub fn set(&mut self, field: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
+        let shown = if field == "auth_signing_key" {
+            "<hidden>"
+        } else {
+            value
+        };
         let bad = |why: String| ConfigError::Value {
             origin: origin.to_string(),
             field: field.to_string(),
-            value: value.to_string(),
+            value: shown.to_string(),
             why,
         };
         match field {
@@ -304,6 +326,12 @@ impl HostConfig {
                 }
                 self.postgres_role_prefix = value.to_string()
             }
+            "auth_signing_key" => {
+                crate::core::tokens::SigningKey::from_hex(value).map_err(bad)?;
+                self.auth.signing_key = Some(value.trim().to_string())
+            }
+            "auth_token_ttl" => self.auth.access_ttl = parse_duration(value).map_err(bad)?,
+            "auth_refresh_ttl" => self.auth.refresh_ttl = parse_duration(value).map_err(bad)?,
             _ => return Err(bad("unknown setting".into())),
         }
         Ok(())

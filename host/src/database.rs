@@ -263,7 +263,7 @@ impl Databases {
                         "role name `{role}` is over PostgreSQL's 63-byte limit; use a shorter module name or postgres_role_prefix"
                     )));
                 }
-                let password = random_password();
+                let password = crate::random::random_hex(24);
                 let sql = provision_sql(&role, module, database, &password);
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                     .execute(admin)
@@ -306,19 +306,6 @@ REVOKE CREATE ON DATABASE "{database}" FROM "{role}";
 ALTER ROLE "{role}" SET search_path = "{schema}";
 "#
     )
-}
-
-fn random_password() -> String {
-    let mut bytes = [0u8; 24];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: fall back to time and pid (the role is still confined).
-        let seed = format!("{:?}{}", Instant::now(), std::process::id());
-        bytes
-            .iter_mut()
-            .zip(seed.bytes().cycle())
-            .for_each(|(b, s)| *b ^= s);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Opens (creating if needed) one SQLite file with `ATTACH` refused.

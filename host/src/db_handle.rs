@@ -25,15 +25,48 @@ use tokio::sync::Mutex;
 
 use crate::database::AreaPool;
 
-/// A module's database handle.
+/// A handle on one database area: a module's, or the host's `core` area.
 #[derive(Clone)]
-pub struct ModuleDatabase {
+pub struct AreaDatabase {
     pool: AreaPool,
 }
 
-impl ModuleDatabase {
+impl AreaDatabase {
     pub fn new(pool: AreaPool) -> Self {
         Self { pool }
+    }
+
+    /// Runs a statement; returns the number of rows affected.
+    pub async fn exec(&self, sql: &str, params: Vec<FfiValue>) -> Result<u64, FfiDbError> {
+        let (sql, params) = (RString::from(sql), RVec::from(params));
+        match &self.pool {
+            AreaPool::Sqlite(p) => bind_sqlite(sql, params)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            AreaPool::Postgres(p) => bind_pg(sql, params)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+        .map_err(classify)
+    }
+
+    /// Runs a query; returns its rows.
+    pub async fn fetch(&self, sql: &str, params: Vec<FfiValue>) -> Result<FfiRows, FfiDbError> {
+        let (sql, params) = (RString::from(sql), RVec::from(params));
+        match &self.pool {
+            AreaPool::Sqlite(p) => bind_sqlite(sql, params)
+                .fetch_all(p)
+                .await
+                .map_err(classify)
+                .and_then(sqlite_rows),
+            AreaPool::Postgres(p) => bind_pg(sql, params)
+                .fetch_all(p)
+                .await
+                .map_err(classify)
+                .and_then(pg_rows),
+        }
     }
 
     /// The FFI object handed to the module.
@@ -221,44 +254,15 @@ fn pg_rows(rows: Vec<PgRow>) -> Result<FfiRows, FfiDbError> {
     })
 }
 
-impl FfiDatabase for ModuleDatabase {
+impl FfiDatabase for AreaDatabase {
     fn execute(&self, sql: RString, params: RVec<FfiValue>) -> FfiFuture<FfiDbResult<u64>> {
-        let pool = self.pool.clone();
-        async move {
-            to_ffi(
-                match &pool {
-                    AreaPool::Sqlite(p) => bind_sqlite(sql, params)
-                        .execute(p)
-                        .await
-                        .map(|r| r.rows_affected()),
-                    AreaPool::Postgres(p) => bind_pg(sql, params)
-                        .execute(p)
-                        .await
-                        .map(|r| r.rows_affected()),
-                }
-                .map_err(classify),
-            )
-        }
-        .into_ffi()
+        let db = self.clone();
+        async move { to_ffi(db.exec(sql.as_str(), params.into_vec()).await) }.into_ffi()
     }
 
     fn query(&self, sql: RString, params: RVec<FfiValue>) -> FfiFuture<FfiDbResult<FfiRows>> {
-        let pool = self.pool.clone();
-        async move {
-            to_ffi(match &pool {
-                AreaPool::Sqlite(p) => bind_sqlite(sql, params)
-                    .fetch_all(p)
-                    .await
-                    .map_err(classify)
-                    .and_then(sqlite_rows),
-                AreaPool::Postgres(p) => bind_pg(sql, params)
-                    .fetch_all(p)
-                    .await
-                    .map_err(classify)
-                    .and_then(pg_rows),
-            })
-        }
-        .into_ffi()
+        let db = self.clone();
+        async move { to_ffi(db.fetch(sql.as_str(), params.into_vec()).await) }.into_ffi()
     }
 
     fn begin(&self) -> FfiFuture<FfiDbResult<FfiTransactionBox>> {

@@ -4,16 +4,23 @@
 //! and collects the routes the module registers during `init`. Its methods are called
 //! from plugin code through `extern "C"` shims, so they must never panic.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use abi_stable::std_types::{RResult, RStr, RString};
+use async_ffi::{FfiFuture, FutureExt as _};
 use modhost_plugin_api::ffi::{
-    level, FfiDatabaseBox, FfiHost, FfiHostBox, FfiHost_TO, FfiRoute, FfiUnitResult,
+    call_error, level, FfiCallError, FfiDatabaseBox, FfiHost, FfiHostBox, FfiHost_TO, FfiRoute,
+    FfiUnitResult,
 };
 use tracing::level_filters::LevelFilter;
 
 use crate::{
-    db_handle::ModuleDatabase,
+    core::Core,
+    db_handle::AreaDatabase,
     metrics::Metrics,
     router::{Route, RouteError, RouteInfo},
 };
@@ -25,6 +32,14 @@ pub struct PendingRoutes {
     pub errors: Vec<RouteError>,
 }
 
+/// What a module's manifest allows its routes: declared permissions, public routes.
+#[derive(Debug, Clone, Default)]
+pub struct RouteRules {
+    pub declared: HashSet<String>,
+    /// `(METHOD, path pattern)` pairs from `public_routes`.
+    pub public: HashSet<(String, String)>,
+}
+
 /// One module's handle.
 #[derive(Clone)]
 pub struct ModuleHost {
@@ -34,18 +49,28 @@ pub struct ModuleHost {
     metrics: Arc<Metrics>,
     /// The last panic message the module's panic hook forwarded.
     last_panic: Arc<Mutex<Option<String>>>,
-    database: ModuleDatabase,
+    database: AreaDatabase,
+    rules: Arc<RouteRules>,
+    core: Arc<Core>,
 }
 
 impl ModuleHost {
     /// A handle for `module`, open for route registration.
-    pub fn new(module: &str, metrics: Arc<Metrics>, database: ModuleDatabase) -> Self {
+    pub fn new(
+        module: &str,
+        metrics: Arc<Metrics>,
+        database: AreaDatabase,
+        rules: RouteRules,
+        core: Arc<Core>,
+    ) -> Self {
         Self {
             module: Arc::from(module),
             pending: Arc::new(Mutex::new(Some(PendingRoutes::default()))),
             metrics,
             last_panic: Arc::new(Mutex::new(None)),
             database,
+            rules: Arc::new(rules),
+            core,
         }
     }
 
@@ -87,18 +112,29 @@ impl ModuleHost {
                 path: info.path,
             });
         };
+        if !self.rules.declared.contains(&info.permission) {
+            let e = RouteError::Undeclared {
+                method: info.method,
+                path: info.path,
+                permission: info.permission,
+            };
+            pending.errors.push(e.clone());
+            return Err(e);
+        }
+        let key = (info.method.clone(), info.path.clone());
+        let public = self.rules.public.contains(&key);
         let metrics = self.metrics.route(&self.module, &info.method, &info.path);
-        let result =
-            Route::new(self.module.clone(), info, route.handler, metrics).and_then(|new| {
-                match pending.routes.iter().find(|r| r.conflicts_with(&new)) {
+        let result = Route::new(self.module.clone(), info, public, route.handler, metrics)
+            .and_then(
+                |new| match pending.routes.iter().find(|r| r.conflicts_with(&new)) {
                     Some(existing) => Err(RouteError::Conflict {
                         method: new.info.method.clone(),
                         path: new.info.path.clone(),
                         existing: existing.info.path.clone(),
                     }),
                     None => Ok(new),
-                }
-            });
+                },
+            );
         match result {
             Ok(route) => {
                 pending.routes.push(Arc::new(route));
@@ -159,5 +195,43 @@ impl FfiHost for ModuleHost {
 
     fn database(&self) -> FfiDatabaseBox {
         self.database.to_ffi()
+    }
+
+    fn call(
+        &self,
+        service: RStr<'_>,
+        request: RString,
+        timeout_ms: u64,
+    ) -> FfiFuture<RResult<RString, FfiCallError>> {
+        let (core, module, service) = (self.core.clone(), self.module.clone(), service.to_string());
+        async move {
+            let fail = |kind: u8, message: String| {
+                RResult::RErr(FfiCallError {
+                    kind,
+                    message: message.into(),
+                })
+            };
+            if !service.starts_with("core.") {
+                return fail(
+                    call_error::NOT_ALLOWED,
+                    format!("unknown service `{service}`"),
+                );
+            }
+            let deadline = Duration::from_millis(timeout_ms);
+            match tokio::time::timeout(
+                deadline,
+                core.call_for_module(&module, &service, request.as_str()),
+            )
+            .await
+            {
+                Err(_) => fail(
+                    call_error::TIMEOUT,
+                    format!("{service} did not answer within {deadline:?}"),
+                ),
+                Ok(Err((kind, message))) => fail(kind, message),
+                Ok(Ok(json)) => RResult::ROk(json.into()),
+            }
+        }
+        .into_ffi()
     }
 }

@@ -5,15 +5,18 @@
 //! [`manifest`] (module.yaml), [`discovery`] (module folders), [`resolve`] (dependency
 //! order), [`loader`] (abi_stable loading), [`lifecycle`] (boot and shutdown),
 //! [`router`] and [`server`] (HTTP), [`admin`] and [`metrics`] (operations),
-//! [`database`], [`db_handle`] and [`migrations`] (per-module data), [`config`] and
-//! [`logging`].
+//! [`database`], [`db_handle`] and [`migrations`] (per-module data), [`core`] (auth,
+//! identity, authz, audit), [`permissions`] and [`enforce`] (access control),
+//! [`openapi`], [`config`] and [`logging`].
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod database;
 pub mod db_handle;
 pub mod discovery;
+pub mod enforce;
 pub mod host_handle;
 pub mod inspect;
 pub mod library_file;
@@ -23,6 +26,9 @@ pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod migrations;
+pub mod openapi;
+pub mod permissions;
+pub mod random;
 pub mod resolve;
 pub mod router;
 pub mod server;

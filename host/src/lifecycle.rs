@@ -25,16 +25,17 @@ use serde::Serialize;
 
 use crate::{
     config::HostConfig,
+    core::{audit::Audit, Core, CoreSetupError},
     database::{Databases, DbSetupError},
-    db_handle::ModuleDatabase,
+    db_handle::AreaDatabase,
     discovery::DiscoveryError,
-    host_handle::ModuleHost,
+    host_handle::{ModuleHost, RouteRules},
     inspect::Inspection,
     loader::{load_library, RuntimeDir},
     manifest::{Dependency, Manifest, ModuleName},
     metrics::Metrics,
     migrations,
-    router::{Route, RouteInfo, RouteTable},
+    router::{Route, RouteError, RouteInfo, RouteTable},
 };
 
 /// Where a module is in its life.
@@ -163,6 +164,8 @@ pub enum BootError {
     Discovery(#[from] DiscoveryError),
     #[error(transparent)]
     Database(#[from] DbSetupError),
+    #[error(transparent)]
+    Core(#[from] CoreSetupError),
     #[error("--strict: {} module(s) failed:\n  {}", .0.len(), .0.join("\n  "))]
     Strict(Vec<String>),
 }
@@ -170,6 +173,7 @@ pub enum BootError {
 /// The running host.
 pub struct Host {
     pub config: HostConfig,
+    pub core: Arc<Core>,
     pub metrics: Arc<Metrics>,
     modules: Mutex<Vec<ModuleEntry>>,
     routes: RwLock<Arc<RouteTable>>,
@@ -188,6 +192,7 @@ impl Host {
             })?;
         let databases = Databases::connect(&config.database()).await?;
         tracing::info!(database = %databases.describe(), "database ready");
+        let core = Arc::new(Core::open(databases.core(), config.auth.clone()).await?);
         let Inspection {
             discovery,
             resolution,
@@ -225,13 +230,15 @@ impl Host {
         for e in &failed {
             if let ModuleState::Failed(reason) = &e.state {
                 tracing::error!(module = %e.name, dir = %e.dir.display(), "module failed: {reason}");
+                let entry = Audit::new("system", "module.fail", &e.name).module(&e.name);
+                core.record(entry.outcome("failure").detail(reason)).await;
             }
         }
         let count = ordered.len();
         ordered.extend(failed);
-
         let host = Arc::new(Host {
             config,
+            core,
             metrics: Arc::new(Metrics::default()),
             modules: Mutex::new(ordered),
             routes: RwLock::new(Arc::new(RouteTable::default())),
@@ -293,13 +300,24 @@ impl Host {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
     }
 
-    fn fail(&self, idx: usize, reason: String) {
-        let mut entries = self.entries();
-        let e = &mut entries[idx];
-        tracing::error!(module = %e.name, "module failed: {reason}");
-        e.state = ModuleState::Failed(reason);
-        e.routes.clear();
-        e.instance = None;
+    async fn fail(&self, idx: usize, reason: String) {
+        let name = {
+            let mut entries = self.entries();
+            let e = &mut entries[idx];
+            tracing::error!(module = %e.name, "module failed: {reason}");
+            e.state = ModuleState::Failed(reason.clone());
+            e.routes.clear();
+            e.instance = None;
+            e.name.clone()
+        };
+        self.core
+            .record(
+                Audit::new("system", "module.fail", &name)
+                    .module(&name)
+                    .outcome("failure")
+                    .detail(&reason),
+            )
+            .await;
     }
 
     /// The first required dependency of entry `idx` that is not in `wanted` state.
@@ -323,26 +341,49 @@ impl Host {
 
     async fn load_and_init(&self, idx: usize) {
         if let Some(why) = self.unmet_dependency(idx, &ModuleState::Initialized) {
-            return self.fail(idx, why);
+            return self.fail(idx, why).await;
         }
-        let (name, dir, library, defaults) = {
+        let found = {
             let entries = self.entries();
             let e = &entries[idx];
-            let Some(library) = e.library.clone() else {
-                drop(entries);
-                return self.fail(idx, "no library".into());
-            };
-            let defaults = e
-                .manifest
-                .as_ref()
-                .map(|m| m.config.clone())
-                .unwrap_or_default();
-            (e.name.clone(), e.dir.clone(), library, defaults)
+            match (e.library.clone(), e.manifest.clone()) {
+                (Some(library), Some(manifest)) => {
+                    Some((e.name.clone(), e.dir.clone(), library, manifest))
+                }
+                _ => None,
+            }
+        };
+        let Some((name, dir, library, manifest)) = found else {
+            return self.fail(idx, "no library or manifest".into()).await;
+        };
+        let defaults = manifest.config.clone();
+        let declared: Vec<String> = manifest
+            .permissions
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect();
+        let registered = self
+            .core
+            .permissions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .register(&name, declared.clone());
+        if let Err(e) = registered {
+            return self.fail(idx, e.to_string()).await;
+        }
+        let rules = RouteRules {
+            declared: declared.into_iter().collect(),
+            public: manifest
+                .public_routes
+                .iter()
+                .filter_map(|r| r.split_once(' '))
+                .map(|(m, p)| (m.to_string(), p.to_string()))
+                .collect(),
         };
         let started = Instant::now();
         let loaded = match load_library(&name, &library, &self.runtime) {
             Ok(l) => l,
-            Err(e) => return self.fail(idx, e.to_string()),
+            Err(e) => return self.fail(idx, e.to_string()).await,
         };
         {
             let mut entries = self.entries();
@@ -353,18 +394,24 @@ impl Host {
         }
         let pool = match self.databases.for_module(&name).await {
             Ok(pool) => pool,
-            Err(e) => return self.fail(idx, e.to_string()),
+            Err(e) => return self.fail(idx, e.to_string()).await,
         };
         match migrations::apply(&pool, &dir).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(module = %name, applied = n, "migrations applied"),
-            Err(e) => return self.fail(idx, e.to_string()),
+            Err(e) => return self.fail(idx, e.to_string()).await,
         }
         let module = match (loaded.root.new_module())() {
             RResult::ROk(m) => Arc::new(m),
-            RResult::RErr(e) => return self.fail(idx, e.into_string()),
+            RResult::RErr(e) => return self.fail(idx, e.into_string()).await,
         };
-        let handle = ModuleHost::new(&name, self.metrics.clone(), ModuleDatabase::new(pool));
+        let handle = ModuleHost::new(
+            &name,
+            self.metrics.clone(),
+            AreaDatabase::new(pool),
+            rules.clone(),
+            self.core.clone(),
+        );
         let config = self.config.module_config(&name, &defaults);
         let ctx = FfiInitContext {
             module_name: name.as_str().into(),
@@ -374,12 +421,43 @@ impl Host {
         let result = call_plugin(module.init(ctx), self.config.init_timeout, &handle).await;
         let pending = handle.take_routes();
         if let Err(why) = result {
-            return self.fail(idx, format!("init failed: {why}"));
+            return self.fail(idx, format!("init failed: {why}")).await;
         }
         if !pending.errors.is_empty() {
             let errors: Vec<String> = pending.errors.iter().map(|e| e.to_string()).collect();
-            return self.fail(idx, format!("init failed: {}", errors.join("; ")));
+            return self
+                .fail(idx, format!("init failed: {}", errors.join("; ")))
+                .await;
         }
+        let unregistered: Vec<String> = rules
+            .public
+            .iter()
+            .filter(|(m, p)| {
+                !pending
+                    .routes
+                    .iter()
+                    .any(|r| &r.info.method == m && &r.info.path == p)
+            })
+            .map(|(m, p)| {
+                RouteError::PublicNotRegistered {
+                    method: m.clone(),
+                    path: p.clone(),
+                }
+                .to_string()
+            })
+            .collect();
+        if !unregistered.is_empty() {
+            return self
+                .fail(idx, format!("init failed: {}", unregistered.join("; ")))
+                .await;
+        }
+        self.core
+            .record(
+                Audit::new("system", "module.load", &name)
+                    .module(&name)
+                    .detail(&format!("version {}", manifest.version)),
+            )
+            .await;
         let mut entries = self.entries();
         let e = &mut entries[idx];
         e.state = ModuleState::Initialized;
@@ -416,14 +494,14 @@ impl Host {
             (e.name.clone(), instance, handle)
         };
         if let Some(why) = self.unmet_dependency(idx, &ModuleState::Started) {
-            return self.fail(idx, why);
+            return self.fail(idx, why).await;
         }
         match call_plugin(instance.start(), self.config.init_timeout, &handle).await {
             Ok(()) => {
                 self.entries()[idx].state = ModuleState::Started;
                 tracing::info!(module = %name, "module started");
             }
-            Err(why) => self.fail(idx, format!("start failed: {why}")),
+            Err(why) => self.fail(idx, format!("start failed: {why}")).await,
         }
     }
 
@@ -448,10 +526,21 @@ impl Host {
         let mut stopped = Vec::new();
         for (idx, name, instance, handle) in running {
             self.entries()[idx].state = ModuleState::Stopping;
-            match call_plugin(instance.stop(), self.config.init_timeout, &handle).await {
-                Ok(()) => tracing::info!(module = %name, "module stopped"),
-                Err(why) => tracing::warn!(module = %name, "module stopped with an error: {why}"),
-            }
+            let outcome =
+                match call_plugin(instance.stop(), self.config.init_timeout, &handle).await {
+                    Ok(()) => {
+                        tracing::info!(module = %name, "module stopped");
+                        Audit::new("system", "module.stop", &name).module(&name)
+                    }
+                    Err(why) => {
+                        tracing::warn!(module = %name, "module stopped with an error: {why}");
+                        Audit::new("system", "module.stop", &name)
+                            .module(&name)
+                            .outcome("failure")
+                            .detail(&why)
+                    }
+                };
+            self.core.record(outcome).await;
             let mut entries = self.entries();
             entries[idx].state = ModuleState::Stopped;
             entries[idx].routes.clear();

@@ -1,14 +1,28 @@
-//! The host's log subscriber: `RUST_LOG` filtering, text or JSON lines on stdout.
+//! The host's log subscriber: `RUST_LOG` filtering, text or JSON lines on stdout (the
+//! server) or stderr (the other commands).
 
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
 
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    /// The server (`modhost run`): logs are its output.
+    Stdout,
+    /// Commands whose stdout is their result (`check`, `admin token`, ...).
+    Stderr,
+}
+
 /// Installs the global subscriber (once; later calls are ignored) and a panic hook that
 /// logs panics instead of printing them raw.
-pub fn init(format: LogFormat) {
+pub fn init(format: LogFormat, target: LogTarget) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let writer = match target {
+        LogTarget::Stdout => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
+        LogTarget::Stderr => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = fmt().with_env_filter(filter).with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -46,10 +46,19 @@ pub struct Manifest {
     /// Event topics the module publishes and subscribes to.
     #[serde(default)]
     pub events: Events,
+    /// Routes anyone may call without a token: `"GET /api/v1/<name>/..."`, exactly as
+    /// the module registers them.
+    #[serde(default)]
+    pub public_routes: Vec<String>,
     /// Config defaults, handed to the module merged with the host's overrides.
     #[serde(default)]
     pub config: serde_json::Map<String, serde_json::Value>,
 }
+
+/// Module names the host keeps for itself (its API namespaces and database areas).
+pub const RESERVED_NAMES: &[&str] = &[
+    "core", "auth", "identity", "authz", "audit", "admin", "public",
+];
 
 /// The fields a manifest may have, for "did you mean" hints.
 const MANIFEST_FIELDS: &[&str] = &[
@@ -60,6 +69,7 @@ const MANIFEST_FIELDS: &[&str] = &[
     "dependencies",
     "permissions",
     "events",
+    "public_routes",
     "config",
 ];
 
@@ -71,6 +81,12 @@ pub struct ModuleName(String);
 impl ModuleName {
     /// Validates `name`.
     pub fn parse(name: &str) -> Result<Self, String> {
+        if RESERVED_NAMES.contains(&name) {
+            return Err(format!(
+                "module name `{name}` is reserved for the host ({}); pick another name",
+                RESERVED_NAMES.join(", ")
+            ));
+        }
         let mut chars = name.chars();
         let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
         let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
@@ -433,6 +449,21 @@ impl Manifest {
                         "events.publishes[{i}]: `{}` must be a plain topic in this module's \
                          namespace, starting with `{name}.`",
                         topic.as_str()
+                    ),
+                ));
+            }
+        }
+        for (i, route) in self.public_routes.iter().enumerate() {
+            let prefix = format!("/api/v1/{name}");
+            let ok = route.split_once(' ').is_some_and(|(method, path)| {
+                ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method)
+                    && (path == prefix || path.starts_with(&format!("{prefix}/")))
+            });
+            if !ok {
+                return Err(at(
+                    route,
+                    format!(
+                        "public_routes[{i}]: `{route}` must be `METHOD {prefix}/...` with METHOD one of GET, POST, PUT, PATCH, DELETE"
                     ),
                 ));
             }

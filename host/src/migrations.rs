@@ -164,6 +164,27 @@ const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _modhost_migrations (
 /// Applies the pending migrations of `module_dir` to `pool`; returns how many ran.
 pub async fn apply(pool: &AreaPool, module_dir: &Path) -> Result<usize, MigrationError> {
     let migrations = discover(module_dir, pool.backend())?;
+    apply_list(pool, &migrations, &module_dir.join(MIGRATIONS_DIR)).await
+}
+
+/// A migration compiled into the host (the `core` area's schema).
+pub fn embedded(version: i64, description: &str, sql: &str) -> Migration {
+    Migration {
+        version,
+        description: description.to_string(),
+        path: PathBuf::from(format!("<built-in>/{version:04}_{description}.sql")),
+        sql: sql.to_string(),
+        checksum: hex(&Sha256::digest(sql.as_bytes())),
+    }
+}
+
+/// Applies the pending ones of `migrations` (ordered by version) to `pool`; `dir` is
+/// where they come from, for messages.
+pub async fn apply_list(
+    pool: &AreaPool,
+    migrations: &[Migration],
+    dir: &Path,
+) -> Result<usize, MigrationError> {
     let book = |e: sqlx::Error| MigrationError::Bookkeeping(e.to_string());
     let applied: Vec<(i64, String, String)> = match pool {
         AreaPool::Sqlite(p) => {
@@ -198,7 +219,7 @@ pub async fn apply(pool: &AreaPool, module_dir: &Path) -> Result<usize, Migratio
                 return Err(MigrationError::Missing {
                     version: *version,
                     description: description.clone(),
-                    dir: module_dir.join(MIGRATIONS_DIR),
+                    dir: dir.to_path_buf(),
                 })
             }
             Some(m) if &m.checksum != checksum => {

@@ -33,6 +33,8 @@ pub struct RouteInfo {
 pub struct Route {
     pub module: Arc<str>,
     pub info: RouteInfo,
+    /// Declared public in the module's manifest: no token needed.
+    pub public: bool,
     segments: Vec<Segment>,
     pub handler: Arc<FfiHandlerBox>,
     pub metrics: Arc<RouteMetrics>,
@@ -43,6 +45,7 @@ impl Route {
     pub fn new(
         module: Arc<str>,
         info: RouteInfo,
+        public: bool,
         handler: FfiHandlerBox,
         metrics: Arc<RouteMetrics>,
     ) -> Result<Self, RouteError> {
@@ -50,6 +53,7 @@ impl Route {
         Ok(Self {
             module,
             info,
+            public,
             segments,
             handler: Arc::new(handler),
             metrics,
@@ -97,6 +101,14 @@ pub enum RouteError {
     },
     #[error("route {method} {path}: routes can only be registered while the module's init runs")]
     Closed { method: String, path: String },
+    #[error("route {method} {path} requires permission `{permission}`, which module.yaml does not declare; add it under `permissions:`")]
+    Undeclared {
+        method: String,
+        path: String,
+        permission: String,
+    },
+    #[error("public_routes lists `{method} {path}`, but the module registered no such route")]
+    PublicNotRegistered { method: String, path: String },
 }
 
 /// Validates `path` for `module` and splits it into segments.
@@ -230,6 +242,26 @@ impl RouteTable {
         modules.sort();
         modules.into_iter().flat_map(|m| self.by_module[m].iter())
     }
+}
+
+/// Matches `path` against a pattern such as `/api/v1/authz/roles/{name}`; returns the
+/// parameters.
+pub fn match_pattern(pattern: &str, path: &str) -> Option<Vec<(String, String)>> {
+    let pat: Vec<&str> = pattern.split('/').collect();
+    let parts: Vec<&str> = path.split('/').collect();
+    if pat.len() != parts.len() {
+        return None;
+    }
+    let mut params = Vec::new();
+    for (p, part) in pat.iter().zip(&parts) {
+        match p.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+            Some(_) if part.is_empty() => return None,
+            Some(name) => params.push((name.to_string(), percent_decode(part))),
+            None if p == part => {}
+            None => return None,
+        }
+    }
+    Some(params)
 }
 
 fn match_segments(segments: &[Segment], parts: &[&str]) -> Option<usize> {

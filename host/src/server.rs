@@ -10,6 +10,7 @@ use std::{
     time::Instant,
 };
 
+use abi_stable::std_types::RString;
 use abi_stable::std_types::{RVec, Tuple2};
 use futures_util::FutureExt as _;
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,13 +24,19 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use modhost_plugin_api::ffi::FfiRequest;
+use modhost_plugin_api::ffi::{FfiRequest, FfiUser};
 use tokio::net::TcpListener;
 
 use crate::{
     admin,
+    core::{
+        self,
+        api::{CORE_NAMESPACES, ENDPOINTS},
+    },
+    enforce::{self, authorize, authorize_module, Target},
     lifecycle::Host,
-    router::{Lookup, Route},
+    openapi,
+    router::{match_pattern, Lookup, Route},
 };
 
 /// The response body type.
@@ -128,10 +135,83 @@ async fn handle(
     _peer: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
-    if path.starts_with("/api/v1/") {
+    if let Some(rest) = path.strip_prefix("/api/v1/") {
+        let namespace = rest.split('/').next().unwrap_or_default();
+        if CORE_NAMESPACES.contains(&namespace) {
+            return Ok(dispatch_core(&host, req).await);
+        }
         return Ok(dispatch(&host, req).await);
     }
-    Ok(admin::handle(&host, req.method(), path))
+    if path == "/openapi.json" {
+        return Ok(json_response(
+            StatusCode::OK,
+            &openapi::document(&host.routes()),
+        ));
+    }
+    Ok(admin::handle(&host, req).await)
+}
+
+/// Serves the core API: match the endpoint, enforce its access rule, run it.
+async fn dispatch_core(host: &Host, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let mut allowed = Vec::new();
+    let mut found = None;
+    for ep in ENDPOINTS {
+        if let Some(params) = match_pattern(ep.path, &path) {
+            if ep.method == method {
+                found = Some((ep, params));
+                break;
+            }
+            allowed.push(ep.method);
+        }
+    }
+    let Some((ep, params)) = found else {
+        if allowed.is_empty() {
+            return json_error(StatusCode::NOT_FOUND, "no such route");
+        }
+        let mut resp = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("method {method} not allowed here"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+            resp.headers_mut().insert(hyper::header::ALLOW, v);
+        }
+        return resp;
+    };
+    let target = Target {
+        module: "core",
+        method: &method,
+        path: &path,
+    };
+    let user = match authorize(&host.core, ep.access, req.headers(), target).await {
+        Ok(user) => user,
+        Err(resp) => return resp,
+    };
+    let bearer = enforce::bearer(req.headers()).map(str::to_string);
+    let (parts, body) = match read_body(req, host.config.max_body_bytes).await {
+        Ok(read) => read,
+        Err(resp) => return resp,
+    };
+    let query = modhost_plugin_api::Request {
+        query: parts.uri.query().unwrap_or("").to_string(),
+        ..Default::default()
+    }
+    .query_pairs();
+    let (status, value) = core::api::run(
+        &host.core,
+        ep.op,
+        &params,
+        &query,
+        &body,
+        user.as_ref(),
+        bearer.as_deref(),
+    )
+    .await;
+    json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &value,
+    )
 }
 
 /// A JSON error response: `{"error": message}`.
@@ -184,45 +264,70 @@ async fn dispatch(host: &Host, req: Request<Incoming>) -> Response<Body> {
     response
 }
 
-async fn call_route(
-    host: &Host,
-    route: &Route,
+/// Reads the body up to `limit` bytes; 413 above it.
+async fn read_body(
     req: Request<Incoming>,
-    params: Vec<(String, String)>,
-) -> Response<Body> {
-    let limit = host.config.max_body_bytes;
+    limit: u64,
+) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>> {
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is over the {limit}-byte limit"),
+        )
+    };
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body is over the {limit}-byte limit"),
-        );
+        return Err(too_large());
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .collect()
         .await
     {
-        Ok(collected) => collected.to_bytes(),
+        Ok(collected) => Ok((parts, collected.to_bytes())),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body is over the {limit}-byte limit"),
-            )
+            Err(too_large())
         }
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the request body: {e}"),
-            )
-        }
+        Err(e) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+async fn call_route(
+    host: &Host,
+    route: &Route,
+    req: Request<Incoming>,
+    params: Vec<(String, String)>,
+) -> Response<Body> {
+    let target = Target {
+        module: &route.module,
+        method: req.method().as_str(),
+        path: req.uri().path(),
+    };
+    let user = match authorize_module(
+        &host.core,
+        &route.info.permission,
+        route.public,
+        req.headers(),
+        target,
+    )
+    .await
+    {
+        Ok(user) => user,
+        Err(resp) => return resp,
+    };
+    let (parts, body) = match read_body(req, host.config.max_body_bytes).await {
+        Ok(read) => read,
+        Err(resp) => return resp,
     };
     let request = FfiRequest {
         method: parts.method.as_str().into(),
@@ -243,6 +348,13 @@ async fn call_route(
             })
             .collect(),
         body: RVec::from(body.to_vec()),
+        user: user
+            .map(|u| FfiUser {
+                id: u.id.into(),
+                email: u.email.into(),
+                permissions: u.permissions.into_iter().map(RString::from).collect(),
+            })
+            .into(),
     };
     let timeout = host.config.request_timeout;
     let call = AssertUnwindSafe(route.handler.call(request)).catch_unwind();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{http, messages_with, HostProcess, Modules};
+use common::{messages_with, HostProcess, Modules};
 
 fn examples() -> Modules {
     let m = Modules::new();
@@ -107,11 +107,9 @@ fn example_modules_load_in_order_and_serve_routes() {
 fn blog_json_routes_validate_input() {
     let m = examples();
     let host = HostProcess::start(&m, &[], &[]);
-    let created = http(
-        host.addr,
+    let created = host.request(
         "POST",
         "/api/v1/blog/posts",
-        &[],
         br#"{"title":"First","body":"hi"}"#,
     );
     assert_eq!(created.status, 201, "{}", created.text());
@@ -119,19 +117,13 @@ fn blog_json_routes_validate_input() {
     let got = host.get(&format!("/api/v1/blog/posts/{id}"));
     assert_eq!(got.json()["title"], "First");
     assert_eq!(host.get("/api/v1/blog/posts/999").status, 404);
-    let bad = http(host.addr, "POST", "/api/v1/blog/posts", &[], b"{not json");
+    let bad = host.request("POST", "/api/v1/blog/posts", b"{not json");
     assert_eq!(bad.status, 400);
     assert!(bad.json()["error"]
         .as_str()
         .unwrap()
         .contains("invalid JSON"));
-    let empty_title = http(
-        host.addr,
-        "POST",
-        "/api/v1/blog/posts",
-        &[],
-        br#"{"title":""}"#,
-    );
+    let empty_title = host.request("POST", "/api/v1/blog/posts", br#"{"title":""}"#);
     assert_eq!(empty_title.status, 400);
     assert_eq!(
         host.get("/api/v1/blog/posts")
@@ -170,7 +162,7 @@ fn operations_endpoints() {
     let missing = host.get("/api/v1/hello/nope");
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"], "no such route");
-    let wrong_method = http(host.addr, "DELETE", "/api/v1/hello/greet/x", &[], b"");
+    let wrong_method = host.request("DELETE", "/api/v1/hello/greet/x", b"");
     assert_eq!(wrong_method.status, 405);
     assert_eq!(wrong_method.header("allow"), Some("GET"));
 }
@@ -266,10 +258,10 @@ fn body_limit_gives_413() {
     let m = Modules::new();
     m.add_faulty("probe", "ok", "");
     let host = HostProcess::start(&m, &[("MODHOST_MAX_BODY_BYTES", "1024")], &[]);
-    let small = http(host.addr, "POST", "/api/v1/probe/echo", &[], &[b'a'; 1000]);
+    let small = host.request("POST", "/api/v1/probe/echo", &[b'a'; 1000]);
     assert_eq!(small.status, 200);
     assert_eq!(small.body.len(), 1000);
-    let big = http(host.addr, "POST", "/api/v1/probe/echo", &[], &[b'a'; 5000]);
+    let big = host.request("POST", "/api/v1/probe/echo", &[b'a'; 5000]);
     assert_eq!(big.status, 413);
 }
 

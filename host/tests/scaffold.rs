@@ -45,6 +45,44 @@ fn scaffolded_plugin_builds_loads_and_answers() {
 }
 
 #[test]
+fn using_an_undeclared_permission_does_not_compile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let crate_dir = tmp.path().join("sneaky");
+    let status = Command::new("bash")
+        .arg(workspace().join("scripts/new-plugin.sh"))
+        .args(["sneaky", "--dir"])
+        .arg(&crate_dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::copy(workspace().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
+    let lib = crate_dir.join("src/lib.rs");
+    let code = std::fs::read_to_string(&lib).unwrap();
+    assert!(code.contains("permissions::GREETING_READ"));
+    std::fs::write(
+        &lib,
+        code.replace("permissions::GREETING_READ", "permissions::GREETING_DELETE"),
+    )
+    .unwrap();
+    let target = common::profile_dir().parent().unwrap().to_path_buf();
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&crate_dir)
+        .args(["build", "--quiet", "--target-dir"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a permission missing from module.yaml must not compile"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GREETING_DELETE") && stderr.contains("permissions"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn scaffold_refuses_bad_names() {
     for bad in ["Greeter", "9lives", "has-dash", ""] {
         let out = Command::new("bash")

@@ -94,6 +94,11 @@ where
                     .map(|Tuple2(k, v)| (k.into_string(), v.into_string()))
                     .collect(),
                 body: request.body.into_vec(),
+                user: request.user.into_option().map(|u| crate::User {
+                    id: u.id.into_string(),
+                    email: u.email.into_string(),
+                    permissions: u.permissions.into_iter().map(|p| p.into_string()).collect(),
+                }),
             };
             let response = handler(request).await.into_response();
             FfiResponse {

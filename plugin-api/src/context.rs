@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     adapter::HandlerAdapter,
+    clients::{AuditClient, AuthClient, AuthzClient, IdentityClient},
     ffi::{FfiHandler_TO, FfiHostBox, FfiInitContext, FfiRoute},
     Database, Error, IntoResponse, Method, Request, Result,
 };
@@ -55,11 +56,42 @@ impl InitContext {
         Database::new(self.host.database())
     }
 
+    /// Token validation.
+    pub fn auth(&self) -> AuthClient {
+        AuthClient {
+            host: self.host.clone(),
+        }
+    }
+
+    /// Read access to users.
+    pub fn identity(&self) -> IdentityClient {
+        IdentityClient {
+            host: self.host.clone(),
+        }
+    }
+
+    /// Permission checks.
+    pub fn authz(&self) -> AuthzClient {
+        AuthzClient {
+            host: self.host.clone(),
+        }
+    }
+
+    /// The audit log (this module's entries).
+    pub fn audit(&self) -> AuditClient {
+        AuditClient {
+            host: self.host.clone(),
+        }
+    }
+
     /// Registers an HTTP route.
     ///
     /// `path` must start with `/api/v1/<module name>/` and may hold parameters such as
-    /// `{id}`. `permission` is the permission a caller needs. The handler receives the
-    /// [`Request`] and returns anything that is [`IntoResponse`].
+    /// `{id}`. `permission` is the permission a caller needs: a generated constant
+    /// (`permissions::POST_CREATE`, see [`crate::include_permissions!`]) or a string; it
+    /// must be declared in module.yaml. The host refuses callers without it (401/403)
+    /// unless the manifest lists the route under `public_routes`. The handler receives
+    /// the [`Request`] and returns anything that is [`IntoResponse`].
     ///
     /// An out-of-namespace or conflicting route is an error, and the host fails the
     /// module's init even if the error is ignored.
@@ -67,7 +99,7 @@ impl InitContext {
         &mut self,
         method: Method,
         path: &str,
-        permission: &str,
+        permission: impl AsRef<str>,
         handler: H,
     ) -> Result<()>
     where
@@ -82,7 +114,7 @@ impl InitContext {
         let route = FfiRoute {
             method: method.as_str().into(),
             path: path.into(),
-            permission: permission.into(),
+            permission: permission.as_ref().into(),
             handler,
         };
         match self.host.register_route(route) {

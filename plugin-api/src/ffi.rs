@@ -14,7 +14,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RArc, RBox, RResult, RStr, RString, RVec, Tuple2},
+    std_types::{RArc, RBox, ROption, RResult, RStr, RString, RVec, Tuple2},
     StableAbi,
 };
 use async_ffi::FfiFuture;
@@ -35,9 +35,29 @@ pub struct FfiRequest {
     pub query: RString,
     pub headers: RVec<FfiPair>,
     pub body: RVec<u8>,
+    /// The authenticated caller; `None` on a public route without a token.
+    pub user: ROption<FfiUser>,
     /// Exists only in the test build that checks layout mismatches are refused.
     #[cfg(feature = "__abi_mismatch_for_tests")]
     pub mismatch: u64,
+}
+
+/// The authenticated caller of a request.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct FfiUser {
+    pub id: RString,
+    pub email: RString,
+    /// Granted permissions and patterns (`blog.post.read`, `blog.*`, `*`).
+    pub permissions: RVec<RString>,
+}
+
+/// An error from [`FfiHost::call`]: a kind from [`call_error`] and a message.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiCallError {
+    pub kind: u8,
+    pub message: RString,
 }
 
 /// An HTTP response produced by a module's handler.
@@ -138,8 +158,16 @@ pub trait FfiHost: Send + Sync + Clone {
     /// Register a route; only valid while the module's `init` runs.
     fn register_route(&self, route: FfiRoute) -> FfiUnitResult;
     /// The module's own database.
-    #[sabi(last_prefix_field)]
     fn database(&self) -> FfiDatabaseBox;
+    /// Calls a service by name (`core.identity.get_user`, ...) with a JSON request;
+    /// resolves to the JSON response.
+    #[sabi(last_prefix_field)]
+    fn call(
+        &self,
+        service: RStr<'_>,
+        request: RString,
+        timeout_ms: u64,
+    ) -> FfiFuture<RResult<RString, FfiCallError>>;
 }
 
 /// Owned, cloneable host handle.
@@ -200,6 +228,22 @@ pub mod db_error {
     pub const QUERY: u8 = 4;
     /// The transaction was already committed or rolled back.
     pub const CLOSED: u8 = 5;
+}
+
+/// Kinds of [`FfiCallError`].
+pub mod call_error {
+    /// No such service, or the caller may not call it.
+    pub const NOT_ALLOWED: u8 = 1;
+    /// The provider is not running.
+    pub const UNAVAILABLE: u8 = 2;
+    /// The call did not finish in time.
+    pub const TIMEOUT: u8 = 3;
+    /// The request was invalid (bad JSON, missing fields).
+    pub const BAD_REQUEST: u8 = 4;
+    /// The provider failed.
+    pub const FAILED: u8 = 5;
+    /// The requested item does not exist.
+    pub const NOT_FOUND: u8 = 6;
 }
 
 /// Log levels as carried by [`FfiHost::log`].

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::Error;
+use crate::{Error, User};
 
 /// HTTP methods a route can be registered for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,9 +44,17 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The request body.
     pub body: Vec<u8>,
+    /// The authenticated caller; `None` only on routes the manifest declares public
+    /// when no valid token was sent.
+    pub user: Option<User>,
 }
 
 impl Request {
+    /// The authenticated caller, if any.
+    pub fn user(&self) -> Option<&User> {
+        self.user.as_ref()
+    }
+
     /// A path parameter by name.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)

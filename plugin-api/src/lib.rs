@@ -27,31 +27,62 @@
 //! log, tagged with the module's name. The FFI contract lives in [`ffi`]; nothing else in
 //! this crate crosses the library boundary.
 
+#[cfg(feature = "runtime")]
 mod adapter;
+#[cfg(feature = "build")]
+pub mod build;
+#[cfg(feature = "runtime")]
+mod clients;
+#[cfg(feature = "runtime")]
 mod context;
+#[cfg(feature = "runtime")]
 mod database;
+#[cfg(feature = "runtime")]
 mod error;
+#[cfg(feature = "runtime")]
 pub mod ffi;
+#[cfg(feature = "runtime")]
 mod http;
+#[cfg(feature = "runtime")]
 mod logging;
+#[cfg(feature = "runtime")]
 mod module;
+mod permission;
+#[cfg(feature = "runtime")]
+mod user;
 
+#[cfg(feature = "runtime")]
+pub use clients::{
+    AuditClient, AuditEntry, AuthClient, AuthzClient, CallError, CallErrorKind, IdentityClient,
+    TokenInfo, UserInfo,
+};
+#[cfg(feature = "runtime")]
 pub use context::InitContext;
+#[cfg(feature = "runtime")]
 pub use database::{Database, DbError, DbErrorKind, Row, Rows, Transaction, Value};
+#[cfg(feature = "runtime")]
 pub use error::{Error, Result};
+#[cfg(feature = "runtime")]
 pub use ffi::PLUGIN_API_VERSION;
+#[cfg(feature = "runtime")]
 pub use http::{IntoResponse, Method, Request, Response};
+#[cfg(feature = "runtime")]
 pub use module::Module;
+pub use permission::{permission_matches, Permission};
+#[cfg(feature = "runtime")]
+pub use user::User;
 
 /// Re-exports for the common case: `use modhost_plugin_api::prelude::*;`.
+#[cfg(feature = "runtime")]
 pub mod prelude {
     pub use crate::{
-        params, Database, DbError, DbErrorKind, Error, InitContext, IntoResponse, Method, Module,
-        Request, Response, Result, Value,
+        params, CallError, Database, DbError, DbErrorKind, Error, InitContext, IntoResponse,
+        Method, Module, Permission, Request, Response, Result, User, Value,
     };
 }
 
 /// The text of a panic payload, when it is a string.
+#[cfg(feature = "runtime")]
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
@@ -63,6 +94,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Items the [`export_module!`] macro expands to. Not part of the public API.
+#[cfg(feature = "runtime")]
 #[doc(hidden)]
 pub mod __private {
     pub use crate::adapter::root_module;
@@ -100,11 +132,11 @@ macro_rules! export_module {
 }
 
 /// The plugin author's guide; its Rust examples run as doctests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "runtime"))]
 #[doc = include_str!("../../docs/writing-a-plugin.md")]
 mod writing_a_plugin_guide {}
 
-#[cfg(test)]
+#[cfg(all(test, feature = "runtime"))]
 mod tests {
     #[test]
     fn export_symbol_matches_abi_stable() {

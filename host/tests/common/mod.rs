@@ -139,6 +139,8 @@ pub struct HostProcess {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// An operator token (every permission) from `modhost admin token`.
+    pub token: String,
 }
 
 impl HostProcess {
@@ -190,11 +192,15 @@ impl HostProcess {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(local) => Ok(HostProcess {
-                child,
-                addr: local.parse().expect("listen address"),
-                logs,
-            }),
+            Ok(local) => {
+                let token = admin_token(modules, env);
+                Ok(HostProcess {
+                    child,
+                    addr: local.parse().expect("listen address"),
+                    logs,
+                    token,
+                })
+            }
             Err(_) => {
                 let _ = child.kill();
                 let mut err = String::new();
@@ -237,8 +243,20 @@ impl HostProcess {
         }
     }
 
+    /// GET with the operator token.
     pub fn get(&self, path: &str) -> HttpResponse {
-        http(self.addr, "GET", path, &[], b"")
+        self.request("GET", path, b"")
+    }
+
+    /// A request with the operator token.
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+        self.request_as(&self.token, method, path, body)
+    }
+
+    /// A request with `token`.
+    pub fn request_as(&self, token: &str, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+        let auth = format!("Bearer {token}");
+        http(self.addr, method, path, &[("authorization", &auth)], body)
     }
 }
 
@@ -324,6 +342,23 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
         headers,
         body: raw[split + 4..].to_vec(),
     }
+}
+
+/// An operator token for the host data of `modules` (same env as the host).
+pub fn admin_token(modules: &Modules, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modhost"));
+    cmd.args(["admin", "token", "--ttl", "1h", "--data-dir"])
+        .arg(modules.data());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run modhost admin token");
+    assert!(
+        out.status.success(),
+        "admin token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Runs `modhost ARGS` to completion; returns (exit code, stdout, stderr).

@@ -4,6 +4,8 @@
 use modhost_plugin_api::prelude::*;
 use serde::{Deserialize, Serialize};
 
+modhost_plugin_api::include_permissions!();
+
 #[derive(Default)]
 pub struct Billing;
 
@@ -81,7 +83,7 @@ impl Module for Billing {
         ctx.route(
             Method::Get,
             "/api/v1/billing/plans",
-            "billing.plan.read",
+            permissions::PLAN_READ,
             move |_req| {
                 let body = Response::json(200, &listed);
                 async move { body }
@@ -91,13 +93,13 @@ impl Module for Billing {
         ctx.route(
             Method::Post,
             "/api/v1/billing/subscriptions",
-            "billing.subscription.create",
+            permissions::SUBSCRIPTION_CREATE,
             move |req| subscribe(d.clone(), plans.clone(), req),
         )?;
         ctx.route(
             Method::Get,
             "/api/v1/billing/subscriptions/{id}",
-            "billing.subscription.read",
+            permissions::SUBSCRIPTION_READ,
             move |req| get(db.clone(), req),
         )?;
         Ok(())

@@ -4,6 +4,8 @@
 use modhost_plugin_api::prelude::*;
 use serde::{Deserialize, Serialize};
 
+modhost_plugin_api::include_permissions!();
+
 #[derive(Default)]
 pub struct Blog;
 
@@ -139,35 +141,35 @@ impl Module for Blog {
         ctx.route(
             Method::Get,
             "/api/v1/blog/posts",
-            "blog.post.read",
+            permissions::POST_READ,
             move |req| list(d.clone(), c.clone(), req),
         )?;
         let (d, c) = (db.clone(), config.clone());
         ctx.route(
             Method::Post,
             "/api/v1/blog/posts",
-            "blog.post.create",
+            permissions::POST_CREATE,
             move |req| create(d.clone(), c.clone(), req),
         )?;
         let d = db.clone();
         ctx.route(
             Method::Get,
             "/api/v1/blog/posts/{id}",
-            "blog.post.read",
+            permissions::POST_READ,
             move |req| read(d.clone(), req),
         )?;
         let (d, c) = (db.clone(), config);
         ctx.route(
             Method::Put,
             "/api/v1/blog/posts/{id}",
-            "blog.post.update",
+            permissions::POST_UPDATE,
             move |req| update(d.clone(), c.clone(), req),
         )?;
         let d = db;
         ctx.route(
             Method::Delete,
             "/api/v1/blog/posts/{id}",
-            "blog.post.delete",
+            permissions::POST_DELETE,
             move |req| delete(d.clone(), req),
         )?;
         Ok(())

@@ -3,6 +3,8 @@
 use modhost_plugin_api::prelude::*;
 use serde_json::json;
 
+modhost_plugin_api::include_permissions!();
+
 #[derive(Default)]
 pub struct Hello;
 
@@ -17,7 +19,7 @@ impl Module for Hello {
         ctx.route(
             Method::Get,
             "/api/v1/hello/greet/{name}",
-            "hello.greeting.read",
+            permissions::GREETING_READ,
             move |req| {
                 let greeting = greeting.clone();
                 async move {

@@ -5,6 +5,8 @@
 use modhost_plugin_api::prelude::*;
 use serde_json::json;
 
+modhost_plugin_api::include_permissions!();
+
 #[derive(Default)]
 pub struct Notifications;
 
@@ -13,7 +15,7 @@ impl Module for Notifications {
         ctx.route(
             Method::Get,
             "/api/v1/notifications/status",
-            "notifications.status.read",
+            permissions::STATUS_READ,
             |_req| async {
                 Response::json(
                     200,

@@ -4,7 +4,8 @@
 //! - `ok` (default): `GET /api/v1/<name>/ok`, plus `GET .../boom` that panics and
 //!   `GET .../hang` that never answers
 //! - `init_error`, `init_panic`, `init_hang`, `start_error`
-//! - `bad_route` (out of namespace, error ignored), `conflict` (same route twice)
+//! - `bad_route` (out of namespace, error ignored), `conflict` (same route twice),
+//!   `undeclared_permission` (a route naming a permission module.yaml lacks)
 //!
 //! Also `POST .../sql` runs the SQL in the body on the module's database (isolation
 //! tests), `POST .../tx` exercises transactions and `POST .../echo` returns the body.
@@ -85,10 +86,19 @@ impl Module for Faulty {
                 let _ = ctx.route(
                     Method::Get,
                     "/api/v1/someone_else/x",
-                    &format!("{name}.x.read"),
+                    format!("{name}.probe.read"),
                     |_req| async { Response::new(200) },
                 );
                 return Ok(());
+            }
+            "undeclared_permission" => {
+                let path = format!("/api/v1/{name}/secret");
+                let _ = ctx.route(
+                    Method::Get,
+                    &path,
+                    format!("{name}.secret.read"),
+                    |_req| async { Response::new(200) },
+                );
             }
             "conflict" => {
                 let path = format!("/api/v1/{name}/items/{{id}}");
@@ -96,13 +106,13 @@ impl Module for Faulty {
                 ctx.route(
                     Method::Get,
                     &path,
-                    &format!("{name}.item.read"),
+                    format!("{name}.probe.read"),
                     |_req| async { Response::new(200) },
                 )?;
                 ctx.route(
                     Method::Get,
                     &other,
-                    &format!("{name}.item.read"),
+                    format!("{name}.probe.read"),
                     |_req| async { Response::new(200) },
                 )?;
             }
@@ -112,16 +122,24 @@ impl Module for Faulty {
         ctx.route(
             Method::Get,
             &format!("/api/v1/{name}/ok"),
-            &format!("{name}.probe.read"),
+            format!("{name}.probe.read"),
             move |req| {
                 let module = module.clone();
-                async move { Response::json(200, &json!({ "module": module, "query": req.query })) }
+                async move {
+                    let user = req.user().map(
+                        |u| json!({ "id": u.id, "email": u.email, "permissions": u.permissions }),
+                    );
+                    Response::json(
+                        200,
+                        &json!({ "module": module, "query": req.query, "user": user }),
+                    )
+                }
             },
         )?;
         ctx.route(
             Method::Get,
             &format!("/api/v1/{name}/boom"),
-            &format!("{name}.probe.read"),
+            format!("{name}.probe.read"),
             |_req| async {
                 if true {
                     panic!("handler configured to panic");
@@ -132,7 +150,7 @@ impl Module for Faulty {
         ctx.route(
             Method::Get,
             &format!("/api/v1/{name}/hang"),
-            &format!("{name}.probe.read"),
+            format!("{name}.probe.read"),
             |_req| async {
                 std::future::pending::<()>().await;
                 Response::new(200)
@@ -141,15 +159,33 @@ impl Module for Faulty {
         ctx.route(
             Method::Post,
             &format!("/api/v1/{name}/echo"),
-            &format!("{name}.probe.write"),
+            format!("{name}.probe.write"),
             |req| async move { Response::new(200).with_body(req.body) },
         )?;
+        // Test-only: uses all four core service handles on behalf of the caller.
+        let (auth, identity, authz, audit) = (ctx.auth(), ctx.identity(), ctx.authz(), ctx.audit());
+        ctx.route(Method::Get, &format!("/api/v1/{name}/core"), format!("{name}.probe.read"), move |req| {
+            let (auth, identity, authz, audit) = (auth.clone(), identity.clone(), authz.clone(), audit.clone());
+            async move {
+                let token = req.header("authorization").unwrap_or("").trim_start_matches("Bearer ").to_string();
+                let info = auth.validate_token(&token).await?;
+                let me = identity.get_user(&info.user_id).await?;
+                let can_write = authz.check(&me.id, "blog.post.create").await?;
+                audit.record(&me.id, "probe.core", "self", "success", "from a module").await?;
+                let mine = audit.query(Some("probe.core"), 10, None).await?;
+                let missing = identity.get_user("no-such-user").await.err().map(|e| format!("{:?}", e.kind));
+                Ok::<_, CallError>(Response::json(
+                    200,
+                    &json!({ "email": me.email, "can_write": can_write, "audit": mine.len(), "missing": missing }),
+                ))
+            }
+        })?;
         // Test-only: runs the SQL in the body on this module's database.
         let db = ctx.database();
         ctx.route(
             Method::Post,
             &format!("/api/v1/{name}/sql"),
-            &format!("{name}.probe.write"),
+            format!("{name}.probe.write"),
             move |req| {
                 let db = db.clone();
                 async move {
@@ -172,7 +208,7 @@ impl Module for Faulty {
         ctx.route(
             Method::Post,
             &format!("/api/v1/{name}/tx"),
-            &format!("{name}.probe.write"),
+            format!("{name}.probe.write"),
             move |_req| {
                 let db = db.clone();
                 async move { transactions(db).await.map_err(Response::from) }

@@ -1,0 +1,131 @@
+//! Audit: the append-only log of who did what, and its queries.
+//!
+//! The table refuses UPDATE and DELETE (database triggers). A record that cannot be
+//! written is logged at error level: the action it describes has already happened.
+
+use modhost_plugin_api::{ffi::FfiValue, AuditEntry};
+use serde::Deserialize;
+
+use super::{int, rows, t, text, Core, CoreError};
+
+/// One entry to record.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub actor: String,
+    pub module: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+impl Audit {
+    /// A successful `action` on `target` by `actor`, from the core.
+    pub fn new(actor: &str, action: &str, target: &str) -> Self {
+        Self {
+            actor: actor.to_string(),
+            module: "core".into(),
+            action: action.to_string(),
+            target: target.to_string(),
+            outcome: "success".into(),
+            detail: String::new(),
+        }
+    }
+
+    /// Sets the module the entry is about.
+    pub fn module(mut self, module: &str) -> Self {
+        self.module = module.to_string();
+        self
+    }
+
+    /// Sets the outcome (`success`, `denied`, `failure`).
+    pub fn outcome(mut self, outcome: &str) -> Self {
+        self.outcome = outcome.to_string();
+        self
+    }
+
+    /// Sets free-text detail.
+    pub fn detail(mut self, detail: &str) -> Self {
+        self.detail = detail.to_string();
+        self
+    }
+}
+
+/// Filters for [`Core::audit_query`]. All optional; results are newest first.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub module: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    /// RFC 3339 lower bound (inclusive) on time.
+    pub since: Option<String>,
+    /// RFC 3339 upper bound (exclusive) on time.
+    pub until: Option<String>,
+    /// Only entries with an id below this (paging: pass the last id you got).
+    pub before: Option<i64>,
+    /// 1..=1000, default 100.
+    pub limit: Option<i64>,
+}
+
+impl Core {
+    /// Appends an entry.
+    pub async fn record(&self, a: Audit) {
+        let result = self
+            .db
+            .exec(
+                "INSERT INTO audit_log (time, actor, module, action, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                vec![t(&super::now_rfc3339()), t(&a.actor), t(&a.module), t(&a.action), t(&a.target), t(&a.outcome), t(&a.detail)],
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::error!(action = %a.action, actor = %a.actor, target = %a.target, error = %e.message, "cannot write the audit log");
+        }
+    }
+
+    /// Entries matching `f`, newest first.
+    pub async fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, CoreError> {
+        let limit = f.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(CoreError::Invalid("limit must be 1 to 1000".into()));
+        }
+        let mut sql = String::from("SELECT id, time, actor, module, action, target, outcome, detail FROM audit_log WHERE 1 = 1");
+        let mut params = Vec::new();
+        let mut push = |clause: &str, v: FfiValue, sql: &mut String| {
+            params.push(v);
+            sql.push_str(&format!(" AND {clause} ${}", params.len()));
+        };
+        for (column, value) in [
+            ("actor =", &f.actor),
+            ("module =", &f.module),
+            ("action =", &f.action),
+            ("outcome =", &f.outcome),
+            ("time >=", &f.since),
+            ("time <", &f.until),
+        ] {
+            if let Some(v) = value {
+                push(column, t(v), &mut sql);
+            }
+        }
+        if let Some(before) = f.before {
+            push("id <", FfiValue::Int(before), &mut sql);
+        }
+        params.push(FfiValue::Int(limit));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
+        let found = rows(self.db.fetch(&sql, params).await?);
+        Ok(found
+            .iter()
+            .map(|r| AuditEntry {
+                id: int(&r[0]),
+                time: text(&r[1]),
+                actor: text(&r[2]),
+                module: text(&r[3]),
+                action: text(&r[4]),
+                target: text(&r[5]),
+                outcome: text(&r[6]),
+                detail: text(&r[7]),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,232 @@
+//! Auth: login (email and password to a token pair), refresh, revocation, and
+//! authenticating a request's bearer token.
+
+use std::time::Duration;
+
+use modhost_plugin_api::ffi::FfiValue;
+use serde::Serialize;
+
+use super::{
+    audit::Audit,
+    identity::verify_password,
+    now_secs, t,
+    tokens::{Claims, TokenError},
+    Core, CoreError,
+};
+
+/// The subject of operator tokens minted by `modhost admin token`.
+pub const CONSOLE_SUBJECT: &str = "console";
+
+/// What a login or refresh returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser {
+    pub id: String,
+    pub email: String,
+    pub permissions: Vec<String>,
+    pub expires_at: i64,
+    pub jti: String,
+}
+
+impl AuthUser {
+    /// Whether the caller holds `permission`.
+    pub fn allows(&self, permission: &str) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| modhost_plugin_api::permission_matches(p, permission))
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl Core {
+    fn claims(&self, sub: &str, email: &str, typ: &str, ttl: Duration) -> Claims {
+        let now = now_secs();
+        Claims {
+            iss: "modhost".into(),
+            sub: sub.to_string(),
+            email: email.to_string(),
+            iat: now,
+            exp: now.saturating_add(secs(ttl)),
+            jti: crate::random::random_hex(16),
+            typ: typ.to_string(),
+        }
+    }
+
+    fn pair(&self, user_id: &str, email: &str) -> TokenPair {
+        let access = self.claims(user_id, email, "access", self.settings.access_ttl);
+        let refresh = self.claims(user_id, email, "refresh", self.settings.refresh_ttl);
+        TokenPair {
+            access_token: self.key.sign(&access),
+            refresh_token: self.key.sign(&refresh),
+            token_type: "Bearer",
+            expires_in: secs(self.settings.access_ttl),
+        }
+    }
+
+    /// Email and password to a token pair. Every attempt is audited.
+    pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, CoreError> {
+        let refused = || CoreError::Unauthorized("wrong email or password".into());
+        let found = self.credentials(email).await?;
+        let Some((user, hash)) = found else {
+            // Same work as a real check, so timing does not reveal which emails exist.
+            let _ = verify_password(password.to_string(), DUMMY_HASH.to_string()).await;
+            self.record(
+                Audit::new(email, "auth.login", email)
+                    .outcome("failure")
+                    .detail("unknown email"),
+            )
+            .await;
+            return Err(refused());
+        };
+        if !verify_password(password.to_string(), hash).await {
+            self.record(
+                Audit::new(&user.id, "auth.login", &user.id)
+                    .outcome("failure")
+                    .detail("wrong password"),
+            )
+            .await;
+            return Err(refused());
+        }
+        if user.disabled {
+            self.record(
+                Audit::new(&user.id, "auth.login", &user.id)
+                    .outcome("failure")
+                    .detail("user disabled"),
+            )
+            .await;
+            return Err(CoreError::Unauthorized("this user is disabled".into()));
+        }
+        self.record(Audit::new(&user.id, "auth.login", &user.id))
+            .await;
+        Ok(self.pair(&user.id, &user.email))
+    }
+
+    /// A refresh token to a new pair; the refresh token used is revoked.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, CoreError> {
+        let claims = self.verify(refresh_token, "refresh")?;
+        let grants = self
+            .grants(&claims.sub)
+            .await
+            .map_err(|_| CoreError::Unauthorized("unknown user".into()))?;
+        if grants.disabled {
+            return Err(CoreError::Unauthorized("this user is disabled".into()));
+        }
+        self.revoke_claims(&claims).await?;
+        self.record(Audit::new(&claims.sub, "auth.refresh", &claims.sub))
+            .await;
+        Ok(self.pair(&claims.sub, &grants.email))
+    }
+
+    /// Revokes `token` (access or refresh). `actor` may revoke their own tokens; with
+    /// `core.admin.write` anyone's.
+    pub async fn revoke(&self, actor: &AuthUser, token: &str) -> Result<(), CoreError> {
+        let now = now_secs();
+        let claims = match self.key.verify(token, now) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Ok(()),
+            Err(e) => return Err(CoreError::Invalid(format!("cannot revoke: {e}"))),
+        };
+        if claims.sub != actor.id && !actor.allows("core.admin.write") {
+            return Err(CoreError::Forbidden(
+                "you may only revoke your own tokens (or hold core.admin.write)".into(),
+            ));
+        }
+        self.revoke_claims(&claims).await?;
+        self.record(Audit::new(&actor.id, "auth.revoke", &claims.sub).detail(&claims.jti))
+            .await;
+        Ok(())
+    }
+
+    async fn revoke_claims(&self, claims: &Claims) -> Result<(), CoreError> {
+        let already = self
+            .revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&claims.jti);
+        if !already {
+            self.db
+                .exec(
+                    "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2)",
+                    vec![t(&claims.jti), FfiValue::Int(claims.exp)],
+                )
+                .await?;
+            self.revoked
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(claims.jti.clone());
+        }
+        Ok(())
+    }
+
+    fn verify(&self, token: &str, typ: &str) -> Result<Claims, CoreError> {
+        let claims = self
+            .key
+            .verify(token, now_secs())
+            .map_err(|e| CoreError::Unauthorized(e.to_string()))?;
+        if claims.typ != typ {
+            return Err(CoreError::Unauthorized(format!("expected an {typ} token")));
+        }
+        if self
+            .revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&claims.jti)
+        {
+            return Err(CoreError::Unauthorized("token revoked".into()));
+        }
+        Ok(claims)
+    }
+
+    /// Authenticates an access token: signature, expiry, revocation, user enabled.
+    /// Memory only when the user's grants are cached.
+    pub async fn authenticate(&self, token: &str) -> Result<AuthUser, CoreError> {
+        let claims = self.verify(token, "access")?;
+        if claims.sub == CONSOLE_SUBJECT {
+            return Ok(AuthUser {
+                id: CONSOLE_SUBJECT.into(),
+                email: CONSOLE_SUBJECT.into(),
+                permissions: vec!["*".into()],
+                expires_at: claims.exp,
+                jti: claims.jti,
+            });
+        }
+        let grants = match self.grants(&claims.sub).await {
+            Ok(g) => g,
+            Err(CoreError::NotFound(_)) => {
+                return Err(CoreError::Unauthorized("unknown user".into()))
+            }
+            Err(e) => return Err(e),
+        };
+        if grants.disabled {
+            return Err(CoreError::Unauthorized("this user is disabled".into()));
+        }
+        Ok(AuthUser {
+            id: claims.sub,
+            email: grants.email.clone(),
+            permissions: grants.permissions.clone(),
+            expires_at: claims.exp,
+            jti: claims.jti,
+        })
+    }
+
+    /// An operator token with every permission, for `modhost admin token`.
+    pub fn console_token(&self, ttl: Duration) -> String {
+        self.key
+            .sign(&self.claims(CONSOLE_SUBJECT, CONSOLE_SUBJECT, "access", ttl))
+    }
+}
+
+/// An argon2 hash of a random password, checked against when the email is unknown.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$6yYgzh7UgpjXQGlH0MOAvGl1WWhhx8O6QUd4hgJk2p0";

@@ -1,0 +1,288 @@
+//! The core services embedded in the host: auth (tokens), identity (users), authz
+//! (roles and permission checks) and audit (the append-only log). Their data lives in
+//! the host's own `core` area.
+//!
+//! One [`Core`] value owns the area, the signing key and the in-memory caches that keep
+//! the request path free of database reads (granted permissions per user, revoked
+//! token ids). Every change made through [`Core`] invalidates what it affects. Files:
+//! `tokens.rs` (JWT), `identity.rs`, `authz.rs`, `audit.rs`, `auth.rs` (login, refresh,
+//! revoke, authenticate), `api.rs` (HTTP), `calls.rs` (the handles modules get).
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod authz;
+pub mod calls;
+pub mod identity;
+pub mod tokens;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use modhost_plugin_api::ffi::{FfiRows, FfiValue};
+
+use crate::{
+    database::{AreaPool, BackendKind},
+    db_handle::AreaDatabase,
+    migrations::{self, MigrationError},
+    permissions::PermissionRegistry,
+};
+
+pub use auth::AuthUser;
+use authz::Grants;
+use tokens::SigningKey;
+
+/// The core's own permissions, registered under module `core`.
+pub const CORE_PERMISSIONS: &[&str] = &[
+    "core.user.create",
+    "core.user.read",
+    "core.user.disable",
+    "core.role.read",
+    "core.role.write",
+    "core.role.assign",
+    "core.audit.read",
+    "core.admin.read",
+    "core.admin.write",
+];
+
+/// Token lifetimes and key, from the host config.
+#[derive(Clone, Debug)]
+pub struct AuthSettings {
+    /// Hex HS256 key; `None`: generate one and keep it in the core area (dev mode).
+    pub signing_key: Option<String>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            signing_key: None,
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// An error from a core service, with the HTTP status it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the core database failed: {0}")]
+    Database(String),
+}
+
+impl CoreError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            CoreError::Invalid(_) => 400,
+            CoreError::NotFound(_) => 404,
+            CoreError::Conflict(_) => 409,
+            CoreError::Unauthorized(_) => 401,
+            CoreError::Forbidden(_) => 403,
+            CoreError::Database(_) => 503,
+        }
+    }
+}
+
+impl From<modhost_plugin_api::ffi::FfiDbError> for CoreError {
+    fn from(e: modhost_plugin_api::ffi::FfiDbError) -> Self {
+        if e.kind == modhost_plugin_api::ffi::db_error::CONSTRAINT {
+            CoreError::Conflict(e.message.into_string())
+        } else {
+            CoreError::Database(e.message.into_string())
+        }
+    }
+}
+
+/// Why the core could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreSetupError {
+    #[error("core schema: {0}")]
+    Migration(#[from] MigrationError),
+    #[error("core: {0}")]
+    Key(String),
+}
+
+/// The core services.
+pub struct Core {
+    db: AreaDatabase,
+    key: SigningKey,
+    settings: AuthSettings,
+    pub permissions: RwLock<PermissionRegistry>,
+    grants: Mutex<HashMap<String, Arc<Grants>>>,
+    revoked: RwLock<HashSet<String>>,
+}
+
+impl Core {
+    /// Migrates the core area, loads (or creates) the signing key and the revoked
+    /// token ids.
+    pub async fn open(pool: AreaPool, settings: AuthSettings) -> Result<Core, CoreSetupError> {
+        let (version, sql) = match pool.backend() {
+            BackendKind::Sqlite => (
+                1,
+                include_str!("../../core-migrations/0001_core.sqlite.sql"),
+            ),
+            BackendKind::Postgres => (
+                1,
+                include_str!("../../core-migrations/0001_core.postgres.sql"),
+            ),
+        };
+        let list = [migrations::embedded(version, "core", sql)];
+        migrations::apply_list(&pool, &list, std::path::Path::new("<built-in core schema>"))
+            .await?;
+        let db = AreaDatabase::new(pool);
+        let key = match &settings.signing_key {
+            Some(hex) => SigningKey::from_hex(hex)
+                .map_err(|e| CoreSetupError::Key(format!("auth_signing_key: {e}")))?,
+            None => stored_key(&db).await?,
+        };
+        let now = now_secs();
+        let revoked = rows(
+            db.fetch(
+                "SELECT jti FROM revoked_tokens WHERE expires_at > $1",
+                vec![FfiValue::Int(now)],
+            )
+            .await
+            .map_err(|e| CoreSetupError::Key(e.message.into_string()))?,
+        )
+        .iter()
+        .map(|r| text(&r[0]))
+        .collect();
+        let mut registry = PermissionRegistry::default();
+        // Cannot clash: the registry is empty.
+        let _ = registry.register("core", CORE_PERMISSIONS.iter().map(|p| p.to_string()));
+        Ok(Core {
+            db,
+            key,
+            settings,
+            permissions: RwLock::new(registry),
+            grants: Mutex::new(HashMap::new()),
+            revoked: RwLock::new(revoked),
+        })
+    }
+
+    /// Forgets cached grants (after any role, assignment or user change).
+    fn invalidate(&self) {
+        self.grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// The dev-mode signing key: generated once and kept in `core_settings`.
+async fn stored_key(db: &AreaDatabase) -> Result<SigningKey, CoreSetupError> {
+    let err = |e: modhost_plugin_api::ffi::FfiDbError| CoreSetupError::Key(e.message.into_string());
+    let found = rows(
+        db.fetch(
+            "SELECT value FROM core_settings WHERE key = 'auth_signing_key'",
+            vec![],
+        )
+        .await
+        .map_err(err)?,
+    );
+    if let Some(row) = found.first() {
+        return SigningKey::from_hex(&text(&row[0])).map_err(CoreSetupError::Key);
+    }
+    let hex = crate::random::random_hex(32);
+    db.exec(
+        "INSERT INTO core_settings (key, value) VALUES ('auth_signing_key', $1)",
+        vec![FfiValue::Text(hex.as_str().into())],
+    )
+    .await
+    .map_err(err)?;
+    tracing::info!("generated a token signing key and stored it in the core area (set auth_signing_key to use your own)");
+    SigningKey::from_hex(&hex).map_err(CoreSetupError::Key)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    let secs = now_secs();
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The rows of a result, as owned vectors.
+fn rows(r: FfiRows) -> Vec<Vec<FfiValue>> {
+    r.rows.into_iter().map(|row| row.into_vec()).collect()
+}
+
+/// A value as text (empty for NULL).
+fn text(v: &FfiValue) -> String {
+    match v {
+        FfiValue::Text(s) => s.to_string(),
+        FfiValue::Int(i) => i.to_string(),
+        FfiValue::Float(f) => f.to_string(),
+        FfiValue::Bool(b) => b.to_string(),
+        FfiValue::Null | FfiValue::Bytes(_) => String::new(),
+    }
+}
+
+/// A value as an integer (0 for anything else).
+fn int(v: &FfiValue) -> i64 {
+    match v {
+        FfiValue::Int(i) => *i,
+        FfiValue::Bool(b) => i64::from(*b),
+        FfiValue::Text(s) => s.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn t(s: &str) -> FfiValue {
+    FfiValue::Text(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_from_days;
+
+    #[test]
+    fn calendar_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+}
