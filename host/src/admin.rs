@@ -23,7 +23,14 @@ use crate::{
 /// or `core.admin.write` (changes); `/healthz`, `/readyz` and `/metrics` are open.
 pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let known = ["/healthz", "/readyz", "/metrics", "/admin/modules"];
+    let known = [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/admin/modules",
+        "/admin/services",
+        "/admin/dead-letters",
+    ];
     if known.contains(&path.as_str()) && method != Method::GET {
         return json_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -56,6 +63,11 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
             &serde_json::json!({ "status": "not ready" }),
         ),
         "/admin/modules" => json_response(StatusCode::OK, &host.report()),
+        "/admin/services" => json_response(
+            StatusCode::OK,
+            &host.services.report(|m| host.is_running(m)),
+        ),
+        "/admin/dead-letters" => json_response(StatusCode::OK, &host.bus.dead_letters()),
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(render_metrics(host))));
             resp.headers_mut().insert(

@@ -19,6 +19,12 @@
 //! auth_signing_key = "<64+ hex chars>"  # default: generated once, kept in the core area
 //! auth_token_ttl = "15m"             # access tokens
 //! auth_refresh_ttl = "7d"            # refresh tokens
+//! event_queue_capacity = 1024        # per subscription; beyond it events are dead-lettered
+//! event_max_retries = 3              # then the event is dead-lettered
+//! event_retry_backoff = "100ms"      # doubles per retry
+//! event_handler_timeout = "30s"
+//! cache_max_bytes = 67108864         # embedded cache bound
+//! cache_default_ttl = "5m"
 //!
 //! [modules.hello]              # merged over the `config:` of hello's module.yaml
 //! greeting = "Howdy"
@@ -60,6 +66,10 @@ pub struct HostConfig {
     pub database_max_connections: u32,
     pub postgres_role_prefix: String,
     pub auth: crate::core::AuthSettings,
+    pub events: crate::events::BusSettings,
+    /// Upper bound of the cache's memory, keys and values.
+    pub cache_max_bytes: u64,
+    pub cache_default_ttl: Duration,
     /// Per-module config overrides, merged over each manifest's `config:`.
     pub module_overrides: BTreeMap<String, serde_json::Value>,
 }
@@ -82,6 +92,9 @@ impl Default for HostConfig {
             database_max_connections: 5,
             postgres_role_prefix: "modhost_".to_string(),
             auth: crate::core::AuthSettings::default(),
+            events: crate::events::BusSettings::default(),
+            cache_max_bytes: 64 * 1024 * 1024,
+            cache_default_ttl: Duration::from_secs(300),
             module_overrides: BTreeMap::new(),
         }
     }
@@ -108,6 +121,12 @@ struct FileConfig {
     auth_signing_key: Option<String>,
     auth_token_ttl: Option<String>,
     auth_refresh_ttl: Option<String>,
+    event_queue_capacity: Option<usize>,
+    event_max_retries: Option<u32>,
+    event_retry_backoff: Option<String>,
+    event_handler_timeout: Option<String>,
+    cache_max_bytes: Option<u64>,
+    cache_default_ttl: Option<String>,
     #[serde(default)]
     modules: BTreeMap<String, toml::Table>,
 }
@@ -130,6 +149,12 @@ const FILE_FIELDS: &[&str] = &[
     "auth_signing_key",
     "auth_token_ttl",
     "auth_refresh_ttl",
+    "event_queue_capacity",
+    "event_max_retries",
+    "event_retry_backoff",
+    "event_handler_timeout",
+    "cache_max_bytes",
+    "cache_default_ttl",
     "modules",
 ];
 
@@ -194,6 +219,18 @@ impl HostConfig {
             set("auth_signing_key", f.auth_signing_key),
             set("auth_token_ttl", f.auth_token_ttl),
             set("auth_refresh_ttl", f.auth_refresh_ttl),
+            set(
+                "event_queue_capacity",
+                f.event_queue_capacity.map(|n| n.to_string()),
+            ),
+            set(
+                "event_max_retries",
+                f.event_max_retries.map(|n| n.to_string()),
+            ),
+            set("event_retry_backoff", f.event_retry_backoff),
+            set("event_handler_timeout", f.event_handler_timeout),
+            set("cache_max_bytes", f.cache_max_bytes.map(|n| n.to_string())),
+            set("cache_default_ttl", f.cache_default_ttl),
         ]
         .into_iter()
         .flatten()
@@ -246,6 +283,12 @@ impl HostConfig {
             "auth_signing_key",
             "auth_token_ttl",
             "auth_refresh_ttl",
+            "event_queue_capacity",
+            "event_max_retries",
+            "event_retry_backoff",
+            "event_handler_timeout",
+            "cache_max_bytes",
+            "cache_default_ttl",
         ] {
             let var = format!("MODHOST_{}", field.to_uppercase());
             if let Some(value) = env(&var) {
@@ -332,6 +375,29 @@ impl HostConfig {
             }
             "auth_token_ttl" => self.auth.access_ttl = parse_duration(value).map_err(bad)?,
             "auth_refresh_ttl" => self.auth.refresh_ttl = parse_duration(value).map_err(bad)?,
+            "event_queue_capacity" => {
+                self.events.queue_capacity = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("expected a positive number".into()))?
+            }
+            "event_max_retries" => {
+                self.events.max_retries =
+                    value.parse().map_err(|_| bad("expected a number".into()))?
+            }
+            "event_retry_backoff" => {
+                self.events.retry_backoff = parse_duration(value).map_err(bad)?
+            }
+            "event_handler_timeout" => {
+                self.events.handler_timeout = parse_duration(value).map_err(bad)?
+            }
+            "cache_max_bytes" => {
+                self.cache_max_bytes = value
+                    .parse()
+                    .map_err(|_| bad("expected a number of bytes".into()))?
+            }
+            "cache_default_ttl" => self.cache_default_ttl = parse_duration(value).map_err(bad)?,
             _ => return Err(bad("unknown setting".into())),
         }
         Ok(())

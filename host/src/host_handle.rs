@@ -1,43 +1,53 @@
 //! The host side of [`FfiHost`]: the handle each module gets in `init`.
 //!
-//! It knows which module it belongs to, forwards the module's logs tagged with its name,
-//! and collects the routes the module registers during `init`. Its methods are called
-//! from plugin code through `extern "C"` shims, so they must never panic.
+//! It knows which module it belongs to and what that module's manifest allows. It
+//! forwards the module's logs tagged with its name, collects what the module registers
+//! during `init` (routes, subscriptions, services), and routes the module's calls to the
+//! database, the core services, other modules' services, the event bus, the cache and the
+//! timer. Its methods are called from plugin code through `extern "C"` shims, so they must
+//! never panic.
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::Duration,
 };
 
-use abi_stable::std_types::{RResult, RStr, RString};
+use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 use async_ffi::{FfiFuture, FutureExt as _};
 use modhost_plugin_api::ffi::{
-    call_error, level, FfiCallError, FfiDatabaseBox, FfiHost, FfiHostBox, FfiHost_TO, FfiRoute,
-    FfiUnitResult,
+    call_error, level, FfiCallError, FfiDatabaseBox, FfiEventHandlerBox, FfiHost, FfiHostBox,
+    FfiHost_TO, FfiRoute, FfiServiceHandlerBox, FfiUnitResult,
 };
 use tracing::level_filters::LevelFilter;
 
 use crate::{
-    core::Core,
     db_handle::AreaDatabase,
-    metrics::Metrics,
+    lifecycle::Host,
     router::{Route, RouteError, RouteInfo},
 };
 
-/// Routes registered during one `init`, and the errors registration produced.
+/// What one `init` registered, and the errors registration produced.
 #[derive(Default)]
-pub struct PendingRoutes {
+pub struct Registrations {
     pub routes: Vec<Arc<Route>>,
-    pub errors: Vec<RouteError>,
+    pub subscriptions: Vec<(String, Arc<FfiEventHandlerBox>)>,
+    pub services: Vec<(String, Arc<FfiServiceHandlerBox>)>,
+    pub errors: Vec<String>,
 }
 
-/// What a module's manifest allows its routes: declared permissions, public routes.
+/// What a module's manifest allows it.
 #[derive(Debug, Clone, Default)]
-pub struct RouteRules {
-    pub declared: HashSet<String>,
+pub struct ModuleRules {
+    /// Declared permissions.
+    pub permissions: HashSet<String>,
     /// `(METHOD, path pattern)` pairs from `public_routes`.
     pub public: HashSet<(String, String)>,
+    pub publishes: HashSet<String>,
+    pub subscribes: HashSet<String>,
+    pub provides: HashSet<String>,
+    /// Names of the modules it depends on.
+    pub dependencies: HashSet<String>,
 }
 
 /// One module's handle.
@@ -45,32 +55,31 @@ pub struct RouteRules {
 pub struct ModuleHost {
     module: Arc<str>,
     /// `Some` while init runs; `None` afterwards (registration closed).
-    pending: Arc<Mutex<Option<PendingRoutes>>>,
-    metrics: Arc<Metrics>,
+    pending: Arc<Mutex<Option<Registrations>>>,
     /// The last panic message the module's panic hook forwarded.
     last_panic: Arc<Mutex<Option<String>>>,
     database: AreaDatabase,
-    rules: Arc<RouteRules>,
-    core: Arc<Core>,
+    rules: Arc<ModuleRules>,
+    host: Weak<Host>,
+}
+
+fn call_err(kind: u8, message: String) -> FfiCallError {
+    FfiCallError {
+        kind,
+        message: message.into(),
+    }
 }
 
 impl ModuleHost {
-    /// A handle for `module`, open for route registration.
-    pub fn new(
-        module: &str,
-        metrics: Arc<Metrics>,
-        database: AreaDatabase,
-        rules: RouteRules,
-        core: Arc<Core>,
-    ) -> Self {
+    /// A handle for `module`, open for registration.
+    pub fn new(module: &str, database: AreaDatabase, rules: ModuleRules, host: Weak<Host>) -> Self {
         Self {
             module: Arc::from(module),
-            pending: Arc::new(Mutex::new(Some(PendingRoutes::default()))),
-            metrics,
+            pending: Arc::new(Mutex::new(Some(Registrations::default()))),
             last_panic: Arc::new(Mutex::new(None)),
             database,
             rules: Arc::new(rules),
-            core,
+            host,
         }
     }
 
@@ -83,7 +92,7 @@ impl ModuleHost {
     }
 
     /// Closes registration and returns what was registered.
-    pub fn take_routes(&self) -> PendingRoutes {
+    pub fn take_registrations(&self) -> Registrations {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -99,52 +108,67 @@ impl ModuleHost {
             .take()
     }
 
-    fn register(&self, route: FfiRoute) -> Result<(), RouteError> {
+    /// Runs `f` on the open registrations, or reports that init is over.
+    fn while_open(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Registrations) -> Result<(), String>,
+    ) -> FfiUnitResult {
+        let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match guard.as_mut() {
+            None => Err(format!(
+                "{what}: can only be registered while the module's init runs"
+            )),
+            Some(pending) => match f(pending) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    pending.errors.push(e.clone());
+                    Err(e)
+                }
+            },
+        };
+        match result {
+            Ok(()) => RResult::ROk(()),
+            Err(e) => RResult::RErr(RString::from(e)),
+        }
+    }
+
+    fn register_route_inner(
+        &self,
+        route: FfiRoute,
+        pending: &mut Registrations,
+    ) -> Result<(), String> {
+        let host = self.host.upgrade().ok_or("the host is shutting down")?;
         let info = RouteInfo {
             method: route.method.into_string(),
             path: route.path.into_string(),
             permission: route.permission.into_string(),
         };
-        let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(pending) = guard.as_mut() else {
-            return Err(RouteError::Closed {
-                method: info.method,
-                path: info.path,
-            });
-        };
-        if !self.rules.declared.contains(&info.permission) {
-            let e = RouteError::Undeclared {
+        if !self.rules.permissions.contains(&info.permission) {
+            return Err(RouteError::Undeclared {
                 method: info.method,
                 path: info.path,
                 permission: info.permission,
-            };
-            pending.errors.push(e.clone());
-            return Err(e);
-        }
-        let key = (info.method.clone(), info.path.clone());
-        let public = self.rules.public.contains(&key);
-        let metrics = self.metrics.route(&self.module, &info.method, &info.path);
-        let result = Route::new(self.module.clone(), info, public, route.handler, metrics)
-            .and_then(
-                |new| match pending.routes.iter().find(|r| r.conflicts_with(&new)) {
-                    Some(existing) => Err(RouteError::Conflict {
-                        method: new.info.method.clone(),
-                        path: new.info.path.clone(),
-                        existing: existing.info.path.clone(),
-                    }),
-                    None => Ok(new),
-                },
-            );
-        match result {
-            Ok(route) => {
-                pending.routes.push(Arc::new(route));
-                Ok(())
             }
-            Err(e) => {
-                pending.errors.push(e.clone());
-                Err(e)
-            }
+            .to_string());
         }
+        let public = self
+            .rules
+            .public
+            .contains(&(info.method.clone(), info.path.clone()));
+        let metrics = host.metrics.route(&self.module, &info.method, &info.path);
+        let new = Route::new(self.module.clone(), info, public, route.handler, metrics)
+            .map_err(|e| e.to_string())?;
+        if let Some(existing) = pending.routes.iter().find(|r| r.conflicts_with(&new)) {
+            return Err(RouteError::Conflict {
+                method: new.info.method.clone(),
+                path: new.info.path.clone(),
+                existing: existing.info.path.clone(),
+            }
+            .to_string());
+        }
+        pending.routes.push(Arc::new(new));
+        Ok(())
     }
 }
 
@@ -187,10 +211,8 @@ impl FfiHost for ModuleHost {
     }
 
     fn register_route(&self, route: FfiRoute) -> FfiUnitResult {
-        match self.register(route) {
-            Ok(()) => RResult::ROk(()),
-            Err(e) => RResult::RErr(RString::from(e.to_string())),
-        }
+        let what = format!("route {} {}", route.method, route.path);
+        self.while_open(&what, |pending| self.register_route_inner(route, pending))
     }
 
     fn database(&self) -> FfiDatabaseBox {
@@ -203,35 +225,163 @@ impl FfiHost for ModuleHost {
         request: RString,
         timeout_ms: u64,
     ) -> FfiFuture<RResult<RString, FfiCallError>> {
-        let (core, module, service) = (self.core.clone(), self.module.clone(), service.to_string());
+        let (this, service) = (self.clone(), service.to_string());
         async move {
-            let fail = |kind: u8, message: String| {
-                RResult::RErr(FfiCallError {
-                    kind,
-                    message: message.into(),
-                })
-            };
-            if !service.starts_with("core.") {
-                return fail(
-                    call_error::NOT_ALLOWED,
-                    format!("unknown service `{service}`"),
-                );
-            }
             let deadline = Duration::from_millis(timeout_ms);
-            match tokio::time::timeout(
-                deadline,
-                core.call_for_module(&module, &service, request.as_str()),
-            )
-            .await
-            {
-                Err(_) => fail(
-                    call_error::TIMEOUT,
-                    format!("{service} did not answer within {deadline:?}"),
-                ),
-                Ok(Err((kind, message))) => fail(kind, message),
-                Ok(Ok(json)) => RResult::ROk(json.into()),
+            match this.call_checked(&service, request, deadline).await {
+                Ok(json) => RResult::ROk(json.into()),
+                Err((kind, message)) => RResult::RErr(call_err(kind, message)),
             }
         }
         .into_ffi()
+    }
+
+    fn publish(&self, topic: RStr<'_>, payload: RString) -> FfiFuture<RResult<(), FfiCallError>> {
+        let (this, topic) = (self.clone(), topic.to_string());
+        async move {
+            if !this.rules.publishes.contains(&topic) {
+                let why = format!("module `{}` publishes `{topic}`, which its module.yaml does not declare under events.publishes", this.module);
+                return RResult::RErr(call_err(call_error::NOT_ALLOWED, why));
+            }
+            let Some(host) = this.host.upgrade() else {
+                return RResult::RErr(call_err(call_error::UNAVAILABLE, "the host is shutting down".into()));
+            };
+            match host.bus.publish(&this.module, &topic, payload.into_string()).await {
+                Ok(_) => RResult::ROk(()),
+                Err(e) => RResult::RErr(call_err(call_error::UNAVAILABLE, e)),
+            }
+        }
+        .into_ffi()
+    }
+
+    fn subscribe(&self, pattern: RStr<'_>, handler: FfiEventHandlerBox) -> FfiUnitResult {
+        let pattern = pattern.to_string();
+        self.while_open(&format!("subscription {pattern}"), |pending| {
+            if !self.rules.subscribes.contains(&pattern) {
+                return Err(format!("module `{}` subscribes to `{pattern}`, which its module.yaml does not declare under events.subscribes", self.module));
+            }
+            pending.subscriptions.push((pattern.clone(), Arc::new(handler)));
+            Ok(())
+        })
+    }
+
+    fn provide(&self, service: RStr<'_>, handler: FfiServiceHandlerBox) -> FfiUnitResult {
+        let service = service.to_string();
+        self.while_open(&format!("service {service}"), |pending| {
+            if !self.rules.provides.contains(&service) {
+                return Err(format!("module `{}` provides `{service}`, which its module.yaml does not declare under services", self.module));
+            }
+            if pending.services.iter().any(|(s, _)| s == &service) {
+                return Err(format!("service `{service}` is provided twice"));
+            }
+            pending.services.push((service.clone(), Arc::new(handler)));
+            Ok(())
+        })
+    }
+
+    fn cache_get(&self, key: RStr<'_>) -> FfiFuture<RResult<ROption<RVec<u8>>, FfiCallError>> {
+        let found = self
+            .host
+            .upgrade()
+            .map(|h| h.cache.get(&self.module, key.as_str()));
+        async move {
+            match found {
+                Some(v) => RResult::ROk(v.map(RVec::from).into()),
+                None => RResult::RErr(call_err(
+                    call_error::UNAVAILABLE,
+                    "the host is shutting down".into(),
+                )),
+            }
+        }
+        .into_ffi()
+    }
+
+    fn cache_set(
+        &self,
+        key: RStr<'_>,
+        value: RVec<u8>,
+        ttl_ms: u64,
+    ) -> FfiFuture<RResult<(), FfiCallError>> {
+        let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
+        let done = self.host.upgrade().map(|h| {
+            h.cache
+                .set(&self.module, key.as_str(), value.into_vec(), ttl)
+        });
+        async move {
+            match done {
+                Some(()) => RResult::ROk(()),
+                None => RResult::RErr(call_err(
+                    call_error::UNAVAILABLE,
+                    "the host is shutting down".into(),
+                )),
+            }
+        }
+        .into_ffi()
+    }
+
+    fn cache_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), FfiCallError>> {
+        let done = self
+            .host
+            .upgrade()
+            .map(|h| h.cache.delete(&self.module, key.as_str()));
+        async move {
+            match done {
+                Some(()) => RResult::ROk(()),
+                None => RResult::RErr(call_err(
+                    call_error::UNAVAILABLE,
+                    "the host is shutting down".into(),
+                )),
+            }
+        }
+        .into_ffi()
+    }
+
+    fn sleep(&self, ms: u64) -> FfiFuture<()> {
+        async move { tokio::time::sleep(Duration::from_millis(ms)).await }.into_ffi()
+    }
+}
+
+impl ModuleHost {
+    /// A service call, after checking that the caller may make it.
+    async fn call_checked(
+        &self,
+        service: &str,
+        request: RString,
+        deadline: Duration,
+    ) -> Result<String, (u8, String)> {
+        let host = self.host.upgrade().ok_or((
+            call_error::UNAVAILABLE,
+            "the host is shutting down".to_string(),
+        ))?;
+        if service.starts_with("core.") {
+            return match tokio::time::timeout(
+                deadline,
+                host.core
+                    .call_for_module(&self.module, service, request.as_str()),
+            )
+            .await
+            {
+                Err(_) => Err((
+                    call_error::TIMEOUT,
+                    format!("{service} did not answer within {deadline:?}"),
+                )),
+                Ok(result) => result,
+            };
+        }
+        let Some(provider) = host.service_provider(service) else {
+            return Err((
+                call_error::NOT_ALLOWED,
+                format!("no module declares the service `{service}`"),
+            ));
+        };
+        if !self.rules.dependencies.contains(&provider) {
+            return Err((
+                call_error::NOT_ALLOWED,
+                format!("module `{}` calls `{service}` but does not list its provider `{provider}` among its dependencies in module.yaml", self.module),
+            ));
+        }
+        host.services
+            .call(&self.module, service, request, deadline)
+            .await
     }
 }

@@ -7,9 +7,11 @@
 //! [`router`] and [`server`] (HTTP), [`admin`] and [`metrics`] (operations),
 //! [`database`], [`db_handle`] and [`migrations`] (per-module data), [`core`] (auth,
 //! identity, authz, audit), [`permissions`] and [`enforce`] (access control),
-//! [`openapi`], [`config`] and [`logging`].
+//! [`events`], [`cache`] and [`services`] (between modules), [`openapi`], [`config`]
+//! and [`logging`].
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod core;
@@ -17,6 +19,7 @@ pub mod database;
 pub mod db_handle;
 pub mod discovery;
 pub mod enforce;
+pub mod events;
 pub mod host_handle;
 pub mod inspect;
 pub mod library_file;
@@ -32,5 +35,6 @@ pub mod random;
 pub mod resolve;
 pub mod router;
 pub mod server;
+pub mod services;
 
 pub use lifecycle::Host;

@@ -24,18 +24,21 @@ use semver::Version;
 use serde::Serialize;
 
 use crate::{
+    cache::{CacheStore, InProcessCache},
     config::HostConfig,
     core::{audit::Audit, Core, CoreSetupError},
     database::{Databases, DbSetupError},
     db_handle::AreaDatabase,
     discovery::DiscoveryError,
-    host_handle::{ModuleHost, RouteRules},
+    events::{DeadLetter, EventBus, InProcessBus},
+    host_handle::{ModuleHost, ModuleRules},
     inspect::Inspection,
     loader::{load_library, RuntimeDir},
     manifest::{Dependency, Manifest, ModuleName},
     metrics::Metrics,
     migrations,
     router::{Route, RouteError, RouteInfo, RouteTable},
+    services::ServiceRegistry,
 };
 
 /// Where a module is in its life.
@@ -179,6 +182,9 @@ pub struct Host {
     routes: RwLock<Arc<RouteTable>>,
     runtime: RuntimeDir,
     databases: Databases,
+    pub bus: Arc<dyn EventBus>,
+    pub cache: Arc<dyn CacheStore>,
+    pub services: Arc<ServiceRegistry>,
     ready: AtomicBool,
 }
 
@@ -236,6 +242,18 @@ impl Host {
         }
         let count = ordered.len();
         ordered.extend(failed);
+        let audit_core = core.clone();
+        let sink = Arc::new(move |d: DeadLetter| {
+            let core = audit_core.clone();
+            tokio::spawn(async move {
+                let target = format!("{} #{}", d.topic, d.event_id);
+                let detail = format!("{} attempt(s): {}", d.attempts, d.error);
+                let entry = Audit::new("system", "event.dead_letter", &target).module(&d.module);
+                core.record(entry.outcome("failure").detail(&detail)).await;
+            });
+        });
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(config.events.clone(), sink));
+        let (cache_max_bytes, cache_ttl) = (config.cache_max_bytes, config.cache_default_ttl);
         let host = Arc::new(Host {
             config,
             core,
@@ -244,6 +262,9 @@ impl Host {
             routes: RwLock::new(Arc::new(RouteTable::default())),
             runtime,
             databases,
+            bus,
+            cache: Arc::new(InProcessCache::new(cache_max_bytes, cache_ttl)),
+            services: Arc::new(ServiceRegistry::default()),
             ready: AtomicBool::new(false),
         });
         for idx in 0..count {
@@ -310,6 +331,8 @@ impl Host {
             e.instance = None;
             e.name.clone()
         };
+        self.bus.unsubscribe_module(&name);
+        self.services.unregister_module(&name);
         self.core
             .record(
                 Audit::new("system", "module.fail", &name)
@@ -339,7 +362,7 @@ impl Host {
         None
     }
 
-    async fn load_and_init(&self, idx: usize) {
+    async fn load_and_init(self: &Arc<Self>, idx: usize) {
         if let Some(why) = self.unmet_dependency(idx, &ModuleState::Initialized) {
             return self.fail(idx, why).await;
         }
@@ -371,13 +394,35 @@ impl Host {
         if let Err(e) = registered {
             return self.fail(idx, e.to_string()).await;
         }
-        let rules = RouteRules {
-            declared: declared.into_iter().collect(),
+        let rules = ModuleRules {
+            permissions: declared.into_iter().collect(),
             public: manifest
                 .public_routes
                 .iter()
                 .filter_map(|r| r.split_once(' '))
                 .map(|(m, p)| (m.to_string(), p.to_string()))
+                .collect(),
+            publishes: manifest
+                .events
+                .publishes
+                .iter()
+                .map(|t| t.as_str().to_string())
+                .collect(),
+            subscribes: manifest
+                .events
+                .subscribes
+                .iter()
+                .map(|t| t.as_str().to_string())
+                .collect(),
+            provides: manifest
+                .services
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect(),
+            dependencies: manifest
+                .dependencies
+                .keys()
+                .map(|d| d.to_string())
                 .collect(),
         };
         let started = Instant::now();
@@ -407,10 +452,9 @@ impl Host {
         };
         let handle = ModuleHost::new(
             &name,
-            self.metrics.clone(),
             AreaDatabase::new(pool),
             rules.clone(),
-            self.core.clone(),
+            Arc::downgrade(self),
         );
         let config = self.config.module_config(&name, &defaults);
         let ctx = FfiInitContext {
@@ -419,14 +463,13 @@ impl Host {
             host: handle.to_ffi(),
         };
         let result = call_plugin(module.init(ctx), self.config.init_timeout, &handle).await;
-        let pending = handle.take_routes();
+        let pending = handle.take_registrations();
         if let Err(why) = result {
             return self.fail(idx, format!("init failed: {why}")).await;
         }
         if !pending.errors.is_empty() {
-            let errors: Vec<String> = pending.errors.iter().map(|e| e.to_string()).collect();
             return self
-                .fail(idx, format!("init failed: {}", errors.join("; ")))
+                .fail(idx, format!("init failed: {}", pending.errors.join("; ")))
                 .await;
         }
         let unregistered: Vec<String> = rules
@@ -458,6 +501,12 @@ impl Host {
                     .detail(&format!("version {}", manifest.version)),
             )
             .await;
+        for (pattern, handler) in pending.subscriptions {
+            self.bus.subscribe(&name, &pattern, handler);
+        }
+        for (service, handler) in pending.services {
+            self.services.register(&name, &service, handler);
+        }
         let mut entries = self.entries();
         let e = &mut entries[idx];
         e.state = ModuleState::Initialized;
@@ -541,6 +590,8 @@ impl Host {
                     }
                 };
             self.core.record(outcome).await;
+            self.bus.unsubscribe_module(&name);
+            self.services.unregister_module(&name);
             let mut entries = self.entries();
             entries[idx].state = ModuleState::Stopped;
             entries[idx].routes.clear();
@@ -553,6 +604,25 @@ impl Host {
     /// Marks the host as not ready (shutdown has begun); `/readyz` turns 503.
     pub fn begin_shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// The module whose manifest declares `service`, if any.
+    pub fn service_provider(&self, service: &str) -> Option<String> {
+        self.entries()
+            .iter()
+            .find(|e| {
+                e.manifest
+                    .as_ref()
+                    .is_some_and(|m| m.services.iter().any(|s| s.as_str() == service))
+            })
+            .map(|e| e.name.clone())
+    }
+
+    /// Whether `module` is started.
+    pub fn is_running(&self, module: &str) -> bool {
+        self.entries()
+            .iter()
+            .any(|e| e.name == module && e.state == ModuleState::Started)
     }
 
     /// What `/admin/modules` shows.

@@ -46,6 +46,9 @@ pub struct Manifest {
     /// Event topics the module publishes and subscribes to.
     #[serde(default)]
     pub events: Events,
+    /// Services this module provides to others, `<module>.<resource>.<action>`.
+    #[serde(default)]
+    pub services: Vec<Permission>,
     /// Routes anyone may call without a token: `"GET /api/v1/<name>/..."`, exactly as
     /// the module registers them.
     #[serde(default)]
@@ -69,6 +72,7 @@ const MANIFEST_FIELDS: &[&str] = &[
     "dependencies",
     "permissions",
     "events",
+    "services",
     "public_routes",
     "config",
 ];
@@ -449,6 +453,17 @@ impl Manifest {
                         "events.publishes[{i}]: `{}` must be a plain topic in this module's \
                          namespace, starting with `{name}.`",
                         topic.as_str()
+                    ),
+                ));
+            }
+        }
+        for (i, service) in self.services.iter().enumerate() {
+            if service.namespace() != name {
+                return Err(at(
+                    service.as_str(),
+                    format!(
+                        "services[{i}]: `{}` is outside this module's namespace; services of module `{name}` must start with `{name}.`",
+                        service.as_str()
                     ),
                 ));
             }

@@ -210,6 +210,7 @@ fn blog_crud_over_http_and_data_survives_a_restart() {
     for b in backends() {
         let label = b.label();
         let m = Modules::new();
+        m.add_example("billing");
         m.add_example("blog");
         let host = b.start(&m);
         let post = |body: &str| host.request("POST", "/api/v1/blog/posts", body.as_bytes());

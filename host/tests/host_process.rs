@@ -66,10 +66,11 @@ fn example_modules_load_in_order_and_serve_routes() {
     let notif = state_of(&host, "notifications");
     assert_eq!(notif["state"], "started");
     assert_eq!(notif["dependencies"]["blog"]["requirement"], ">=1.0, <2");
-    assert_eq!(
-        notif["routes"][0]["permission"],
-        "notifications.status.read"
-    );
+    assert!(notif["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["permission"] == "notifications.status.read"));
     assert!(notif["load_time_ms"].as_f64().unwrap() > 0.0);
     assert!(notif["runtime_path"].as_str().unwrap().contains("runtime"));
 

@@ -75,6 +75,7 @@ fn audit(host: &HostProcess, query: &str) -> Vec<Value> {
 fn setup() -> (Modules, HostProcess) {
     let m = Modules::new();
     m.add_example("hello");
+    m.add_example("billing");
     m.add_example("blog");
     m.add_faulty("probe", "ok", "");
     let host = HostProcess::start(&m, &[], &[]);

@@ -85,17 +85,60 @@ pub(crate) async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
             kind: CallErrorKind::Failed,
             message: format!("answer from {service} does not have the expected shape: {e}"),
         }),
-        RResult::RErr(e) => Err(CallError {
-            kind: match e.kind {
-                call_error::NOT_ALLOWED => CallErrorKind::NotAllowed,
-                call_error::UNAVAILABLE => CallErrorKind::Unavailable,
-                call_error::TIMEOUT => CallErrorKind::Timeout,
-                call_error::BAD_REQUEST => CallErrorKind::BadRequest,
-                call_error::NOT_FOUND => CallErrorKind::NotFound,
-                _ => CallErrorKind::Failed,
-            },
-            message: e.message.into_string(),
-        }),
+        RResult::RErr(e) => Err(CallError::from_ffi(e)),
+    }
+}
+
+impl CallError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: CallErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn from_ffi(e: crate::ffi::FfiCallError) -> Self {
+        let kind = match e.kind {
+            call_error::NOT_ALLOWED => CallErrorKind::NotAllowed,
+            call_error::UNAVAILABLE => CallErrorKind::Unavailable,
+            call_error::TIMEOUT => CallErrorKind::Timeout,
+            call_error::BAD_REQUEST => CallErrorKind::BadRequest,
+            call_error::NOT_FOUND => CallErrorKind::NotFound,
+            _ => CallErrorKind::Failed,
+        };
+        Self::new(kind, e.message.into_string())
+    }
+
+    pub(crate) fn to_ffi(&self) -> crate::ffi::FfiCallError {
+        let kind = match self.kind {
+            CallErrorKind::NotAllowed => call_error::NOT_ALLOWED,
+            CallErrorKind::Unavailable => call_error::UNAVAILABLE,
+            CallErrorKind::Timeout => call_error::TIMEOUT,
+            CallErrorKind::BadRequest => call_error::BAD_REQUEST,
+            CallErrorKind::NotFound => call_error::NOT_FOUND,
+            CallErrorKind::Failed => call_error::FAILED,
+        };
+        crate::ffi::FfiCallError {
+            kind,
+            message: self.message.as_str().into(),
+        }
+    }
+}
+
+impl From<Error> for CallError {
+    fn from(e: Error) -> Self {
+        CallError::new(CallErrorKind::Failed, e.message())
+    }
+}
+
+impl From<crate::DbError> for CallError {
+    fn from(e: crate::DbError) -> Self {
+        let kind = match e.kind {
+            crate::DbErrorKind::Unavailable => CallErrorKind::Unavailable,
+            _ => CallErrorKind::Failed,
+        };
+        CallError::new(kind, e.message)
     }
 }
 

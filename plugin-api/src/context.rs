@@ -2,13 +2,22 @@
 
 use std::{future::Future, sync::Arc};
 
-use abi_stable::{sabi_trait::TD_Opaque, std_types::RResult};
-use serde::de::DeserializeOwned;
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RArc, RResult},
+};
+use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     adapter::HandlerAdapter,
-    clients::{AuditClient, AuthClient, AuthzClient, IdentityClient},
-    ffi::{FfiHandler_TO, FfiHostBox, FfiInitContext, FfiRoute},
+    cache::{Cache, Timer},
+    clients::{AuditClient, AuthClient, AuthzClient, CallError, IdentityClient},
+    events::{Event, EventAdapter, Events},
+    ffi::{
+        FfiEventHandler_TO, FfiHandler_TO, FfiHostBox, FfiInitContext, FfiRoute,
+        FfiServiceHandler_TO,
+    },
+    services::{Caller, ServiceAdapter, Services},
     Database, Error, IntoResponse, Method, Request, Result,
 };
 
@@ -81,6 +90,66 @@ impl InitContext {
     pub fn audit(&self) -> AuditClient {
         AuditClient {
             host: self.host.clone(),
+        }
+    }
+
+    /// Publishes events (topics declared under `events.publishes`).
+    pub fn events(&self) -> Events {
+        Events {
+            host: self.host.clone(),
+        }
+    }
+
+    /// Calls other modules' services (providers must be among your dependencies).
+    pub fn services(&self) -> Services {
+        Services {
+            host: self.host.clone(),
+        }
+    }
+
+    /// This module's cache namespace.
+    pub fn cache(&self) -> Cache {
+        Cache {
+            host: self.host.clone(),
+        }
+    }
+
+    /// The host's timer (`timer().sleep(d).await`).
+    pub fn timer(&self) -> Timer {
+        Timer {
+            host: self.host.clone(),
+        }
+    }
+
+    /// Subscribes `handler` to `pattern` (declared under `events.subscribes`). An `Err`
+    /// or a panic makes the host retry the event with backoff, then dead-letter it.
+    pub fn subscribe<H, Fut>(&mut self, pattern: &str, handler: H) -> Result<()>
+    where
+        H: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        let handler =
+            FfiEventHandler_TO::from_ptr(RArc::new(EventAdapter::new(handler)), TD_Opaque);
+        match self.host.subscribe(pattern.into(), handler) {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(Error::new(e.into_string())),
+        }
+    }
+
+    /// Provides `service` (declared under `services`): other modules call it with a
+    /// JSON request that deserialises into `Req`; the handler's `Resp` goes back as JSON.
+    pub fn provide<H, Req, Resp, Fut>(&mut self, service: &str, handler: H) -> Result<()>
+    where
+        H: Fn(Caller, Req) -> Fut + Send + Sync + 'static,
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        Fut: Future<Output = std::result::Result<Resp, CallError>> + Send + 'static,
+    {
+        let handler =
+            FfiServiceHandler_TO::from_ptr(RArc::new(ServiceAdapter::new(handler)), TD_Opaque);
+        match self.host.provide(service.into(), handler) {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(Error::new(e.into_string())),
         }
     }
 

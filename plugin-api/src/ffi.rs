@@ -148,6 +148,41 @@ pub trait FfiTransaction: Send + Sync {
 /// Owned transaction handle.
 pub type FfiTransactionBox = FfiTransaction_TO<'static, RBox<()>>;
 
+/// An event delivered to a subscriber.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct FfiEvent {
+    /// Sequence number, unique per host run.
+    pub id: u64,
+    pub topic: RString,
+    /// The publishing module.
+    pub source: RString,
+    /// JSON.
+    pub payload: RString,
+    /// Delivery attempt, from 1.
+    pub attempt: u32,
+}
+
+/// A module's event handler.
+#[sabi_trait]
+pub trait FfiEventHandler: Send + Sync {
+    #[sabi(last_prefix_field)]
+    fn handle(&self, event: FfiEvent) -> FfiFuture<FfiUnitResult>;
+}
+
+/// Owned, shareable event handler.
+pub type FfiEventHandlerBox = FfiEventHandler_TO<'static, RArc<()>>;
+
+/// A service a module provides to other modules: JSON in, JSON out.
+#[sabi_trait]
+pub trait FfiServiceHandler: Send + Sync {
+    #[sabi(last_prefix_field)]
+    fn call(&self, caller: RString, request: RString) -> FfiFuture<RResult<RString, FfiCallError>>;
+}
+
+/// Owned, shareable service handler.
+pub type FfiServiceHandlerBox = FfiServiceHandler_TO<'static, RArc<()>>;
+
 /// What the host offers a module. One handle per module: the host knows whose it is.
 #[sabi_trait]
 pub trait FfiHost: Send + Sync + Clone {
@@ -159,15 +194,34 @@ pub trait FfiHost: Send + Sync + Clone {
     fn register_route(&self, route: FfiRoute) -> FfiUnitResult;
     /// The module's own database.
     fn database(&self) -> FfiDatabaseBox;
-    /// Calls a service by name (`core.identity.get_user`, ...) with a JSON request;
-    /// resolves to the JSON response.
-    #[sabi(last_prefix_field)]
+    /// Calls a service by name (`core.identity.get_user`, `billing.subscription.get`)
+    /// with a JSON request; resolves to the JSON response.
     fn call(
         &self,
         service: RStr<'_>,
         request: RString,
         timeout_ms: u64,
     ) -> FfiFuture<RResult<RString, FfiCallError>>;
+    /// Publishes an event (a topic the manifest declares under `events.publishes`).
+    fn publish(&self, topic: RStr<'_>, payload: RString) -> FfiFuture<RResult<(), FfiCallError>>;
+    /// Subscribes to a pattern declared under `events.subscribes`; init only.
+    fn subscribe(&self, pattern: RStr<'_>, handler: FfiEventHandlerBox) -> FfiUnitResult;
+    /// Provides a service declared under `services`; init only.
+    fn provide(&self, service: RStr<'_>, handler: FfiServiceHandlerBox) -> FfiUnitResult;
+    /// Reads a key of this module's cache namespace.
+    fn cache_get(&self, key: RStr<'_>) -> FfiFuture<RResult<ROption<RVec<u8>>, FfiCallError>>;
+    /// Writes a key of this module's cache namespace; `ttl_ms` 0 means the default TTL.
+    fn cache_set(
+        &self,
+        key: RStr<'_>,
+        value: RVec<u8>,
+        ttl_ms: u64,
+    ) -> FfiFuture<RResult<(), FfiCallError>>;
+    /// Deletes a key of this module's cache namespace.
+    fn cache_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), FfiCallError>>;
+    /// Resolves after `ms` milliseconds, on the host's timer.
+    #[sabi(last_prefix_field)]
+    fn sleep(&self, ms: u64) -> FfiFuture<()>;
 }
 
 /// Owned, cloneable host handle.

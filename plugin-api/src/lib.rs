@@ -32,6 +32,8 @@ mod adapter;
 #[cfg(feature = "build")]
 pub mod build;
 #[cfg(feature = "runtime")]
+mod cache;
+#[cfg(feature = "runtime")]
 mod clients;
 #[cfg(feature = "runtime")]
 mod context;
@@ -39,6 +41,8 @@ mod context;
 mod database;
 #[cfg(feature = "runtime")]
 mod error;
+#[cfg(feature = "runtime")]
+mod events;
 #[cfg(feature = "runtime")]
 pub mod ffi;
 #[cfg(feature = "runtime")]
@@ -49,8 +53,12 @@ mod logging;
 mod module;
 mod permission;
 #[cfg(feature = "runtime")]
+mod services;
+#[cfg(feature = "runtime")]
 mod user;
 
+#[cfg(feature = "runtime")]
+pub use cache::{Cache, Timer};
 #[cfg(feature = "runtime")]
 pub use clients::{
     AuditClient, AuditEntry, AuthClient, AuthzClient, CallError, CallErrorKind, IdentityClient,
@@ -63,6 +71,8 @@ pub use database::{Database, DbError, DbErrorKind, Row, Rows, Transaction, Value
 #[cfg(feature = "runtime")]
 pub use error::{Error, Result};
 #[cfg(feature = "runtime")]
+pub use events::{Event, Events};
+#[cfg(feature = "runtime")]
 pub use ffi::PLUGIN_API_VERSION;
 #[cfg(feature = "runtime")]
 pub use http::{IntoResponse, Method, Request, Response};
@@ -70,14 +80,17 @@ pub use http::{IntoResponse, Method, Request, Response};
 pub use module::Module;
 pub use permission::{permission_matches, Permission};
 #[cfg(feature = "runtime")]
+pub use services::{Caller, Services};
+#[cfg(feature = "runtime")]
 pub use user::User;
 
 /// Re-exports for the common case: `use modhost_plugin_api::prelude::*;`.
 #[cfg(feature = "runtime")]
 pub mod prelude {
     pub use crate::{
-        params, CallError, Database, DbError, DbErrorKind, Error, InitContext, IntoResponse,
-        Method, Module, Permission, Request, Response, Result, User, Value,
+        params, CallError, CallErrorKind, Caller, Database, DbError, DbErrorKind, Error, Event,
+        InitContext, IntoResponse, Method, Module, Permission, Request, Response, Result, User,
+        Value,
     };
 }
 

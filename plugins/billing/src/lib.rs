@@ -1,7 +1,8 @@
 //! `billing`: subscription plans (from config) and subscriptions (table
-//! `billing_subscriptions` in the module's own database).
+//! `billing_subscriptions` in the module's own database). Publishes
+//! `billing.subscription.created`; provides the service `billing.subscription.get`.
 
-use modhost_plugin_api::prelude::*;
+use modhost_plugin_api::{prelude::*, Events};
 use serde::{Deserialize, Serialize};
 
 modhost_plugin_api::include_permissions!();
@@ -37,7 +38,7 @@ struct NewSubscription {
 
 type HandlerResult = std::result::Result<Response, Response>;
 
-async fn subscribe(db: Database, plans: Vec<Plan>, req: Request) -> HandlerResult {
+async fn subscribe(db: Database, events: Events, plans: Vec<Plan>, req: Request) -> HandlerResult {
     let new: NewSubscription = req.json()?;
     if new.user_id.trim().is_empty() {
         return Err(Response::error(400, "user_id must not be empty"));
@@ -55,8 +56,33 @@ async fn subscribe(db: Database, plans: Vec<Plan>, req: Request) -> HandlerResul
             params![new.user_id, new.plan],
         )
         .await?;
-    sub.map(|s| Response::json(201, &s))
-        .ok_or_else(|| Response::error(500, "insert returned no row"))
+    let sub = sub.ok_or_else(|| Response::error(500, "insert returned no row"))?;
+    events.publish("billing.subscription.created", &sub).await?;
+    Ok(Response::json(201, &sub))
+}
+
+#[derive(Debug, Deserialize)]
+struct SubscriptionQuery {
+    user_id: String,
+}
+
+/// Service `billing.subscription.get`: the user's active subscription.
+async fn active_subscription(
+    db: Database,
+    query: SubscriptionQuery,
+) -> Result<Subscription, CallError> {
+    let found: Option<Subscription> = db
+        .query_opt_as(
+            "SELECT id, user_id, plan, status FROM billing_subscriptions WHERE user_id = $1 AND status = 'active' ORDER BY id DESC LIMIT 1",
+            params![query.user_id.clone()],
+        )
+        .await?;
+    found.ok_or_else(|| {
+        CallError::new(
+            CallErrorKind::NotFound,
+            format!("user {} has no active subscription", query.user_id),
+        )
+    })
 }
 
 async fn get(db: Database, req: Request) -> HandlerResult {
@@ -89,12 +115,17 @@ impl Module for Billing {
                 async move { body }
             },
         )?;
-        let d = db.clone();
+        let (d, events) = (db.clone(), ctx.events());
         ctx.route(
             Method::Post,
             "/api/v1/billing/subscriptions",
             permissions::SUBSCRIPTION_CREATE,
-            move |req| subscribe(d.clone(), plans.clone(), req),
+            move |req| subscribe(d.clone(), events.clone(), plans.clone(), req),
+        )?;
+        let d = db.clone();
+        ctx.provide(
+            "billing.subscription.get",
+            move |_caller: Caller, query: SubscriptionQuery| active_subscription(d.clone(), query),
         )?;
         ctx.route(
             Method::Get,

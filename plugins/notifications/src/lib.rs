@@ -1,8 +1,8 @@
-//! `notifications`: depends on `blog` and `billing`; reports its status.
-//!
-//! It grows an event subscription and storage in the event-bus issue.
+//! `notifications`: turns `blog.post.created` and `billing.subscription.*` events into
+//! stored notifications (table `notifications`), listed by a route.
 
 use modhost_plugin_api::prelude::*;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 modhost_plugin_api::include_permissions!();
@@ -10,8 +10,62 @@ modhost_plugin_api::include_permissions!();
 #[derive(Default)]
 pub struct Notifications;
 
+#[derive(Debug, Serialize, Deserialize)]
+struct Notification {
+    id: i64,
+    event_id: i64,
+    topic: String,
+    message: String,
+}
+
+fn message(event: &Event) -> String {
+    let p = &event.payload;
+    match event.topic.as_str() {
+        "blog.post.created" => format!("New post: {}", p["title"].as_str().unwrap_or("(untitled)")),
+        topic => format!(
+            "{topic}: user {} plan {}",
+            p["user_id"].as_str().unwrap_or("?"),
+            p["plan"].as_str().unwrap_or("?")
+        ),
+    }
+}
+
 impl Module for Notifications {
     async fn init(&self, ctx: &mut InitContext) -> Result<()> {
+        let db = ctx.database();
+        for pattern in ["blog.post.created", "billing.subscription.*"] {
+            let db = db.clone();
+            ctx.subscribe(pattern, move |event: Event| {
+                let db = db.clone();
+                async move {
+                    // Idempotent: a redelivered event is stored once.
+                    let id = i64::try_from(event.id).map_err(|_| Error::new("event id out of range"))?;
+                    db.execute(
+                        "INSERT INTO notifications (event_id, topic, message) VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING",
+                        params![id, event.topic.clone(), message(&event)],
+                    )
+                    .await?;
+                    Ok(())
+                }
+            })?;
+        }
+        ctx.route(
+            Method::Get,
+            "/api/v1/notifications/notifications",
+            permissions::NOTIFICATION_READ,
+            move |_req| {
+                let db = db.clone();
+                async move {
+                    let list: Vec<Notification> = db
+                        .query_as(
+                            "SELECT id, event_id, topic, message FROM notifications ORDER BY id",
+                            &[],
+                        )
+                        .await?;
+                    Ok::<_, DbError>(Response::json(200, &list))
+                }
+            },
+        )?;
         ctx.route(
             Method::Get,
             "/api/v1/notifications/status",

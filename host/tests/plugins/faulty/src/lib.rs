@@ -67,6 +67,183 @@ async fn transactions(db: Database) -> std::result::Result<Response, DbError> {
     ))
 }
 
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct PlatformConfig {
+    subscribe: Vec<String>,
+    provide: Vec<String>,
+    slow_ms: u64,
+    fail_first: u32,
+    fail_always: bool,
+    service_delay_ms: u64,
+}
+
+/// Test-only routes for events, cache and services, configured by `config`.
+fn platform_routes(ctx: &mut InitContext, name: &str) -> Result<()> {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    let cfg: PlatformConfig =
+        serde_json::from_value(ctx.config_value().clone()).unwrap_or_default();
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    for pattern in &cfg.subscribe {
+        let (received, timer) = (received.clone(), ctx.timer());
+        let (slow, fail_first, fail_always) = (cfg.slow_ms, cfg.fail_first, cfg.fail_always);
+        ctx.subscribe(pattern, move |event: Event| {
+            let (received, timer) = (received.clone(), timer.clone());
+            async move {
+                if slow > 0 {
+                    timer.sleep(Duration::from_millis(slow)).await;
+                }
+                if fail_always || event.attempt <= fail_first {
+                    return Err(Error::new(format!(
+                        "configured to fail attempt {}",
+                        event.attempt
+                    )));
+                }
+                received
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(json!({
+                        "id": event.id, "topic": event.topic, "source": event.source,
+                        "payload": event.payload, "attempt": event.attempt,
+                    }));
+                Ok(())
+            }
+        })?;
+    }
+    for service in &cfg.provide {
+        let (timer, delay) = (ctx.timer(), cfg.service_delay_ms);
+        ctx.provide(
+            service,
+            move |caller: Caller, request: serde_json::Value| {
+                let timer = timer.clone();
+                async move {
+                    if delay > 0 {
+                        timer.sleep(Duration::from_millis(delay)).await;
+                    }
+                    if request.get("fail").is_some() {
+                        return Err(CallError::new(CallErrorKind::NotFound, "asked to fail"));
+                    }
+                    Ok::<_, CallError>(json!({ "echo": request, "caller": caller.module }))
+                }
+            },
+        )?;
+    }
+    let events = ctx.events();
+    ctx.route(
+        Method::Post,
+        &format!("/api/v1/{name}/publish"),
+        format!("{name}.probe.write"),
+        move |req| {
+            let events = events.clone();
+            async move {
+                let body: serde_json::Value = req.json()?;
+                let topic = body["topic"].as_str().unwrap_or("").to_string();
+                let count = body["count"].as_u64().unwrap_or(1);
+                for i in 0..count {
+                    let payload = json!({ "seq": i, "data": body["payload"] });
+                    if let Err(e) = events.publish(&topic, &payload).await {
+                        return Ok(Response::json(
+                            422,
+                            &json!({ "kind": format!("{:?}", e.kind), "error": e.message }),
+                        ));
+                    }
+                }
+                Ok::<_, Response>(Response::json(200, &json!({ "published": count })))
+            }
+        },
+    )?;
+    let seen = received.clone();
+    ctx.route(
+        Method::Get,
+        &format!("/api/v1/{name}/events"),
+        format!("{name}.probe.read"),
+        move |_req| {
+            let list = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            async move { Response::json(200, &list) }
+        },
+    )?;
+    let cache = ctx.cache();
+    ctx.route(
+        Method::Put,
+        &format!("/api/v1/{name}/cache/{{key}}"),
+        format!("{name}.probe.write"),
+        move |req| {
+            let cache = cache.clone();
+            async move {
+                let ttl = req
+                    .query_param("ttl_ms")
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map(Duration::from_millis);
+                cache
+                    .set(req.param("key").unwrap_or(""), req.body.clone(), ttl)
+                    .await
+                    .map_err(Response::from)?;
+                Ok::<_, Response>(Response::new(204))
+            }
+        },
+    )?;
+    let cache = ctx.cache();
+    ctx.route(
+        Method::Get,
+        &format!("/api/v1/{name}/cache/{{key}}"),
+        format!("{name}.probe.read"),
+        move |req| {
+            let cache = cache.clone();
+            async move {
+                match cache
+                    .get(req.param("key").unwrap_or(""))
+                    .await
+                    .map_err(Response::from)?
+                {
+                    Some(v) => Ok::<_, Response>(Response::new(200).with_body(v)),
+                    None => Ok(Response::error(404, "not cached")),
+                }
+            }
+        },
+    )?;
+    let cache = ctx.cache();
+    ctx.route(
+        Method::Delete,
+        &format!("/api/v1/{name}/cache/{{key}}"),
+        format!("{name}.probe.write"),
+        move |req| {
+            let cache = cache.clone();
+            async move {
+                cache
+                    .delete(req.param("key").unwrap_or(""))
+                    .await
+                    .map_err(Response::from)?;
+                Ok::<_, Response>(Response::new(204))
+            }
+        },
+    )?;
+    let services = ctx.services();
+    ctx.route(
+        Method::Post,
+        &format!("/api/v1/{name}/call"),
+        format!("{name}.probe.write"),
+        move |req| {
+            let services = services.clone();
+            async move {
+                let body: serde_json::Value = req.json()?;
+                let service = body["service"].as_str().unwrap_or("").to_string();
+                let timeout = Duration::from_millis(body["timeout_ms"].as_u64().unwrap_or(2000));
+                let result: std::result::Result<serde_json::Value, CallError> =
+                    services.call(&service, &body["request"], timeout).await;
+                Ok::<_, Response>(match result {
+                    Ok(v) => Response::json(200, &v),
+                    Err(e) => Response::json(
+                        422,
+                        &json!({ "kind": format!("{:?}", e.kind), "error": e.message }),
+                    ),
+                })
+            }
+        },
+    )?;
+    Ok(())
+}
+
 impl Module for Faulty {
     async fn init(&self, ctx: &mut InitContext) -> Result<()> {
         let name = ctx.module_name().to_string();
@@ -162,6 +339,7 @@ impl Module for Faulty {
             format!("{name}.probe.write"),
             |req| async move { Response::new(200).with_body(req.body) },
         )?;
+        platform_routes(ctx, &name)?;
         // Test-only: uses all four core service handles on behalf of the caller.
         let (auth, identity, authz, audit) = (ctx.auth(), ctx.identity(), ctx.authz(), ctx.audit());
         ctx.route(Method::Get, &format!("/api/v1/{name}/core"), format!("{name}.probe.read"), move |req| {

@@ -1,0 +1,103 @@
+//! The cache: the [`CacheStore`] interface and its embedded engine (moka, bounded by
+//! bytes, per-entry TTL). Keys are namespaced by module inside the host, so a module can
+//! neither read nor overwrite another module's keys.
+//!
+//! Scale-out mapping (Redis, a later issue): key `modhost:<module>:<key>`, `SET PX ttl`,
+//! `GET`, `DEL`; the namespace is added by the host exactly as here.
+
+use std::time::{Duration, Instant};
+
+use moka::{sync::Cache, Expiry};
+
+/// The cache as the host uses it; engines implement it.
+pub trait CacheStore: Send + Sync {
+    fn get(&self, module: &str, key: &str) -> Option<Vec<u8>>;
+    /// `ttl` `None`: the default TTL.
+    fn set(&self, module: &str, key: &str, value: Vec<u8>, ttl: Option<Duration>);
+    fn delete(&self, module: &str, key: &str);
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: std::sync::Arc<Vec<u8>>,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &String, value: &Entry, _now: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Entry,
+        _now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The embedded engine.
+pub struct InProcessCache {
+    cache: Cache<String, Entry>,
+    default_ttl: Duration,
+}
+
+impl InProcessCache {
+    /// A cache holding at most about `max_bytes` of keys and values.
+    pub fn new(max_bytes: u64, default_ttl: Duration) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &String, v: &Entry| {
+                u32::try_from(k.len() + v.value.len() + 64).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .build();
+        Self { cache, default_ttl }
+    }
+
+    fn key(module: &str, key: &str) -> String {
+        // Module names cannot contain NUL, so namespaces cannot collide.
+        format!("{module}\0{key}")
+    }
+}
+
+impl CacheStore for InProcessCache {
+    fn get(&self, module: &str, key: &str) -> Option<Vec<u8>> {
+        self.cache
+            .get(&Self::key(module, key))
+            .map(|e| e.value.as_ref().clone())
+    }
+
+    fn set(&self, module: &str, key: &str, value: Vec<u8>, ttl: Option<Duration>) {
+        let entry = Entry {
+            value: std::sync::Arc::new(value),
+            ttl: ttl.unwrap_or(self.default_ttl),
+        };
+        self.cache.insert(Self::key(module, key), entry);
+    }
+
+    fn delete(&self, module: &str, key: &str) {
+        self.cache.invalidate(&Self::key(module, key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_separate() {
+        let c = InProcessCache::new(1 << 20, Duration::from_secs(60));
+        c.set("a", "k", b"from a".to_vec(), None);
+        assert_eq!(c.get("b", "k"), None);
+        c.set("b", "k", b"from b".to_vec(), None);
+        assert_eq!(c.get("a", "k").as_deref(), Some(&b"from a"[..]));
+        c.delete("b", "k");
+        assert_eq!(c.get("a", "k").as_deref(), Some(&b"from a"[..]));
+    }
+}

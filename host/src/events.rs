@@ -1,0 +1,299 @@
+//! The event bus: the [`EventBus`] interface and its embedded, in-process engine.
+//!
+//! Semantics every engine keeps (the plugin API does not change between them):
+//! - every subscription receives every event whose topic matches its pattern, at least
+//!   once, in publish order per topic;
+//! - subscriptions run independently: each has its own bounded queue and worker, so a
+//!   slow subscriber delays only itself;
+//! - a handler that fails (error, panic or timeout) is retried with exponential backoff;
+//!   after the last attempt the event becomes a dead letter (kept for `/admin`, audited)
+//!   and the subscription moves on;
+//! - overflow policy: when a subscription's queue is full, the publisher is not blocked;
+//!   the event is dead-lettered for that subscription with reason "queue full".
+//!
+//! How this maps onto NATS JetStream (the scale-out engine, a later issue): one stream
+//! over `modhost.events.>`; publish = JetStream publish with the event id as
+//! `Nats-Msg-Id` (deduplication); one durable pull consumer per (module, pattern), named
+//! after them and shared by every host running that module, so each module processes each
+//! event once across hosts; ack after the handler succeeds, `nak` with delay for retries,
+//! `max_deliver` = retries + 1, and an advisory-driven dead-letter stream. Ordering per
+//! topic holds with `max_ack_pending = 1` per consumer, as here.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use abi_stable::std_types::RResult;
+use futures_util::{future::BoxFuture, FutureExt as _};
+use modhost_plugin_api::ffi::{FfiEvent, FfiEventHandlerBox};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// Tuning of the in-process engine.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// Events a subscription may have waiting before new ones are dead-lettered.
+    pub queue_capacity: usize,
+    /// Retries after the first failed delivery.
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles each time.
+    pub retry_backoff: Duration,
+    /// A handler still running after this has failed.
+    pub handler_timeout: Duration,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 1024,
+            max_retries: 3,
+            retry_backoff: Duration::from_millis(100),
+            handler_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An event that could not be delivered.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub event_id: u64,
+    pub topic: String,
+    pub source: String,
+    pub payload: String,
+    /// The subscribing module and its pattern.
+    pub module: String,
+    pub pattern: String,
+    pub attempts: u32,
+    pub error: String,
+    pub time: String,
+}
+
+/// Called with each new dead letter (the host audits it).
+pub type DeadLetterSink = Arc<dyn Fn(DeadLetter) + Send + Sync>;
+
+/// The bus as the host uses it; engines implement it.
+pub trait EventBus: Send + Sync {
+    /// Publishes an event; returns its id. Never waits for subscribers.
+    fn publish(
+        &self,
+        source: &str,
+        topic: &str,
+        payload: String,
+    ) -> BoxFuture<'_, Result<u64, String>>;
+    /// Adds a subscription for `module`.
+    fn subscribe(&self, module: &str, pattern: &str, handler: Arc<FfiEventHandlerBox>);
+    /// Removes every subscription of `module` (its queued events are dropped).
+    fn unsubscribe_module(&self, module: &str);
+    /// Dead letters, oldest first.
+    fn dead_letters(&self) -> Vec<DeadLetter>;
+}
+
+/// Whether `topic` matches `pattern`: `*` is one segment, a final `>` one or more.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut t = topic.split('.');
+    loop {
+        match (p.next(), t.next()) {
+            (Some(">"), Some(_)) => return p.next().is_none(),
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+struct Subscription {
+    module: String,
+    pattern: String,
+    queue: mpsc::Sender<FfiEvent>,
+    /// Cleared when the module stops: its worker drops what is still queued.
+    active: Arc<AtomicBool>,
+}
+
+/// The embedded engine.
+pub struct InProcessBus {
+    settings: BusSettings,
+    next_id: AtomicU64,
+    subscriptions: Mutex<Vec<Subscription>>,
+    dead: Arc<Mutex<Vec<DeadLetter>>>,
+    sink: DeadLetterSink,
+}
+
+/// Dead letters kept in memory (oldest dropped first).
+const MAX_DEAD_LETTERS: usize = 10_000;
+
+impl InProcessBus {
+    pub fn new(settings: BusSettings, sink: DeadLetterSink) -> Self {
+        Self {
+            settings,
+            next_id: AtomicU64::new(1),
+            subscriptions: Mutex::new(Vec::new()),
+            dead: Arc::new(Mutex::new(Vec::new())),
+            sink,
+        }
+    }
+
+    fn park(dead: &Mutex<Vec<DeadLetter>>, sink: &DeadLetterSink, letter: DeadLetter) {
+        tracing::warn!(module = %letter.module, topic = %letter.topic, event = letter.event_id, error = %letter.error, "event dead-lettered");
+        {
+            let mut list = dead.lock().unwrap_or_else(|p| p.into_inner());
+            if list.len() >= MAX_DEAD_LETTERS {
+                list.remove(0);
+            }
+            list.push(letter.clone());
+        }
+        sink(letter);
+    }
+}
+
+fn letter(
+    event: &FfiEvent,
+    module: &str,
+    pattern: &str,
+    attempts: u32,
+    error: String,
+) -> DeadLetter {
+    DeadLetter {
+        event_id: event.id,
+        topic: event.topic.to_string(),
+        source: event.source.to_string(),
+        payload: event.payload.to_string(),
+        module: module.to_string(),
+        pattern: pattern.to_string(),
+        attempts,
+        error,
+        time: crate::core::now_rfc3339(),
+    }
+}
+
+/// Delivers one event with retries; returns the final error, if any.
+async fn deliver(
+    handler: &FfiEventHandlerBox,
+    event: &FfiEvent,
+    s: &BusSettings,
+) -> Result<(), (u32, String)> {
+    let mut delay = s.retry_backoff;
+    let attempts = s.max_retries + 1;
+    let mut last = String::new();
+    for attempt in 1..=attempts {
+        let mut e = event.clone();
+        e.attempt = attempt;
+        let call = AssertUnwindSafe(handler.handle(e)).catch_unwind();
+        last = match tokio::time::timeout(s.handler_timeout, call).await {
+            Ok(Ok(RResult::ROk(()))) => return Ok(()),
+            Ok(Ok(RResult::RErr(msg))) => msg.into_string(),
+            Ok(Err(_)) => "the handler panicked".to_string(),
+            Err(_) => format!("the handler did not finish within {:?}", s.handler_timeout),
+        };
+        if attempt < attempts {
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2);
+        }
+    }
+    Err((attempts, last))
+}
+
+impl EventBus for InProcessBus {
+    fn publish(
+        &self,
+        source: &str,
+        topic: &str,
+        payload: String,
+    ) -> BoxFuture<'_, Result<u64, String>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let event = FfiEvent {
+            id,
+            topic: topic.into(),
+            source: source.into(),
+            payload: payload.into(),
+            attempt: 0,
+        };
+        let subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        for sub in subs.iter().filter(|s| topic_matches(&s.pattern, topic)) {
+            if let Err(e) = sub.queue.try_send(event.clone()) {
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => format!(
+                        "subscription queue full ({} events waiting)",
+                        self.settings.queue_capacity
+                    ),
+                    mpsc::error::TrySendError::Closed(_) => "subscription closed".to_string(),
+                };
+                Self::park(
+                    &self.dead,
+                    &self.sink,
+                    letter(&event, &sub.module, &sub.pattern, 0, why),
+                );
+            }
+        }
+        drop(subs);
+        async move { Ok(id) }.boxed()
+    }
+
+    fn subscribe(&self, module: &str, pattern: &str, handler: Arc<FfiEventHandlerBox>) {
+        let (tx, mut rx) = mpsc::channel::<FfiEvent>(self.settings.queue_capacity.max(1));
+        let (module_name, pat) = (module.to_string(), pattern.to_string());
+        let (settings, dead, sink) = (self.settings.clone(), self.dead.clone(), self.sink.clone());
+        let active = Arc::new(AtomicBool::new(true));
+        let running = active.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if !running.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Err((attempts, error)) = deliver(&handler, &event, &settings).await {
+                    Self::park(
+                        &dead,
+                        &sink,
+                        letter(&event, &module_name, &pat, attempts, error),
+                    );
+                }
+            }
+        });
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Subscription {
+                module: module.to_string(),
+                pattern: pattern.to_string(),
+                queue: tx,
+                active,
+            });
+    }
+
+    fn unsubscribe_module(&self, module: &str) {
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        for s in subs.iter().filter(|s| s.module == module) {
+            s.active.store(false, Ordering::SeqCst);
+        }
+        subs.retain(|s| s.module != module);
+    }
+
+    fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_matches as m;
+
+    #[test]
+    fn patterns() {
+        assert!(m("blog.post.created", "blog.post.created"));
+        assert!(m("blog.post.*", "blog.post.created"));
+        assert!(m("blog.*.created", "blog.post.created"));
+        assert!(m("blog.>", "blog.post.created"));
+        assert!(m("blog.>", "blog.x"));
+        assert!(!m("blog.>", "blog"));
+        assert!(!m("blog.post.*", "blog.post.created.late"));
+        assert!(!m("blog.post.*", "blog.post"));
+        assert!(!m("billing.*", "blog.post"));
+        assert!(!m("blog.post.created", "blog.post.created.x"));
+    }
+}

@@ -1,0 +1,134 @@
+//! The service registry: which module provides which service, and calls between
+//! modules through the host.
+//!
+//! A call is allowed only if the service is declared by its provider's manifest, the
+//! caller lists the provider among its dependencies, and the provider is running. The
+//! registry is in-process; across hosts it would be kept in etcd (key
+//! `modhost/services/<name>/<host>` with a lease per host, value = the host's address),
+//! and a call to a provider on another host would go over HTTP to that host's internal
+//! endpoint with the same JSON request and error kinds. Nothing here or in the plugin
+//! API assumes the provider is local except [`ServiceRegistry::call`]'s final step.
+
+use std::{
+    collections::BTreeMap,
+    panic::AssertUnwindSafe,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    time::Duration,
+};
+
+use abi_stable::std_types::{RResult, RString};
+use futures_util::FutureExt as _;
+use modhost_plugin_api::ffi::{call_error, FfiServiceHandlerBox};
+use serde::Serialize;
+
+/// A failed call: a kind from `call_error` and a message.
+pub type CallFailure = (u8, String);
+
+struct Provider {
+    module: String,
+    handler: Arc<FfiServiceHandlerBox>,
+    calls: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+}
+
+/// What `/admin/services` shows of a service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceReport {
+    pub service: String,
+    pub provider: String,
+    /// Where it runs: `local` today.
+    pub location: &'static str,
+    pub healthy: bool,
+    pub calls: u64,
+    pub errors: u64,
+}
+
+/// Registered services.
+#[derive(Default)]
+pub struct ServiceRegistry {
+    providers: RwLock<BTreeMap<String, Provider>>,
+}
+
+impl ServiceRegistry {
+    /// Registers `module`'s handler for `service`.
+    pub fn register(&self, module: &str, service: &str, handler: Arc<FfiServiceHandlerBox>) {
+        self.providers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                service.to_string(),
+                Provider {
+                    module: module.to_string(),
+                    handler,
+                    calls: Arc::new(AtomicU64::new(0)),
+                    errors: Arc::new(AtomicU64::new(0)),
+                },
+            );
+    }
+
+    /// Removes every service of `module`.
+    pub fn unregister_module(&self, module: &str) {
+        self.providers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, p| p.module != module);
+    }
+
+    /// Every service with its provider; `healthy` from `is_running(provider)`.
+    pub fn report(&self, is_running: impl Fn(&str) -> bool) -> Vec<ServiceReport> {
+        self.providers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, p)| ServiceReport {
+                service: name.clone(),
+                provider: p.module.clone(),
+                location: "local",
+                healthy: is_running(&p.module),
+                calls: p.calls.load(Ordering::Relaxed),
+                errors: p.errors.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Calls `service` for `caller` (already checked against the manifests by the
+    /// host) with a deadline.
+    pub async fn call(
+        &self,
+        caller: &str,
+        service: &str,
+        request: RString,
+        deadline: Duration,
+    ) -> Result<String, CallFailure> {
+        let found = {
+            let providers = self.providers.read().unwrap_or_else(|p| p.into_inner());
+            providers
+                .get(service)
+                .map(|p| (p.handler.clone(), p.calls.clone(), p.errors.clone()))
+        };
+        let Some((handler, calls, errors)) = found else {
+            return Err((
+                call_error::UNAVAILABLE,
+                format!("the provider of `{service}` is not running"),
+            ));
+        };
+        calls.fetch_add(1, Ordering::Relaxed);
+        let call = AssertUnwindSafe(handler.call(caller.into(), request)).catch_unwind();
+        let result = match tokio::time::timeout(deadline, call).await {
+            Err(_) => Err((
+                call_error::TIMEOUT,
+                format!("`{service}` did not answer within {deadline:?}"),
+            )),
+            Ok(Err(_)) => Err((call_error::FAILED, format!("`{service}` panicked"))),
+            Ok(Ok(RResult::RErr(e))) => Err((e.kind, e.message.into_string())),
+            Ok(Ok(RResult::ROk(json))) => Ok(json.into_string()),
+        };
+        if result.is_err() {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}

@@ -1,0 +1,6 @@
+CREATE TABLE notifications (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id BIGINT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    message TEXT NOT NULL
+);

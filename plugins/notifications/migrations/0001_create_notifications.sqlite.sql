@@ -1,0 +1,6 @@
+CREATE TABLE notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id BIGINT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    message TEXT NOT NULL
+);
