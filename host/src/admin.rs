@@ -1,7 +1,7 @@
 //! Operations endpoints: `/healthz`, `/readyz`, `/metrics` (open) and `/admin/modules`
 //! (needs `core.admin.read`).
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{
@@ -21,7 +21,7 @@ use crate::{
 
 /// Answers a request outside `/api/v1/`. `/admin/*` needs `core.admin.read` (reads)
 /// or `core.admin.write` (changes); `/healthz`, `/readyz` and `/metrics` are open.
-pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let known = [
         "/healthz",
@@ -52,6 +52,24 @@ pub async fn handle(host: &Host, req: Request<Incoming>) -> Response<Body> {
         if let Err(resp) = authorize(&host.core, access, req.headers(), target).await {
             return resp;
         }
+    }
+    if let Some(name) = path
+        .strip_prefix("/admin/modules/")
+        .and_then(|rest| rest.strip_suffix("/reload"))
+    {
+        if method != Method::POST {
+            return json_error(StatusCode::METHOD_NOT_ALLOWED, "reload answers POST only");
+        }
+        return match host.reload_module(name).await {
+            Ok(version) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "module": name, "version": version, "reloaded": true }),
+            ),
+            Err(why) if why.starts_with("no module named") => {
+                json_error(StatusCode::NOT_FOUND, &why)
+            }
+            Err(why) => json_error(StatusCode::CONFLICT, &why),
+        };
     }
     match path.as_str() {
         "/healthz" => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })),

@@ -111,6 +111,13 @@ struct RunArgs {
     /// Exit with an error if any module fails (also MODHOST_STRICT=true).
     #[arg(long)]
     strict: bool,
+    /// Apply changes to module folders live: drop-in, replace, remove (also
+    /// MODHOST_WATCH) [default: on in debug builds, off in release builds]
+    #[arg(long, overrides_with = "no_watch")]
+    watch: bool,
+    /// Do not watch the modules directory.
+    #[arg(long)]
+    no_watch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -234,6 +241,12 @@ fn run(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliErr
     if args.strict {
         config.strict = true;
     }
+    if args.watch {
+        config.watch = true;
+    }
+    if args.no_watch {
+        config.watch = false;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -255,6 +268,10 @@ fn run(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliErr
         let report = host.report();
         let running = report.iter().filter(|m| m.state == "started").count();
         tracing::info!(%local, running, failed = report.len() - running, "modhost ready on http://{local}");
+        if host.config.watch {
+            tracing::info!(interval = ?host.config.watch_interval, "watching the modules directory for changes");
+            crate::watch::spawn(host.clone(), host.config.watch_interval);
+        }
         server::serve(host, listener, server::shutdown_signal())
             .await
             .map_err(|source| CliError::Listen { addr, source })

@@ -25,6 +25,9 @@
 //! event_handler_timeout = "30s"
 //! cache_max_bytes = 67108864         # embedded cache bound
 //! cache_default_ttl = "5m"
+//! watch = false                      # apply module folder changes live (default: on in
+//!                                    # debug builds, off in release builds)
+//! watch_interval = "250ms"
 //!
 //! [modules.hello]              # merged over the `config:` of hello's module.yaml
 //! greeting = "Howdy"
@@ -70,6 +73,9 @@ pub struct HostConfig {
     /// Upper bound of the cache's memory, keys and values.
     pub cache_max_bytes: u64,
     pub cache_default_ttl: Duration,
+    /// Watch the modules directory and apply changes live.
+    pub watch: bool,
+    pub watch_interval: Duration,
     /// Per-module config overrides, merged over each manifest's `config:`.
     pub module_overrides: BTreeMap<String, serde_json::Value>,
 }
@@ -95,6 +101,9 @@ impl Default for HostConfig {
             events: crate::events::BusSettings::default(),
             cache_max_bytes: 64 * 1024 * 1024,
             cache_default_ttl: Duration::from_secs(300),
+            // On in development builds, off in release builds.
+            watch: cfg!(debug_assertions),
+            watch_interval: Duration::from_millis(250),
             module_overrides: BTreeMap::new(),
         }
     }
@@ -127,6 +136,8 @@ struct FileConfig {
     event_handler_timeout: Option<String>,
     cache_max_bytes: Option<u64>,
     cache_default_ttl: Option<String>,
+    watch: Option<bool>,
+    watch_interval: Option<String>,
     #[serde(default)]
     modules: BTreeMap<String, toml::Table>,
 }
@@ -155,6 +166,8 @@ const FILE_FIELDS: &[&str] = &[
     "event_handler_timeout",
     "cache_max_bytes",
     "cache_default_ttl",
+    "watch",
+    "watch_interval",
     "modules",
 ];
 
@@ -231,6 +244,8 @@ impl HostConfig {
             set("event_handler_timeout", f.event_handler_timeout),
             set("cache_max_bytes", f.cache_max_bytes.map(|n| n.to_string())),
             set("cache_default_ttl", f.cache_default_ttl),
+            set("watch", f.watch.map(|w| w.to_string())),
+            set("watch_interval", f.watch_interval),
         ]
         .into_iter()
         .flatten()
@@ -289,6 +304,8 @@ impl HostConfig {
             "event_handler_timeout",
             "cache_max_bytes",
             "cache_default_ttl",
+            "watch",
+            "watch_interval",
         ] {
             let var = format!("MODHOST_{}", field.to_uppercase());
             if let Some(value) = env(&var) {
@@ -398,6 +415,14 @@ impl HostConfig {
                     .map_err(|_| bad("expected a number of bytes".into()))?
             }
             "cache_default_ttl" => self.cache_default_ttl = parse_duration(value).map_err(bad)?,
+            "watch" => {
+                self.watch = match value {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => return Err(bad("expected true or false".into())),
+                }
+            }
+            "watch_interval" => self.watch_interval = parse_duration(value).map_err(bad)?,
             _ => return Err(bad("unknown setting".into())),
         }
         Ok(())

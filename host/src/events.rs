@@ -89,6 +89,11 @@ pub trait EventBus: Send + Sync {
     fn subscribe(&self, module: &str, pattern: &str, handler: Arc<FfiEventHandlerBox>);
     /// Removes every subscription of `module` (its queued events are dropped).
     fn unsubscribe_module(&self, module: &str);
+    /// Stops routing new events to `module`'s oldest subscriptions, keeping the
+    /// `keep_newest` most recent ones, and lets the retired ones finish what is queued
+    /// (hot reload: the new instance's subscriptions are already live, so nothing is
+    /// lost; an event may reach both, hence at-least-once).
+    fn retire_module(&self, module: &str, keep_newest: usize);
     /// Dead letters, oldest first.
     fn dead_letters(&self) -> Vec<DeadLetter>;
 }
@@ -272,6 +277,20 @@ impl EventBus for InProcessBus {
             s.active.store(false, Ordering::SeqCst);
         }
         subs.retain(|s| s.module != module);
+    }
+
+    fn retire_module(&self, module: &str, keep_newest: usize) {
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        let total = subs.iter().filter(|s| s.module == module).count();
+        let mut seen = 0;
+        // Dropping a sender ends its worker once its queue is drained.
+        subs.retain(|s| {
+            if s.module != module {
+                return true;
+            }
+            seen += 1;
+            seen > total.saturating_sub(keep_newest)
+        });
     }
 
     fn dead_letters(&self) -> Vec<DeadLetter> {

@@ -4,7 +4,7 @@
 //! is a thin shell over [`cli`]; everything else is here, one concept per module:
 //! [`manifest`] (module.yaml), [`discovery`] (module folders), [`resolve`] (dependency
 //! order), [`loader`] (abi_stable loading), [`lifecycle`] (boot and shutdown),
-//! [`router`] and [`server`] (HTTP), [`admin`] and [`metrics`] (operations),
+//! [`reload`] and [`watch`] (hot reload), [`router`] and [`server`] (HTTP), [`admin`] and [`metrics`] (operations),
 //! [`database`], [`db_handle`] and [`migrations`] (per-module data), [`core`] (auth,
 //! identity, authz, audit), [`permissions`] and [`enforce`] (access control),
 //! [`events`], [`cache`] and [`services`] (between modules), [`openapi`], [`config`]
@@ -32,9 +32,11 @@ pub mod migrations;
 pub mod openapi;
 pub mod permissions;
 pub mod random;
+pub mod reload;
 pub mod resolve;
 pub mod router;
 pub mod server;
 pub mod services;
+pub mod watch;
 
 pub use lifecycle::Host;

@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     panic::AssertUnwindSafe,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, RwLock,
@@ -37,6 +37,7 @@ use crate::{
     manifest::{Dependency, Manifest, ModuleName},
     metrics::Metrics,
     migrations,
+    resolve::ResolveError,
     router::{Route, RouteError, RouteInfo, RouteTable},
     services::ServiceRegistry,
 };
@@ -98,12 +99,30 @@ pub struct ModuleEntry {
     pub load_time: Option<Duration>,
     pub loaded_at: Option<SystemTime>,
     pub routes: Vec<Arc<Route>>,
-    instance: Option<Arc<FfiModuleBox>>,
-    handle: Option<ModuleHost>,
+    pub(crate) instance: Option<Arc<FfiModuleBox>>,
+    pub(crate) handle: Option<ModuleHost>,
+    /// A required dependency this module waits for (it starts when that one does).
+    pub waiting_for: Option<String>,
+    /// Why the last hot reload was refused (the previous version kept serving).
+    pub last_reload_error: Option<String>,
+    /// Why a stopped module is stopped (e.g. its dependency was removed).
+    pub note: Option<String>,
+}
+
+/// A new instance, initialised but not yet live.
+pub(crate) struct Prepared {
+    pub manifest: Manifest,
+    pub library: PathBuf,
+    pub instance: Arc<FfiModuleBox>,
+    pub handle: ModuleHost,
+    pub registrations: crate::host_handle::Registrations,
+    pub runtime_path: PathBuf,
+    pub plugin_api_version: String,
+    pub load_time: Duration,
 }
 
 impl ModuleEntry {
-    fn new(name: String, dir: PathBuf) -> Self {
+    pub(crate) fn new(name: String, dir: PathBuf) -> Self {
         Self {
             name,
             version: None,
@@ -119,6 +138,9 @@ impl ModuleEntry {
             routes: Vec::new(),
             instance: None,
             handle: None,
+            waiting_for: None,
+            last_reload_error: None,
+            note: None,
         }
     }
 
@@ -137,6 +159,8 @@ pub struct ModuleReport {
     pub version: Option<String>,
     pub state: &'static str,
     pub reason: Option<String>,
+    /// Why the last hot reload was refused; the previous version kept serving.
+    pub last_reload_error: Option<String>,
     pub load_order: Option<usize>,
     pub dependencies: BTreeMap<String, DependencyReport>,
     pub routes: Vec<RouteInfo>,
@@ -180,8 +204,10 @@ pub struct Host {
     pub metrics: Arc<Metrics>,
     modules: Mutex<Vec<ModuleEntry>>,
     routes: RwLock<Arc<RouteTable>>,
-    runtime: RuntimeDir,
+    pub(crate) runtime: RuntimeDir,
     databases: Databases,
+    /// Serialises reloads, drop-ins and removals.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
     pub bus: Arc<dyn EventBus>,
     pub cache: Arc<dyn CacheStore>,
     pub services: Arc<ServiceRegistry>,
@@ -222,6 +248,11 @@ impl Host {
         }
         for (i, err) in &resolution.failed {
             if let Some(mut e) = by_index.remove(i) {
+                e.waiting_for = match err {
+                    ResolveError::Missing { dependency, .. }
+                    | ResolveError::DependencyFailed { dependency, .. } => Some(dependency.clone()),
+                    _ => None,
+                };
                 e.state = ModuleState::Failed(err.to_string());
                 failed.push(e);
             }
@@ -262,6 +293,7 @@ impl Host {
             routes: RwLock::new(Arc::new(RouteTable::default())),
             runtime,
             databases,
+            reload_lock: tokio::sync::Mutex::new(()),
             bus,
             cache: Arc::new(InProcessCache::new(cache_max_bytes, cache_ttl)),
             services: Arc::new(ServiceRegistry::default()),
@@ -291,7 +323,7 @@ impl Host {
         Ok(host)
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<ModuleEntry>> {
+    pub(crate) fn entries(&self) -> std::sync::MutexGuard<'_, Vec<ModuleEntry>> {
         self.modules.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -308,7 +340,7 @@ impl Host {
             .clone()
     }
 
-    fn publish_routes(&self) {
+    pub(crate) fn publish_routes(&self) {
         let table = {
             let entries = self.entries();
             RouteTable::new(
@@ -321,7 +353,7 @@ impl Host {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
     }
 
-    async fn fail(&self, idx: usize, reason: String) {
+    pub(crate) async fn fail(&self, idx: usize, reason: String) {
         let name = {
             let mut entries = self.entries();
             let e = &mut entries[idx];
@@ -343,57 +375,71 @@ impl Host {
             .await;
     }
 
-    /// The first required dependency of entry `idx` that is not in `wanted` state.
-    fn unmet_dependency(&self, idx: usize, wanted: &ModuleState) -> Option<String> {
+    /// The first required dependency of entry `idx` that is not in `wanted` state (or
+    /// started), and why.
+    fn unmet_dependency(&self, idx: usize, wanted: &ModuleState) -> Option<(String, String)> {
         let entries = self.entries();
         let deps = entries[idx].dependencies();
         for (dep, spec) in deps {
             let found = entries.iter().find(|e| e.name == dep.as_str());
-            let ok = found.is_some_and(|e| &e.state == wanted);
+            // A started dependency is also initialised.
+            let ok = found.is_some_and(|e| &e.state == wanted || e.state == ModuleState::Started);
             if !ok && !spec.optional {
                 let why = match found.map(|e| &e.state) {
                     Some(ModuleState::Failed(r)) => format!("dependency `{dep}` failed: {r}"),
                     Some(s) => format!("dependency `{dep}` is {}", s.name()),
                     None => format!("dependency `{dep}` is not present"),
                 };
-                return Some(why);
+                return Some((dep.to_string(), why));
             }
         }
         None
     }
 
-    async fn load_and_init(self: &Arc<Self>, idx: usize) {
-        if let Some(why) = self.unmet_dependency(idx, &ModuleState::Initialized) {
-            return self.fail(idx, why).await;
+    pub(crate) async fn load_and_init(self: &Arc<Self>, idx: usize) {
+        if let Some((dep, why)) = self.unmet_dependency(idx, &ModuleState::Initialized) {
+            self.fail(idx, why).await;
+            self.entries()[idx].waiting_for = Some(dep);
+            return;
         }
         let found = {
             let entries = self.entries();
             let e = &entries[idx];
             match (e.library.clone(), e.manifest.clone()) {
-                (Some(library), Some(manifest)) => {
-                    Some((e.name.clone(), e.dir.clone(), library, manifest))
-                }
+                (Some(library), Some(manifest)) => Some((e.dir.clone(), library, manifest)),
                 _ => None,
             }
         };
-        let Some((name, dir, library, manifest)) = found else {
+        let Some((dir, library, manifest)) = found else {
             return self.fail(idx, "no library or manifest".into()).await;
         };
-        let defaults = manifest.config.clone();
+        match self.prepare(&dir, &library, &manifest).await {
+            Ok(prepared) => self.commit(idx, prepared).await,
+            Err(why) => self.fail(idx, why).await,
+        }
+    }
+
+    /// Loads, migrates and initialises a new instance of a module, without making it
+    /// visible: nothing it registered is live yet. On error nothing changed but the
+    /// database (migrations that succeeded stay applied).
+    pub(crate) async fn prepare(
+        self: &Arc<Self>,
+        dir: &Path,
+        library: &Path,
+        manifest: &Manifest,
+    ) -> Result<Prepared, String> {
+        let name = manifest.name.to_string();
         let declared: Vec<String> = manifest
             .permissions
             .iter()
             .map(|p| p.as_str().to_string())
             .collect();
-        let registered = self
-            .core
+        self.core
             .permissions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .register(&name, declared.clone());
-        if let Err(e) = registered {
-            return self.fail(idx, e.to_string()).await;
-        }
+            .register(&name, declared.clone())
+            .map_err(|e| e.to_string())?;
         let rules = ModuleRules {
             permissions: declared.into_iter().collect(),
             public: manifest
@@ -426,29 +472,24 @@ impl Host {
                 .collect(),
         };
         let started = Instant::now();
-        let loaded = match load_library(&name, &library, &self.runtime) {
-            Ok(l) => l,
-            Err(e) => return self.fail(idx, e.to_string()).await,
+        let loaded = load_library(&name, library, &self.runtime).map_err(|e| e.to_string())?;
+        let forget_copy = |why: String| {
+            let _ = std::fs::remove_file(&loaded.runtime_path);
+            why
         };
-        {
-            let mut entries = self.entries();
-            let e = &mut entries[idx];
-            e.state = ModuleState::Loaded;
-            e.runtime_path = Some(loaded.runtime_path.clone());
-            e.plugin_api_version = Some(loaded.plugin_api_version.clone());
-        }
-        let pool = match self.databases.for_module(&name).await {
-            Ok(pool) => pool,
-            Err(e) => return self.fail(idx, e.to_string()).await,
-        };
-        match migrations::apply(&pool, &dir).await {
+        let pool = self
+            .databases
+            .for_module(&name)
+            .await
+            .map_err(|e| forget_copy(e.to_string()))?;
+        match migrations::apply(&pool, dir).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(module = %name, applied = n, "migrations applied"),
-            Err(e) => return self.fail(idx, e.to_string()).await,
+            Err(e) => return Err(forget_copy(e.to_string())),
         }
         let module = match (loaded.root.new_module())() {
             RResult::ROk(m) => Arc::new(m),
-            RResult::RErr(e) => return self.fail(idx, e.into_string()).await,
+            RResult::RErr(e) => return Err(forget_copy(e.into_string())),
         };
         let handle = ModuleHost::new(
             &name,
@@ -456,27 +497,28 @@ impl Host {
             rules.clone(),
             Arc::downgrade(self),
         );
-        let config = self.config.module_config(&name, &defaults);
+        let config = self.config.module_config(&name, &manifest.config);
         let ctx = FfiInitContext {
             module_name: name.as_str().into(),
             config_json: config.to_string().into(),
             host: handle.to_ffi(),
         };
         let result = call_plugin(module.init(ctx), self.config.init_timeout, &handle).await;
-        let pending = handle.take_registrations();
+        let registrations = handle.take_registrations();
         if let Err(why) = result {
-            return self.fail(idx, format!("init failed: {why}")).await;
+            return Err(forget_copy(format!("init failed: {why}")));
         }
-        if !pending.errors.is_empty() {
-            return self
-                .fail(idx, format!("init failed: {}", pending.errors.join("; ")))
-                .await;
+        if !registrations.errors.is_empty() {
+            return Err(forget_copy(format!(
+                "init failed: {}",
+                registrations.errors.join("; ")
+            )));
         }
         let unregistered: Vec<String> = rules
             .public
             .iter()
             .filter(|(m, p)| {
-                !pending
+                !registrations
                     .routes
                     .iter()
                     .any(|r| &r.info.method == m && &r.info.path == p)
@@ -490,31 +532,55 @@ impl Host {
             })
             .collect();
         if !unregistered.is_empty() {
-            return self
-                .fail(idx, format!("init failed: {}", unregistered.join("; ")))
-                .await;
+            return Err(forget_copy(format!(
+                "init failed: {}",
+                unregistered.join("; ")
+            )));
         }
+        Ok(Prepared {
+            manifest: manifest.clone(),
+            library: library.to_path_buf(),
+            instance: module,
+            handle,
+            registrations,
+            runtime_path: loaded.runtime_path,
+            plugin_api_version: loaded.plugin_api_version,
+            load_time: started.elapsed(),
+        })
+    }
+
+    /// Makes a prepared instance the entry's current one (state `initialized`) and
+    /// activates its subscriptions and services. Routes go live with `publish_routes`.
+    pub(crate) async fn commit(&self, idx: usize, p: Prepared) {
+        let name = p.manifest.name.to_string();
         self.core
             .record(
                 Audit::new("system", "module.load", &name)
                     .module(&name)
-                    .detail(&format!("version {}", manifest.version)),
+                    .detail(&format!("version {}", p.manifest.version)),
             )
             .await;
-        for (pattern, handler) in pending.subscriptions {
+        for (pattern, handler) in p.registrations.subscriptions {
             self.bus.subscribe(&name, &pattern, handler);
         }
-        for (service, handler) in pending.services {
+        for (service, handler) in p.registrations.services {
             self.services.register(&name, &service, handler);
         }
         let mut entries = self.entries();
         let e = &mut entries[idx];
         e.state = ModuleState::Initialized;
-        e.routes = pending.routes;
-        e.instance = Some(module);
-        e.handle = Some(handle);
-        e.load_time = Some(started.elapsed());
+        e.version = Some(p.manifest.version.clone());
+        e.library = Some(p.library);
+        e.manifest = Some(p.manifest);
+        e.routes = p.registrations.routes;
+        e.instance = Some(p.instance);
+        e.handle = Some(p.handle);
+        e.runtime_path = Some(p.runtime_path);
+        e.plugin_api_version = Some(p.plugin_api_version);
+        e.load_time = Some(p.load_time);
         e.loaded_at = Some(SystemTime::now());
+        e.waiting_for = None;
+        e.last_reload_error = None;
         let routes: Vec<String> = e
             .routes
             .iter()
@@ -524,13 +590,13 @@ impl Host {
             module = %e.name,
             version = %e.version.as_ref().map(|v| v.to_string()).unwrap_or_default(),
             order = e.load_order.unwrap_or_default(),
-            load_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+            load_ms = format!("{:.1}", p.load_time.as_secs_f64() * 1000.0),
             routes = ?routes,
             "module loaded"
         );
     }
 
-    async fn start_module(&self, idx: usize) {
+    pub(crate) async fn start_module(&self, idx: usize) {
         let (name, instance, handle) = {
             let entries = self.entries();
             let e = &entries[idx];
@@ -542,8 +608,10 @@ impl Host {
             };
             (e.name.clone(), instance, handle)
         };
-        if let Some(why) = self.unmet_dependency(idx, &ModuleState::Started) {
-            return self.fail(idx, why).await;
+        if let Some((dep, why)) = self.unmet_dependency(idx, &ModuleState::Started) {
+            self.fail(idx, why).await;
+            self.entries()[idx].waiting_for = Some(dep);
+            return;
         }
         match call_plugin(instance.start(), self.config.init_timeout, &handle).await {
             Ok(()) => {
@@ -635,8 +703,9 @@ impl Host {
                 state: e.state.name(),
                 reason: match &e.state {
                     ModuleState::Failed(r) => Some(r.clone()),
-                    _ => None,
+                    _ => e.note.clone(),
                 },
+                last_reload_error: e.last_reload_error.clone(),
                 load_order: e.load_order,
                 dependencies: e
                     .dependencies()
@@ -668,7 +737,7 @@ impl Host {
 
 /// Awaits a plugin entry point with a deadline, turning errors, panics and timeouts
 /// into a reason. A panic's message is taken from the module's forwarded panic log.
-async fn call_plugin(
+pub(crate) async fn call_plugin(
     future: FfiFuture<FfiUnitResult>,
     deadline: Duration,
     handle: &ModuleHost,

@@ -38,6 +38,8 @@ pub struct Route {
     segments: Vec<Segment>,
     pub handler: Arc<FfiHandlerBox>,
     pub metrics: Arc<RouteMetrics>,
+    /// Requests running in this route's handler now (for draining on reload).
+    pub inflight: std::sync::atomic::AtomicUsize,
 }
 
 impl Route {
@@ -57,6 +59,7 @@ impl Route {
             segments,
             handler: Arc::new(handler),
             metrics,
+            inflight: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

@@ -251,7 +251,10 @@ async fn dispatch(host: &Host, req: Request<Incoming>) -> Response<Body> {
         .metrics
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let response = call_route(host, &route, req, params).await;
+    let response = {
+        let _inflight = InFlight::enter(&route);
+        call_route(host, &route, req, params).await
+    };
     if response.status().is_server_error() {
         route
             .metrics
@@ -262,6 +265,26 @@ async fn dispatch(host: &Host, req: Request<Incoming>) -> Response<Body> {
         .latency(&route.module)
         .observe(started.elapsed());
     response
+}
+
+/// Counts a request as running in a route until dropped (also on cancellation).
+struct InFlight<'a>(&'a Route);
+
+impl<'a> InFlight<'a> {
+    fn enter(route: &'a Route) -> Self {
+        route
+            .inflight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(route)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Reads the body up to `limit` bytes; 413 above it.

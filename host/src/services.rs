@@ -69,6 +69,14 @@ impl ServiceRegistry {
             );
     }
 
+    /// Removes `module`'s services that are not in `keep` (after a reload).
+    pub fn retain_module(&self, module: &str, keep: &[String]) {
+        self.providers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, p| p.module != module || keep.contains(name));
+    }
+
     /// Removes every service of `module`.
     pub fn unregister_module(&self, module: &str) {
         self.providers

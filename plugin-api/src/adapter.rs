@@ -8,7 +8,7 @@ use std::{future::Future, marker::PhantomData, sync::Arc};
 use abi_stable::{
     prefix_type::PrefixTypeTrait,
     sabi_trait::TD_Opaque,
-    std_types::{RResult, RString, Tuple2},
+    std_types::{ROption, RResult, RString, RVec, Tuple2},
 };
 use async_ffi::{FfiFuture, FutureExt as _};
 
@@ -52,6 +52,22 @@ impl<M: Module> FfiModule for ModuleAdapter<M> {
     fn stop(&self) -> FfiFuture<FfiUnitResult> {
         let module = Arc::clone(&self.0);
         async move { to_ffi(module.stop().await) }.into_ffi()
+    }
+
+    fn export_state(&self) -> FfiFuture<RResult<ROption<RVec<u8>>, RString>> {
+        let module = Arc::clone(&self.0);
+        async move {
+            match module.export_state().await {
+                Ok(state) => RResult::ROk(state.map(RVec::from).into()),
+                Err(e) => RResult::RErr(e.message().into()),
+            }
+        }
+        .into_ffi()
+    }
+
+    fn import_state(&self, state: RVec<u8>) -> FfiFuture<FfiUnitResult> {
+        let module = Arc::clone(&self.0);
+        async move { to_ffi(module.import_state(state.into_vec()).await) }.into_ffi()
     }
 }
 

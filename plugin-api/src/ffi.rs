@@ -242,8 +242,12 @@ pub struct FfiInitContext {
 pub trait FfiModule: Send + Sync {
     fn init(&self, context: FfiInitContext) -> FfiFuture<FfiUnitResult>;
     fn start(&self) -> FfiFuture<FfiUnitResult>;
-    #[sabi(last_prefix_field)]
     fn stop(&self) -> FfiFuture<FfiUnitResult>;
+    /// Hot reload, old instance: state to hand to the new one (`None`: nothing).
+    fn export_state(&self) -> FfiFuture<RResult<ROption<RVec<u8>>, RString>>;
+    /// Hot reload, new instance (after its `init`): the old instance's state.
+    #[sabi(last_prefix_field)]
+    fn import_state(&self, state: RVec<u8>) -> FfiFuture<FfiUnitResult>;
 }
 
 /// Owned module object.

@@ -17,6 +17,8 @@ use serde_json::json;
 #[derive(Default)]
 pub struct Faulty {
     mode: std::sync::OnceLock<String>,
+    /// Requests to `/ok`; handed over across hot reloads.
+    hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 async fn transactions(db: Database) -> std::result::Result<Response, DbError> {
@@ -296,19 +298,27 @@ impl Module for Faulty {
             _ => {}
         }
         let module = name.clone();
+        let reply = ctx
+            .config_value()
+            .get("reply")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let hits = self.hits.clone();
         ctx.route(
             Method::Get,
             &format!("/api/v1/{name}/ok"),
             format!("{name}.probe.read"),
             move |req| {
                 let module = module.clone();
+                let reply = reply.clone();
+                let hits = hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 async move {
                     let user = req.user().map(
                         |u| json!({ "id": u.id, "email": u.email, "permissions": u.permissions }),
                     );
                     Response::json(
                         200,
-                        &json!({ "module": module, "query": req.query, "user": user }),
+                        &json!({ "module": module, "query": req.query, "user": user, "reply": reply, "hits": hits }),
                     )
                 }
             },
@@ -404,6 +414,22 @@ impl Module for Faulty {
 
     async fn stop(&self) -> Result<()> {
         tracing::info!("faulty stopping");
+        Ok(())
+    }
+
+    async fn export_state(&self) -> Result<Option<Vec<u8>>> {
+        let hits = self.hits.load(std::sync::atomic::Ordering::SeqCst);
+        Ok(Some(hits.to_le_bytes().to_vec()))
+    }
+
+    async fn import_state(&self, state: Vec<u8>) -> Result<()> {
+        let bytes: [u8; 8] = state
+            .try_into()
+            .map_err(|_| Error::new("state must be 8 bytes"))?;
+        self.hits.store(
+            u64::from_le_bytes(bytes),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         Ok(())
     }
 }
