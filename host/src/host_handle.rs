@@ -157,7 +157,8 @@ impl ModuleHost {
             .public
             .contains(&(info.method.clone(), info.path.clone()));
         let metrics = host.metrics.route(&self.module, &info.method, &info.path);
-        let new = Route::new(self.module.clone(), info, public, route.handler, metrics)
+        let latency = host.metrics.latency(&self.module);
+        let new = Route::new(self.module.clone(), info, public, route.handler, metrics, latency)
             .map_err(|e| e.to_string())?;
         if let Some(existing) = pending.routes.iter().find(|r| r.conflicts_with(&new)) {
             return Err(RouteError::Conflict {

@@ -164,6 +164,11 @@ const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _modhost_migrations (
 /// Applies the pending migrations of `module_dir` to `pool`; returns how many ran.
 pub async fn apply(pool: &AreaPool, module_dir: &Path) -> Result<usize, MigrationError> {
     let migrations = discover(module_dir, pool.backend())?;
+    if migrations.is_empty() {
+        // Nothing to apply or to check against; leave a module without migrations
+        // untouched (its database may not even exist).
+        return Ok(0);
+    }
     apply_list(pool, &migrations, &module_dir.join(MIGRATIONS_DIR)).await
 }
 

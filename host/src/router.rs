@@ -38,6 +38,8 @@ pub struct Route {
     segments: Vec<Segment>,
     pub handler: Arc<FfiHandlerBox>,
     pub metrics: Arc<RouteMetrics>,
+    /// The module's latency histogram (shared by its routes).
+    pub latency: Arc<crate::metrics::Histogram>,
     /// Requests running in this route's handler now (for draining on reload).
     pub inflight: std::sync::atomic::AtomicUsize,
 }
@@ -50,6 +52,7 @@ impl Route {
         public: bool,
         handler: FfiHandlerBox,
         metrics: Arc<RouteMetrics>,
+        latency: Arc<crate::metrics::Histogram>,
     ) -> Result<Self, RouteError> {
         let segments = parse_pattern(&module, &info.method, &info.path)?;
         Ok(Self {
@@ -59,6 +62,7 @@ impl Route {
             segments,
             handler: Arc::new(handler),
             metrics,
+            latency,
             inflight: std::sync::atomic::AtomicUsize::new(0),
         })
     }

@@ -261,9 +261,7 @@ async fn dispatch(host: &Host, req: Request<Incoming>) -> Response<Body> {
             .errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    host.metrics
-        .latency(&route.module)
-        .observe(started.elapsed());
+    route.latency.observe(started.elapsed());
     response
 }
 
@@ -380,8 +378,14 @@ async fn call_route(
             .into(),
     };
     let timeout = host.config.request_timeout;
-    let call = AssertUnwindSafe(route.handler.call(request)).catch_unwind();
-    let response = match tokio::time::timeout(timeout, call).await {
+    let mut call = Box::pin(AssertUnwindSafe(route.handler.call(request)).catch_unwind());
+    // Most handlers answer on their first poll: only arm the timeout timer (a shared
+    // timer-wheel entry per request) for those that do not.
+    let outcome = match (&mut call).now_or_never() {
+        Some(done) => Ok(done),
+        None => tokio::time::timeout(timeout, call).await,
+    };
+    let response = match outcome {
         Ok(Ok(resp)) => resp,
         Ok(Err(_)) => {
             route

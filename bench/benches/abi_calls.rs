@@ -1,0 +1,130 @@
+//! Cost of one call across the plugin boundary, side by side:
+//! a direct Rust call, a `sabi_trait` call, a real plugin handler (`hello.so` loaded by
+//! the host, returning an `FfiFuture`), and an out-of-process plugin over a Unix socket.
+//! (A WebAssembly comparison needs wasmtime, which this machine cannot build in
+//! reasonable time; see bench/RESULTS.md.)
+
+#![allow(non_local_definitions)] // abi_stable's sabi_trait macro
+
+use std::{
+    hint::black_box,
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use abi_stable::{
+    sabi_trait,
+    sabi_trait::TD_Opaque,
+    std_types::{RBox, RStr, RVec},
+};
+use modhost::{config::HostConfig, router::Lookup, Host};
+use modhost_plugin_api::ffi::FfiRequest;
+
+fn main() {
+    divan::main();
+}
+
+#[inline(never)]
+fn direct(name: &str) -> Vec<u8> {
+    modhost_bench::greeting_body("Hello", name)
+}
+
+#[divan::bench]
+fn direct_rust_call() -> Vec<u8> {
+    direct(black_box("ada"))
+}
+
+#[sabi_trait]
+trait Greeter: Send + Sync {
+    fn greet(&self, name: RStr<'_>) -> RVec<u8>;
+}
+
+struct Local;
+
+impl Greeter for Local {
+    fn greet(&self, name: RStr<'_>) -> RVec<u8> {
+        modhost_bench::greeting_body("Hello", name.as_str()).into()
+    }
+}
+
+#[divan::bench]
+fn sabi_trait_call(bencher: divan::Bencher) {
+    let object: Greeter_TO<'static, RBox<()>> = Greeter_TO::from_value(Local, TD_Opaque);
+    bencher.bench_local(|| object.greet(black_box("ada").into()));
+}
+
+/// The release build of the example plugins (scripts/bench.sh builds them).
+fn plugin_dir() -> PathBuf {
+    std::env::var_os("MODHOST_BENCH_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"))
+}
+
+#[divan::bench]
+fn plugin_handler_ffi_future(bencher: divan::Bencher) {
+    let lib = plugin_dir().join("libhello.so");
+    if !lib.exists() {
+        eprintln!("SKIP plugin_handler_ffi_future: {} not built (run scripts/bench.sh)", lib.display());
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("modhost-bench-abi-{}", std::process::id()));
+    let modules = tmp.join("modules/hello");
+    std::fs::create_dir_all(&modules).expect("bench dir");
+    std::fs::copy(&lib, modules.join("libhello.so")).expect("copy plugin");
+    std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/hello/module.yaml"), modules.join("module.yaml")).expect("manifest");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let config = HostConfig {
+        modules_dir: tmp.join("modules"),
+        data_dir: tmp.join("data"),
+        watch: false,
+        ..HostConfig::default()
+    };
+    let host: Arc<Host> = rt.block_on(Host::boot(config)).expect("boot");
+    let table = host.routes();
+    let Lookup::Found { route, .. } = table.lookup("GET", "/api/v1/hello/greet/ada") else {
+        panic!("hello's route is missing");
+    };
+    let handler = route.handler.clone();
+    bencher.bench_local(|| {
+        let req = FfiRequest {
+            method: "GET".into(),
+            path: "/api/v1/hello/greet/ada".into(),
+            params: vec![abi_stable::std_types::Tuple2("name".into(), "ada".into())].into(),
+            query: "".into(),
+            headers: RVec::new(),
+            body: RVec::new(),
+            user: abi_stable::std_types::ROption::RNone,
+        };
+        rt.block_on(handler.call(req)).body.len()
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[divan::bench]
+fn out_of_process_unix_socket(bencher: divan::Bencher) {
+    let socket = std::env::temp_dir().join(format!("modhost-bench-{}.sock", std::process::id()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_uds_echo"))
+        .arg(&socket)
+        .spawn()
+        .expect("spawn uds_echo");
+    let mut stream = loop {
+        match UnixStream::connect(&socket) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    };
+    bencher.bench_local(|| {
+        let name = black_box(b"ada");
+        stream.write_all(&(name.len() as u32).to_le_bytes()).expect("write");
+        stream.write_all(name).expect("write");
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).expect("read");
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        stream.read_exact(&mut body).expect("read");
+        body
+    });
+    let _ = child.kill();
+    let _ = std::fs::remove_file(&socket);
+}

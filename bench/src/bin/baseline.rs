@@ -1,0 +1,71 @@
+//! The static baseline: the `hello` handler compiled into a plain hyper server, with the
+//! same token check modhost does on `/private` (HS256 signature, expiry, revocation set,
+//! permission match), so the comparison isolates the cost of the plugin boundary.
+//!
+//!   baseline ADDR SIGNING_KEY_HEX
+
+use std::{collections::HashSet, convert::Infallible, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use modhost::core::tokens::SigningKey;
+
+fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn handle(key: &SigningKey, revoked: &HashSet<String>, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let mut parts = path.trim_start_matches('/').split('/');
+    let (Some("api"), Some("v1"), Some("hello"), Some(kind), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return reply(StatusCode::NOT_FOUND, br#"{"error":"no such route"}"#.to_vec());
+    };
+    if kind == "private" {
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let now = modhost::core::now_secs();
+        let allowed = token.and_then(|t| key.verify(t, now).ok()).is_some_and(|claims| {
+            let permissions: &[&str] = if claims.sub == "console" { &["*"] } else { &[] };
+            !revoked.contains(&claims.jti)
+                && permissions.iter().any(|p| modhost_plugin_api::permission_matches(p, "hello.greeting.read"))
+        });
+        if !allowed {
+            return reply(StatusCode::UNAUTHORIZED, br#"{"error":"invalid token"}"#.to_vec());
+        }
+    } else if kind != "greet" {
+        return reply(StatusCode::NOT_FOUND, br#"{"error":"no such route"}"#.to_vec());
+    }
+    reply(StatusCode::OK, modhost_bench::greeting_body("Hello", name))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let (Some(addr), Some(hex)) = (args.next(), args.next()) else {
+        eprintln!("usage: baseline ADDR SIGNING_KEY_HEX");
+        std::process::exit(2);
+    };
+    let key = Arc::new(SigningKey::from_hex(&hex)?);
+    let revoked = Arc::new(HashSet::<String>::new());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (key, revoked) = (key.clone(), revoked.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let resp = handle(&key, &revoked, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Runs the benchmarks side by side and writes bench/RESULTS.md:
+#   1. HTTP through hello.so in modhost vs. the same handler in a plain hyper server
+#      (wrk on loopback, alternating runs), without and with the full authz check;
+#   2. the cost of one call across the ABI (divan): direct, sabi_trait, plugin FfiFuture
+#      handler, out-of-process over a Unix socket;
+#   3. startup to /readyz with 10, 100 and 500 modules; the resolver on 10,000 modules;
+#   4. hot reload latency (rename to first new response) and RSS growth per reload;
+#   5. event bus throughput and module-to-module call round trip.
+#
+#   scripts/bench.sh [--quick]     (--quick: shorter runs, for a smoke test)
+#
+# Benchmarks never fail CI; they are not timed tests.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+secs=10; rounds=3; counts="10,100,500"; reloads=20
+case "${1:-}" in
+  -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --quick) secs=2; rounds=1; counts="10,100"; reloads=5 ;;
+esac
+if ! command -v wrk >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq wrk
+  else
+    echo "bench: wrk is needed (apt-get install wrk)" >&2; exit 1
+  fi
+fi
+scripts/build-plugins.sh --release --out "$root/target/bench-modules" plugins/hello >/dev/null
+cargo build -q --release -p modhost -p modhost-bench
+bin="$root/target/release"
+key=$(printf 'ab%.0s' $(seq 1 32))
+tmp=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/modules"
+cp -r "$root/target/bench-modules/hello" "$tmp/modules/"
+
+MODHOST_AUTH_SIGNING_KEY=$key MODHOST_WATCH=false RUST_LOG=warn "$bin/modhost" run --modules "$tmp/modules" --data-dir "$tmp/data" --listen 127.0.0.1:18181 >/dev/null 2>&1 &
+"$bin/baseline" 127.0.0.1:18182 "$key" &
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18181/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+token=$(MODHOST_AUTH_SIGNING_KEY=$key "$bin/modhost" admin token --ttl 1h --data-dir "$tmp/data" 2>/dev/null)
+
+out="$root/bench/RESULTS.md"
+{
+  echo "# Benchmark results"
+  echo
+  echo "Written by \`scripts/bench.sh\` on $(date -u +%Y-%m-%d), on this machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'). Release builds. Shared, noisy machine: compare ratios from one run, not absolute figures across runs."
+  echo
+  echo "## 1. HTTP: hello.so through modhost vs. the same handler in plain hyper"
+  echo
+  echo "wrk, 2 threads, 32 connections, ${secs} s per run, ${rounds} alternating run(s) per server, loopback. Targets: ratio ≥ 0.95 without auth, ≥ 0.90 with."
+  echo
+  echo "| case | baseline req/s | baseline p50 / p99 ms | modhost req/s | modhost p50 / p99 ms | modhost / baseline |"
+  echo "|---|---|---|---|---|---|"
+  "$bin/harness" http 127.0.0.1:18182 127.0.0.1:18181 "$token" "$secs" "$rounds" 32
+  echo
+} > "$out"
+kill $(jobs -p) 2>/dev/null || true
+wait 2>/dev/null || true
+
+{
+  echo "## 2. One call across the boundary (divan, median)"
+  echo
+  echo '```'
+  MODHOST_BENCH_PLUGINS="$root/target/release" cargo bench -q -p modhost-bench --bench abi_calls 2>&1 | grep -v "^$" || true
+  echo '```'
+  echo
+  echo "## 3. Startup to /readyz = 200 (embedded SQLite, random dependency DAG)"
+  echo
+  echo "Three runs each. Target: 100 modules in under 300 ms."
+  echo
+  echo "| modules | fastest ms | median ms | slowest ms |"
+  echo "|---|---|---|---|"
+  "$bin/harness" startup "$bin/modhost" "$root/target/release/libhello.so" "$counts"
+  echo
+  echo "## 4. Hot reload"
+  echo
+  echo "Time from renaming the new library into modules/ to the first response from the new code; RSS of the host process before the first and after the last reload. Target: p50 under 150 ms."
+  echo
+  echo "| run | p50 ms | p99 ms | max ms | RSS growth per reload | library size | RSS before → after |"
+  echo "|---|---|---|---|---|---|---|"
+  "$bin/harness" reload "$bin/modhost" "$root/target/release/libhello.so" "$reloads" 50
+  "$bin/harness" reload "$bin/modhost" "$root/target/release/libhello.so" "$reloads" 250
+  echo
+  echo "## 5. Resolver, event bus, service calls (divan, median)"
+  echo
+  echo '```'
+  cargo bench -q -p modhost-bench --bench platform 2>&1 | grep -v "^$" || true
+  echo '```'
+} >> "$out"
+echo "bench: wrote $out"
