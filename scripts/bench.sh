@@ -71,7 +71,7 @@ wait 2>/dev/null || true
   echo
   echo "| modules | fastest ms | median ms | slowest ms |"
   echo "|---|---|---|---|"
-  "$bin/harness" startup "$bin/modhost" "$root/target/release/libhello.so" "$counts"
+  "$bin/harness" startup "$bin/modhost" "$root/target/bench-modules/hello/libhello.so" "$counts"
   echo
   echo "## 4. Hot reload"
   echo
@@ -79,8 +79,8 @@ wait 2>/dev/null || true
   echo
   echo "| run | p50 ms | p99 ms | max ms | RSS growth per reload | library size | RSS before → after |"
   echo "|---|---|---|---|---|---|---|"
-  "$bin/harness" reload "$bin/modhost" "$root/target/release/libhello.so" "$reloads" 50
-  "$bin/harness" reload "$bin/modhost" "$root/target/release/libhello.so" "$reloads" 250
+  "$bin/harness" reload "$bin/modhost" "$root/target/bench-modules/hello/libhello.so" "$reloads" 50
+  "$bin/harness" reload "$bin/modhost" "$root/target/bench-modules/hello/libhello.so" "$reloads" 250
   echo
   echo "## 5. Resolver, event bus, service calls (divan, median)"
   echo

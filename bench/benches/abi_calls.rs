@@ -66,15 +66,25 @@ fn plugin_dir() -> PathBuf {
 fn plugin_handler_ffi_future(bencher: divan::Bencher) {
     let lib = plugin_dir().join("libhello.so");
     if !lib.exists() {
-        eprintln!("SKIP plugin_handler_ffi_future: {} not built (run scripts/bench.sh)", lib.display());
+        eprintln!(
+            "SKIP plugin_handler_ffi_future: {} not built (run scripts/bench.sh)",
+            lib.display()
+        );
         return;
     }
     let tmp = std::env::temp_dir().join(format!("modhost-bench-abi-{}", std::process::id()));
     let modules = tmp.join("modules/hello");
     std::fs::create_dir_all(&modules).expect("bench dir");
     std::fs::copy(&lib, modules.join("libhello.so")).expect("copy plugin");
-    std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/hello/module.yaml"), modules.join("module.yaml")).expect("manifest");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    std::fs::copy(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/hello/module.yaml"),
+        modules.join("module.yaml"),
+    )
+    .expect("manifest");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let config = HostConfig {
         modules_dir: tmp.join("modules"),
         data_dir: tmp.join("data"),
@@ -117,7 +127,9 @@ fn out_of_process_unix_socket(bencher: divan::Bencher) {
     };
     bencher.bench_local(|| {
         let name = black_box(b"ada");
-        stream.write_all(&(name.len() as u32).to_le_bytes()).expect("write");
+        stream
+            .write_all(&(name.len() as u32).to_le_bytes())
+            .expect("write");
         stream.write_all(name).expect("write");
         let mut len = [0u8; 4];
         stream.read_exact(&mut len).expect("read");
@@ -126,5 +138,6 @@ fn out_of_process_unix_socket(bencher: divan::Bencher) {
         body
     });
     let _ = child.kill();
+    let _ = child.wait();
     let _ = std::fs::remove_file(&socket);
 }

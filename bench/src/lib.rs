@@ -2,5 +2,6 @@
 
 /// The body `GET /api/v1/hello/{greet|private}/{name}` answers, in both servers.
 pub fn greeting_body(greeting: &str, name: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "message": format!("{greeting}, {name}!") })).unwrap_or_default()
+    serde_json::to_vec(&serde_json::json!({ "message": format!("{greeting}, {name}!") }))
+        .unwrap_or_default()
 }

@@ -158,8 +158,15 @@ impl ModuleHost {
             .contains(&(info.method.clone(), info.path.clone()));
         let metrics = host.metrics.route(&self.module, &info.method, &info.path);
         let latency = host.metrics.latency(&self.module);
-        let new = Route::new(self.module.clone(), info, public, route.handler, metrics, latency)
-            .map_err(|e| e.to_string())?;
+        let new = Route::new(
+            self.module.clone(),
+            info,
+            public,
+            route.handler,
+            metrics,
+            latency,
+        )
+        .map_err(|e| e.to_string())?;
         if let Some(existing) = pending.routes.iter().find(|r| r.conflicts_with(&new)) {
             return Err(RouteError::Conflict {
                 method: new.info.method.clone(),

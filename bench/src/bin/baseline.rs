@@ -14,17 +14,32 @@ use modhost::core::tokens::SigningKey;
 fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
-fn handle(key: &SigningKey, revoked: &HashSet<String>, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+fn handle(
+    key: &SigningKey,
+    revoked: &HashSet<String>,
+    req: &Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let mut parts = path.trim_start_matches('/').split('/');
-    let (Some("api"), Some("v1"), Some("hello"), Some(kind), Some(name), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return reply(StatusCode::NOT_FOUND, br#"{"error":"no such route"}"#.to_vec());
+    let (Some("api"), Some("v1"), Some("hello"), Some(kind), Some(name), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            br#"{"error":"no such route"}"#.to_vec(),
+        );
     };
     if kind == "private" {
         let token = req
@@ -33,16 +48,26 @@ fn handle(key: &SigningKey, revoked: &HashSet<String>, req: &Request<hyper::body
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let now = modhost::core::now_secs();
-        let allowed = token.and_then(|t| key.verify(t, now).ok()).is_some_and(|claims| {
-            let permissions: &[&str] = if claims.sub == "console" { &["*"] } else { &[] };
-            !revoked.contains(&claims.jti)
-                && permissions.iter().any(|p| modhost_plugin_api::permission_matches(p, "hello.greeting.read"))
-        });
+        let allowed = token
+            .and_then(|t| key.verify(t, now).ok())
+            .is_some_and(|claims| {
+                let permissions: &[&str] = if claims.sub == "console" { &["*"] } else { &[] };
+                !revoked.contains(&claims.jti)
+                    && permissions
+                        .iter()
+                        .any(|p| modhost_plugin_api::permission_matches(p, "hello.greeting.read"))
+            });
         if !allowed {
-            return reply(StatusCode::UNAUTHORIZED, br#"{"error":"invalid token"}"#.to_vec());
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                br#"{"error":"invalid token"}"#.to_vec(),
+            );
         }
     } else if kind != "greet" {
-        return reply(StatusCode::NOT_FOUND, br#"{"error":"no such route"}"#.to_vec());
+        return reply(
+            StatusCode::NOT_FOUND,
+            br#"{"error":"no such route"}"#.to_vec(),
+        );
     }
     reply(StatusCode::OK, modhost_bench::greeting_body("Hello", name))
 }
@@ -65,7 +90,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let resp = handle(&key, &revoked, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

@@ -18,11 +18,18 @@ use std::{
 fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -42,11 +49,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// (requests/s, p50 ms, p99 ms) from wrk's `--latency` output.
 fn wrk(url: &str, token: Option<&str>, seconds: u32, connections: u32) -> (f64, f64, f64) {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency"]);
+    cmd.args([
+        "-t2",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
     if let Some(t) = token {
         cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
-    let out = cmd.arg(url).output().expect("run wrk (install it: apt-get install wrk)");
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("run wrk (install it: apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
     let ms = |v: &str| -> f64 {
         let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
@@ -83,15 +98,30 @@ fn http(args: &[String]) {
     let seconds: u32 = seconds.parse().expect("seconds");
     let rounds: u32 = rounds.parse().expect("rounds");
     let connections: u32 = connections.parse().expect("connections");
-    for (label, path, auth) in [("public route, no auth", "greet", false), ("full authz (valid token)", "private", true)] {
+    for (label, path, auth) in [
+        ("public route, no auth", "greet", false),
+        ("full authz (valid token)", "private", true),
+    ] {
         let mut base = Vec::new();
         let mut host = Vec::new();
         for _ in 0..rounds {
             let t = auth.then_some(token.as_str());
-            base.push(wrk(&format!("http://{baseline}/api/v1/hello/{path}/ada"), t, seconds, connections));
-            host.push(wrk(&format!("http://{modhost}/api/v1/hello/{path}/ada"), t, seconds, connections));
+            base.push(wrk(
+                &format!("http://{baseline}/api/v1/hello/{path}/ada"),
+                t,
+                seconds,
+                connections,
+            ));
+            host.push(wrk(
+                &format!("http://{modhost}/api/v1/hello/{path}/ada"),
+                t,
+                seconds,
+                connections,
+            ));
         }
-        let mean = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+        let mean = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
+            v.iter().map(f).sum::<f64>() / v.len() as f64
+        };
         let (b_rps, h_rps) = (mean(&base, |x| x.0), mean(&host, |x| x.0));
         println!(
             "| {label} | {b_rps:.0} | {:.2} / {:.2} | {h_rps:.0} | {:.2} / {:.2} | **{:.3}** |",
@@ -104,7 +134,13 @@ fn http(args: &[String]) {
     }
 }
 
-fn spawn_host(bin: &str, modules: &Path, data: &Path, addr: SocketAddr, extra_env: &[(&str, String)]) -> Child {
+fn spawn_host(
+    bin: &str,
+    modules: &Path,
+    data: &Path,
+    addr: SocketAddr,
+    extra_env: &[(&str, String)],
+) -> Child {
     let mut cmd = Command::new(bin);
     cmd.args(["run", "--modules"])
         .arg(modules)
@@ -136,7 +172,12 @@ fn hello_copy(dir: &Path, name: &str, lib: &Path, deps: &[String], greeting: &st
     let deps = if deps.is_empty() {
         String::new()
     } else {
-        format!("dependencies:\n{}", deps.iter().map(|d| format!("  {d}: \">=1.0\"\n")).collect::<String>())
+        format!(
+            "dependencies:\n{}",
+            deps.iter()
+                .map(|d| format!("  {d}: \">=1.0\"\n"))
+                .collect::<String>()
+        )
     };
     let manifest = format!(
         "name: {name}\nversion: 1.0.0\n{deps}permissions: [{name}.greeting.read]\npublic_routes: [\"GET /api/v1/{name}/greet/{{name}}\"]\nconfig:\n  greeting: {greeting}\n"
@@ -149,7 +190,10 @@ fn startup(args: &[String]) {
     let [bin, lib, counts] = args else {
         panic!("usage: harness startup MODHOST_BIN LIBHELLO COUNT[,COUNT...]");
     };
-    for n in counts.split(',').map(|c| c.parse::<usize>().expect("count")) {
+    for n in counts
+        .split(',')
+        .map(|c| c.parse::<usize>().expect("count"))
+    {
         let tmp = std::env::temp_dir().join(format!("modhost-startup-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ n as u64;
@@ -160,24 +204,40 @@ fn startup(args: &[String]) {
             seed
         };
         for i in 0..n {
-            let deps: Vec<String> = if i == 0 { vec![] } else { (0..rand() % 3).map(|_| format!("m{:04}", rand() as usize % i)).collect() };
+            let deps: Vec<String> = if i == 0 {
+                vec![]
+            } else {
+                (0..rand() % 3)
+                    .map(|_| format!("m{:04}", rand() as usize % i))
+                    .collect()
+            };
             let mut deps = deps;
             deps.sort();
             deps.dedup();
-            hello_copy(&tmp.join(format!("m{i:04}")), &format!("m{i:04}"), Path::new(lib), &deps, "Hello");
+            hello_copy(
+                &tmp.join(format!("m{i:04}")),
+                &format!("m{i:04}"),
+                Path::new(lib),
+                &deps,
+                "Hello",
+            );
         }
         let mut times = Vec::new();
         for run in 0..3 {
             let addr = free_port();
             let data = tmp.join(format!("data{run}"));
-            let mut child = spawn_host(bin, &tmp, &data, addr, &[("MODHOST_WATCH", "false".into())]);
+            let mut child =
+                spawn_host(bin, &tmp, &data, addr, &[("MODHOST_WATCH", "false".into())]);
             let t = wait_ready(addr, Duration::from_secs(120));
             let _ = child.kill();
             let _ = child.wait();
             times.push(t.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0));
         }
         times.sort_by(f64::total_cmp);
-        println!("| {n} | {:.0} | {:.0} | {:.0} |", times[0], times[1], times[2]);
+        println!(
+            "| {n} | {:.0} | {:.0} | {:.0} |",
+            times[0], times[1], times[2]
+        );
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }
@@ -185,7 +245,11 @@ fn startup(args: &[String]) {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
@@ -201,7 +265,10 @@ fn reload(args: &[String]) {
     let dir: PathBuf = modules.join("svc");
     hello_copy(&dir, "svc", Path::new(lib), &[], "v0");
     let addr = free_port();
-    let env = [("MODHOST_WATCH", "true".to_string()), ("MODHOST_WATCH_INTERVAL", format!("{interval}ms"))];
+    let env = [
+        ("MODHOST_WATCH", "true".to_string()),
+        ("MODHOST_WATCH_INTERVAL", format!("{interval}ms")),
+    ];
     let mut child = spawn_host(bin, &modules, &tmp.join("data"), addr, &env);
     wait_ready(addr, Duration::from_secs(60)).expect("modhost ready");
     // Warm up: the first response.
@@ -213,12 +280,19 @@ fn reload(args: &[String]) {
     for i in 1..=reloads {
         // Stage the new build next to the old one, then rename both into place.
         let greeting = format!("v{i}");
-        let manifest = std::fs::read_to_string(dir.join("module.yaml")).expect("manifest").replace(&format!("greeting: v{}", i - 1), &format!("greeting: {greeting}"));
+        let manifest = std::fs::read_to_string(dir.join("module.yaml"))
+            .expect("manifest")
+            .replace(
+                &format!("greeting: v{}", i - 1),
+                &format!("greeting: {greeting}"),
+            );
         std::fs::write(dir.join(".module.yaml.tmp"), manifest).expect("stage manifest");
         std::fs::write(dir.join(".libhello.so.tmp"), &library).expect("stage library");
         let t0 = Instant::now();
-        std::fs::rename(dir.join(".libhello.so.tmp"), dir.join("libhello.so")).expect("rename library");
-        std::fs::rename(dir.join(".module.yaml.tmp"), dir.join("module.yaml")).expect("rename manifest");
+        std::fs::rename(dir.join(".libhello.so.tmp"), dir.join("libhello.so"))
+            .expect("rename library");
+        std::fs::rename(dir.join(".module.yaml.tmp"), dir.join("module.yaml"))
+            .expect("rename manifest");
         let want = format!("\"{greeting}, x!\"");
         loop {
             if let Some((200, body)) = get(addr, "/api/v1/svc/greet/x") {
@@ -226,7 +300,10 @@ fn reload(args: &[String]) {
                     break;
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "reload {i} did not take effect");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "reload {i} did not take effect"
+            );
             std::thread::sleep(Duration::from_micros(500));
         }
         latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
