@@ -280,33 +280,8 @@ impl HostConfig {
     }
 
     fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        for field in [
-            "listen",
-            "modules_dir",
-            "data_dir",
-            "strict",
-            "log_format",
-            "shutdown_timeout",
-            "init_timeout",
-            "request_timeout",
-            "header_read_timeout",
-            "max_body_bytes",
-            "database_url",
-            "database_connect_timeout",
-            "database_max_connections",
-            "postgres_role_prefix",
-            "auth_signing_key",
-            "auth_token_ttl",
-            "auth_refresh_ttl",
-            "event_queue_capacity",
-            "event_max_retries",
-            "event_retry_backoff",
-            "event_handler_timeout",
-            "cache_max_bytes",
-            "cache_default_ttl",
-            "watch",
-            "watch_interval",
-        ] {
+        // Every setting of the file except the per-module tables has a variable.
+        for field in FILE_FIELDS.iter().copied().filter(|f| *f != "modules") {
             let var = format!("MODHOST_{}", field.to_uppercase());
             if let Some(value) = env(&var) {
                 self.set(field, &value, &format!("environment variable {var}"))?;
@@ -336,13 +311,7 @@ impl HostConfig {
             }
             "modules_dir" => self.modules_dir = PathBuf::from(value),
             "data_dir" => self.data_dir = PathBuf::from(value),
-            "strict" => {
-                self.strict = match value {
-                    "1" | "true" | "yes" => true,
-                    "0" | "false" | "no" => false,
-                    _ => return Err(bad("expected true or false".into())),
-                }
-            }
+            "strict" => self.strict = parse_bool(value).map_err(bad)?,
             "log_format" => {
                 self.log_format = match value {
                     "text" => LogFormat::Text,
@@ -415,13 +384,7 @@ impl HostConfig {
                     .map_err(|_| bad("expected a number of bytes".into()))?
             }
             "cache_default_ttl" => self.cache_default_ttl = parse_duration(value).map_err(bad)?,
-            "watch" => {
-                self.watch = match value {
-                    "1" | "true" | "yes" => true,
-                    "0" | "false" | "no" => false,
-                    _ => return Err(bad("expected true or false".into())),
-                }
-            }
+            "watch" => self.watch = parse_bool(value).map_err(bad)?,
             "watch_interval" => self.watch_interval = parse_duration(value).map_err(bad)?,
             _ => return Err(bad("unknown setting".into())),
         }
@@ -462,6 +425,14 @@ fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
             }
         }
         (b, o) => *b = o.clone(),
+    }
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err("expected true or false".into()),
     }
 }
 

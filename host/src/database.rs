@@ -93,8 +93,6 @@ pub enum DbSetupError {
     },
     #[error("module `{module}`: cannot set up its database area: {why}")]
     Provision { module: String, why: String },
-    #[error("cannot open {}: {source}", path.display())]
-    Open { path: PathBuf, source: sqlx::Error },
 }
 
 /// The host's database backend.
@@ -141,7 +139,7 @@ impl Databases {
             path: dir.to_path_buf(),
             source,
         })?;
-        let core = open_sqlite(&dir.join("core.sqlite"), settings.max_connections).await?;
+        let core = open_sqlite(&dir.join("core.sqlite"), settings.max_connections);
         Ok(Databases::Sqlite {
             dir: dir.to_path_buf(),
             max_connections: settings.max_connections,
@@ -237,9 +235,10 @@ impl Databases {
                 dir,
                 max_connections,
                 ..
-            } => Ok(AreaPool::Sqlite(
-                open_sqlite(&dir.join(format!("{module}.sqlite")), *max_connections).await?,
-            )),
+            } => Ok(AreaPool::Sqlite(open_sqlite(
+                &dir.join(format!("{module}.sqlite")),
+                *max_connections,
+            ))),
             Databases::Postgres {
                 admin,
                 options,
@@ -310,8 +309,8 @@ ALTER ROLE "{role}" SET search_path = "{schema}";
     )
 }
 
-/// Opens (creating if needed) one SQLite file with `ATTACH` refused.
-async fn open_sqlite(path: &Path, max_connections: u32) -> Result<SqlitePool, DbSetupError> {
+/// A pool on one SQLite file (created on first use) whose connections refuse `ATTACH`.
+fn open_sqlite(path: &Path, max_connections: u32) -> SqlitePool {
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -341,7 +340,7 @@ async fn open_sqlite(path: &Path, max_connections: u32) -> Result<SqlitePool, Db
         })
         // Lazy: a module that never touches its database costs no file and no connection.
         .connect_lazy_with(options);
-    Ok(pool)
+    pool
 }
 
 async fn connect_with_retry<F, Fut, T>(

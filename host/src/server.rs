@@ -170,14 +170,7 @@ async fn dispatch_core(host: &Host, req: Request<Incoming>) -> Response<Body> {
         if allowed.is_empty() {
             return json_error(StatusCode::NOT_FOUND, "no such route");
         }
-        let mut resp = json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("method {method} not allowed here"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-            resp.headers_mut().insert(hyper::header::ALLOW, v);
-        }
-        return resp;
+        return method_not_allowed(&method, &allowed);
     };
     let target = Target {
         module: "core",
@@ -219,6 +212,19 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, &serde_json::json!({ "error": message }))
 }
 
+/// 405 with the `Allow` header.
+fn method_not_allowed<S: AsRef<str>>(method: &str, allowed: &[S]) -> Response<Body> {
+    let mut resp = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method {method} not allowed here"),
+    );
+    let allowed: Vec<&str> = allowed.iter().map(AsRef::as_ref).collect();
+    if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+        resp.headers_mut().insert(hyper::header::ALLOW, v);
+    }
+    resp
+}
+
 /// A JSON response.
 pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
@@ -234,16 +240,7 @@ async fn dispatch(host: &Host, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().as_str().to_string();
     let (route, params) = match table.lookup(&method, req.uri().path()) {
         Lookup::Found { route, params } => (route.clone(), params),
-        Lookup::MethodNotAllowed { allowed } => {
-            let mut resp = json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("method {method} not allowed here"),
-            );
-            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-                resp.headers_mut().insert(hyper::header::ALLOW, v);
-            }
-            return resp;
-        }
+        Lookup::MethodNotAllowed { allowed } => return method_not_allowed(&method, &allowed),
         Lookup::NotFound => return json_error(StatusCode::NOT_FOUND, "no such route"),
     };
     let started = Instant::now();
