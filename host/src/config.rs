@@ -12,6 +12,7 @@
 //! request_timeout = "30s"      # per request; 504 after it
 //! header_read_timeout = "10s"
 //! max_body_bytes = 1048576     # 413 above it
+//! max_response_bytes = 16777216 # a bigger module response becomes a 500
 //! database_url = "postgres://postgres@127.0.0.1:5432/app"  # default: SQLite files in data_dir
 //! database_connect_timeout = "30s"   # keep retrying an unreachable database this long
 //! database_max_connections = 5       # per module
@@ -63,6 +64,8 @@ pub struct HostConfig {
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_body_bytes: u64,
+    /// Module responses larger than this are replaced by a 500.
+    pub max_response_bytes: u64,
     /// `None`: embedded SQLite files under `data_dir/db`.
     pub database_url: Option<String>,
     pub database_connect_timeout: Duration,
@@ -93,6 +96,7 @@ impl Default for HostConfig {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
             database_url: None,
             database_connect_timeout: Duration::from_secs(30),
             database_max_connections: 5,
@@ -123,6 +127,7 @@ struct FileConfig {
     request_timeout: Option<String>,
     header_read_timeout: Option<String>,
     max_body_bytes: Option<u64>,
+    max_response_bytes: Option<u64>,
     database_url: Option<String>,
     database_connect_timeout: Option<String>,
     database_max_connections: Option<u32>,
@@ -153,6 +158,7 @@ const FILE_FIELDS: &[&str] = &[
     "request_timeout",
     "header_read_timeout",
     "max_body_bytes",
+    "max_response_bytes",
     "database_url",
     "database_connect_timeout",
     "database_max_connections",
@@ -223,6 +229,10 @@ impl HostConfig {
             set("request_timeout", f.request_timeout),
             set("header_read_timeout", f.header_read_timeout),
             set("database_url", f.database_url),
+            set(
+                "max_response_bytes",
+                f.max_response_bytes.map(|n| n.to_string()),
+            ),
             set("database_connect_timeout", f.database_connect_timeout),
             set(
                 "database_max_connections",
@@ -327,6 +337,11 @@ impl HostConfig {
             }
             "max_body_bytes" => {
                 self.max_body_bytes = value
+                    .parse()
+                    .map_err(|_| bad("expected a number of bytes".into()))?
+            }
+            "max_response_bytes" => {
+                self.max_response_bytes = value
                     .parse()
                     .map_err(|_| bad("expected a number of bytes".into()))?
             }

@@ -39,7 +39,8 @@ impl Inspection {
         out.extend(self.resolution.failed.values().map(|e| e.to_string()));
         if let Some(runtime) = runtime {
             for m in &self.discovery.modules {
-                if let Err(e) = load_library(m.manifest.name.as_str(), &m.library, runtime) {
+                let sha = m.manifest.sha256.as_deref();
+                if let Err(e) = load_library(m.manifest.name.as_str(), &m.library, sha, runtime) {
                     out.push(e.to_string());
                 }
             }

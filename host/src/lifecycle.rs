@@ -472,7 +472,8 @@ impl Host {
                 .collect(),
         };
         let started = Instant::now();
-        let loaded = load_library(&name, library, &self.runtime).map_err(|e| e.to_string())?;
+        let sha = manifest.sha256.as_deref();
+        let loaded = load_library(&name, library, sha, &self.runtime).map_err(|e| e.to_string())?;
         let forget_copy = |why: String| {
             let _ = std::fs::remove_file(&loaded.runtime_path);
             why

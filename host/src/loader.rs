@@ -55,6 +55,13 @@ pub enum LoadError {
         found: String,
         host: String,
     },
+    #[error("module `{module}`: {} has SHA-256 {found}, but module.yaml says {expected}; the library was changed or corrupted after packaging, refusing to load it", path.display())]
+    Integrity {
+        module: String,
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error("module `{module}`: loading the library failed: {detail}")]
     Other { module: String, detail: String },
 }
@@ -123,9 +130,13 @@ fn remove_stale(base: &Path) {
 }
 
 /// Copies `library` into the runtime dir and loads it.
+///
+/// With `expected_sha256` (from the manifest's `sha256:`), the bytes loaded are exactly
+/// the bytes checked: the file is read once, hashed, and the copy written from memory.
 pub fn load_library(
     module: &str,
     library: &Path,
+    expected_sha256: Option<&str>,
     runtime: &RuntimeDir,
 ) -> Result<LoadedLibrary, LoadError> {
     let not_lib = |detail: String| LoadError::NotALibrary {
@@ -134,6 +145,17 @@ pub fn load_library(
         detail,
     };
     let bytes = std::fs::read(library).map_err(|e| not_lib(e.to_string()))?;
+    if let Some(expected) = expected_sha256 {
+        let found = sha256_hex(&bytes);
+        if !found.eq_ignore_ascii_case(expected) {
+            return Err(LoadError::Integrity {
+                module: module.to_string(),
+                path: library.to_path_buf(),
+                expected: expected.to_string(),
+                found,
+            });
+        }
+    }
     crate::library_file::check(&bytes).map_err(not_lib)?;
     let copy = runtime.next_copy(module, library);
     std::fs::write(&copy, &bytes).map_err(|source| LoadError::Copy {
@@ -217,4 +239,13 @@ fn first_line(s: &str) -> String {
         .unwrap_or("")
         .trim()
         .to_string()
+}
+
+/// The SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -37,6 +37,9 @@ pub struct Manifest {
     /// library for this platform in the folder.
     #[serde(default)]
     pub library: Option<String>,
+    /// The library's SHA-256 (hex); when set, the host refuses a library that differs.
+    #[serde(default, deserialize_with = "deserialize_sha256")]
+    pub sha256: Option<String>,
     /// Other modules this one needs, with semver requirements.
     #[serde(default, deserialize_with = "deserialize_dependencies")]
     pub dependencies: BTreeMap<ModuleName, Dependency>,
@@ -69,6 +72,7 @@ const MANIFEST_FIELDS: &[&str] = &[
     "version",
     "description",
     "library",
+    "sha256",
     "dependencies",
     "permissions",
     "events",
@@ -180,6 +184,17 @@ impl<'de> Deserialize<'de> for Dependency {
 
         d.deserialize_any(DepVisitor)
     }
+}
+
+fn deserialize_sha256<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let hex = s.trim().to_lowercase();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(de::Error::custom(format!(
+            "invalid sha256 `{s}`: expected 64 hex characters, as printed by `sha256sum LIBRARY`"
+        )));
+    }
+    Ok(Some(hex))
 }
 
 /// Refuses duplicate keys, which a plain map would silently overwrite.

@@ -407,6 +407,14 @@ async fn call_route(
             );
         }
     };
+    let limit = host.config.max_response_bytes;
+    if response.body.len() as u64 > limit {
+        tracing::error!(module = %route.module, route = %route.info.path, bytes = response.body.len(), limit, "response over max_response_bytes; answered 500");
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the module's response is too large",
+        );
+    }
     let Ok(status) = StatusCode::from_u16(response.status) else {
         tracing::error!(module = %route.module, status = response.status, "handler returned an invalid status");
         return json_error(

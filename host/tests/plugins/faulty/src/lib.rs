@@ -350,6 +350,18 @@ impl Module for Faulty {
             |req| async move { Response::new(200).with_body(req.body) },
         )?;
         platform_routes(ctx, &name)?;
+        ctx.route(
+            Method::Get,
+            &format!("/api/v1/{name}/big"),
+            format!("{name}.probe.read"),
+            |req| async move {
+                let n = req
+                    .query_param("bytes")
+                    .and_then(|b| b.parse::<usize>().ok())
+                    .unwrap_or(0);
+                Response::new(200).with_body(vec![b'x'; n])
+            },
+        )?;
         // Test-only: uses all four core service handles on behalf of the caller.
         let (auth, identity, authz, audit) = (ctx.auth(), ctx.identity(), ctx.authz(), ctx.audit());
         ctx.route(Method::Get, &format!("/api/v1/{name}/core"), format!("{name}.probe.read"), move |req| {

@@ -1,0 +1,208 @@
+//! Hardening: library integrity (sha256 in module.yaml), response size limit, and a
+//! time-bounded fuzz of manifest parsing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{lib_file, plugins, HostProcess, Modules};
+use modhost::{loader::sha256_hex, manifest::Manifest};
+
+fn state(host: &HostProcess, name: &str) -> serde_json::Value {
+    let all = host.get("/admin/modules").json();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn library_checksum_is_enforced() {
+    let m = Modules::new();
+    let lib = std::fs::read(plugins().join(lib_file("faulty"))).unwrap();
+    let good = sha256_hex(&lib);
+    m.add_faulty("pinned", "ok", &format!("sha256: {good}\n"));
+    let wrong = "0".repeat(64);
+    m.add_faulty("mismatch", "ok", &format!("sha256: {wrong}\n"));
+    let tampered = m.add_faulty("tampered", "ok", &format!("sha256: {good}\n"));
+    // One byte changed in the library after packaging.
+    let mut bytes = lib.clone();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(tampered.join(lib_file("faulty")), &bytes).unwrap();
+
+    let host = HostProcess::start(&m, &[], &[]);
+    assert_eq!(state(&host, "pinned")["state"], "started");
+    assert_eq!(host.get("/api/v1/pinned/ok").status, 200);
+    for name in ["mismatch", "tampered"] {
+        let s = state(&host, name);
+        assert_eq!(s["state"], "failed", "{s}");
+        let reason = s["reason"].as_str().unwrap();
+        assert!(reason.contains("but module.yaml says"), "{reason}");
+        assert!(reason.contains("refusing to load it"), "{reason}");
+    }
+    let audit = host.get("/api/v1/audit?action=module.fail").json();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["module"] == "tampered"),
+        "{audit}"
+    );
+    // `modhost check` reports the same.
+    let (code, out, _) = common::modhost(&["check", m.dir().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("but module.yaml says"))
+            .count(),
+        2,
+        "{out}"
+    );
+}
+
+#[test]
+fn oversized_responses_become_500_and_the_host_keeps_serving() {
+    let m = Modules::new();
+    m.add_faulty("big", "ok", "");
+    let host = HostProcess::start(&m, &[("MODHOST_MAX_RESPONSE_BYTES", "4096")], &[]);
+    assert_eq!(host.get("/api/v1/big/big?bytes=4096").body.len(), 4096);
+    let r = host.get("/api/v1/big/big?bytes=100000");
+    assert_eq!(r.status, 500);
+    assert!(r.json()["error"].as_str().unwrap().contains("too large"));
+    assert_eq!(host.get("/api/v1/big/ok").status, 200);
+}
+
+/// A small deterministic generator (no extra dependency): xorshift.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+const PIECES: &[&str] = &[
+    "name: ",
+    "version: ",
+    "blog",
+    "1.0.0",
+    "\n",
+    "  ",
+    "- ",
+    ": ",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "\"",
+    "'",
+    "&a ",
+    "*a",
+    "<<: *a",
+    "dependencies:\n",
+    "permissions:\n",
+    "events:\n",
+    "publishes: ",
+    "subscribes: ",
+    "config:\n",
+    "library: ",
+    "../",
+    "/",
+    "sha256: ",
+    ">=1.0, <2",
+    "blog.post.read",
+    "x.*",
+    ">",
+    "#",
+    "\t",
+    "~",
+    "null",
+    "!!binary ",
+    "!!map",
+    "---\n",
+    "...\n",
+    "? ",
+    "|\n",
+    ">-\n",
+    "%YAML 1.2\n",
+    "é",
+    "\u{0}",
+    "9999999999999999999999",
+    "-1",
+    "true",
+];
+
+/// Mutated and random manifests never panic the parser; each finishes quickly.
+/// `MODHOST_FUZZ_SECONDS` bounds the run (default 5; CI sets 60).
+#[test]
+fn fuzz_manifest_parsing() {
+    let seconds: u64 = std::env::var("MODHOST_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let seeds: Vec<String> = std::fs::read_dir(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests"),
+    )
+    .unwrap()
+    .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+    .chain([std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/module.example.yaml"),
+    )
+    .unwrap()])
+    .collect();
+    let mut rng = Rng(0x0dd_ba11_cafe_f00d);
+    let started = Instant::now();
+    let (mut runs, mut accepted, mut slowest) = (0u64, 0u64, Duration::ZERO);
+    let path = std::path::Path::new("fuzz/module.yaml");
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let mut text = seeds[(rng.next() % seeds.len() as u64) as usize]
+            .clone()
+            .into_bytes();
+        for _ in 0..(1 + rng.next() % 6) {
+            match rng.next() % 4 {
+                0 if !text.is_empty() => {
+                    let at = (rng.next() % text.len() as u64) as usize;
+                    text[at] = rng.next() as u8;
+                }
+                1 if !text.is_empty() => {
+                    let at = (rng.next() % text.len() as u64) as usize;
+                    let len = ((rng.next() % 16) as usize).min(text.len() - at);
+                    text.drain(at..at + len);
+                }
+                _ => {
+                    let at = if text.is_empty() {
+                        0
+                    } else {
+                        (rng.next() % text.len() as u64) as usize
+                    };
+                    let piece = rng.pick(PIECES).as_bytes().to_vec();
+                    text.splice(at..at, piece);
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let t = Instant::now();
+        if Manifest::parse(&text, path).is_ok() {
+            accepted += 1;
+        }
+        slowest = slowest.max(t.elapsed());
+        runs += 1;
+    }
+    eprintln!("fuzz_manifest_parsing: {runs} inputs in {seconds} s, {accepted} accepted, 0 crashes, slowest parse {slowest:?}");
+    assert!(runs > 100, "the fuzzer ran only {runs} inputs");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a manifest took {slowest:?} to parse"
+    );
+}
