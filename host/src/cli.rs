@@ -40,6 +40,27 @@ enum Command {
     /// Operator tasks on the host's data: create users, mint tokens.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Vendors: create an ed25519 key pair for signing modules.
+    Keygen(KeygenArgs),
+    /// Vendors: sign a module folder (its module.yaml and library); writes module.sig.
+    Sign(SignArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// Where to write vendor.key (secret, mode 0600) and vendor.pub.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct SignArgs {
+    /// The module folder to sign.
+    #[arg(value_name = "MODULE_DIR")]
+    dir: PathBuf,
+    /// The secret key file from `modhost keygen`.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,6 +230,8 @@ fn run_command(command: Command, env: &dyn Fn(&str) -> Option<String>) -> Result
             Ok(())
         }
         Command::Admin(cmd) => admin(cmd, env),
+        Command::Keygen(args) => keygen(&args.out),
+        Command::Sign(args) => sign(&args.dir, &args.key),
         Command::Graph(args) => {
             let inspection = Inspection::of(&args.dir)?;
             match args.format {
@@ -340,6 +363,47 @@ fn admin(cmd: AdminCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<(), 
             }
         }
     })
+}
+
+fn keygen(out: &Path) -> Result<(), CliError> {
+    let (secret, public) = crate::signing::keygen();
+    let io =
+        |e: std::io::Error| CliError::Usage(format!("cannot write keys to {}: {e}", out.display()));
+    std::fs::create_dir_all(out).map_err(io)?;
+    let secret_path = out.join("vendor.key");
+    if secret_path.exists() {
+        return Err(CliError::Usage(format!(
+            "{} exists; refusing to overwrite a key",
+            secret_path.display()
+        )));
+    }
+    std::fs::write(&secret_path, format!("{secret}\n")).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+    }
+    std::fs::write(out.join("vendor.pub"), format!("{public}\n")).map_err(io)?;
+    println!("secret key: {} (keep it private)", secret_path.display());
+    println!("public key: {public}");
+    println!("operators add the public key to trusted_keys in their modhost config");
+    Ok(())
+}
+
+fn sign(dir: &Path, key: &Path) -> Result<(), CliError> {
+    let found = crate::discovery::discover_one(dir)
+        .map_err(|(_, e)| CliError::Usage(e.to_string()))?
+        .ok_or_else(|| CliError::Usage(format!("{} has no module.yaml", dir.display())))?;
+    let public = crate::signing::sign(dir, &found.manifest_path, &found.library, key)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    println!(
+        "signed {} ({} and {}) with key {public}",
+        found.manifest.name,
+        found.manifest_path.display(),
+        found.library.display()
+    );
+    Ok(())
 }
 
 fn check(dir: &Path) -> Result<(), CliError> {

@@ -13,6 +13,8 @@
 //! header_read_timeout = "10s"
 //! max_body_bytes = 1048576     # 413 above it
 //! max_response_bytes = 16777216 # a bigger module response becomes a 500
+//! trusted_keys = ["<vendor public key hex>"]  # from `modhost keygen`
+//! require_signatures = false    # true: refuse modules without a trusted module.sig
 //! database_url = "postgres://postgres@127.0.0.1:5432/app"  # default: SQLite files in data_dir
 //! database_connect_timeout = "30s"   # keep retrying an unreachable database this long
 //! database_max_connections = 5       # per module
@@ -66,6 +68,10 @@ pub struct HostConfig {
     pub max_body_bytes: u64,
     /// Module responses larger than this are replaced by a 500.
     pub max_response_bytes: u64,
+    /// Vendor public keys (hex) whose signatures the host accepts.
+    pub trusted_keys: Vec<String>,
+    /// Refuse modules without a valid signature from a trusted key.
+    pub require_signatures: bool,
     /// `None`: embedded SQLite files under `data_dir/db`.
     pub database_url: Option<String>,
     pub database_connect_timeout: Duration,
@@ -97,6 +103,8 @@ impl Default for HostConfig {
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
+            trusted_keys: Vec::new(),
+            require_signatures: false,
             database_url: None,
             database_connect_timeout: Duration::from_secs(30),
             database_max_connections: 5,
@@ -128,6 +136,8 @@ struct FileConfig {
     header_read_timeout: Option<String>,
     max_body_bytes: Option<u64>,
     max_response_bytes: Option<u64>,
+    trusted_keys: Option<Vec<String>>,
+    require_signatures: Option<bool>,
     database_url: Option<String>,
     database_connect_timeout: Option<String>,
     database_max_connections: Option<u32>,
@@ -159,6 +169,8 @@ const FILE_FIELDS: &[&str] = &[
     "header_read_timeout",
     "max_body_bytes",
     "max_response_bytes",
+    "trusted_keys",
+    "require_signatures",
     "database_url",
     "database_connect_timeout",
     "database_max_connections",
@@ -232,6 +244,11 @@ impl HostConfig {
             set(
                 "max_response_bytes",
                 f.max_response_bytes.map(|n| n.to_string()),
+            ),
+            set("trusted_keys", f.trusted_keys.map(|k| k.join(","))),
+            set(
+                "require_signatures",
+                f.require_signatures.map(|b| b.to_string()),
             ),
             set("database_connect_timeout", f.database_connect_timeout),
             set(
@@ -340,6 +357,23 @@ impl HostConfig {
                     .parse()
                     .map_err(|_| bad("expected a number of bytes".into()))?
             }
+            "trusted_keys" => {
+                let keys: Vec<String> = value
+                    .split(',')
+                    .map(|k| k.trim().to_lowercase())
+                    .filter(|k| !k.is_empty())
+                    .collect();
+                if let Some(bad_key) = keys
+                    .iter()
+                    .find(|k| k.len() != 64 || !k.chars().all(|c| c.is_ascii_hexdigit()))
+                {
+                    return Err(bad(format!(
+                        "`{bad_key}` is not a public key (64 hex characters from `modhost keygen`)"
+                    )));
+                }
+                self.trusted_keys = keys
+            }
+            "require_signatures" => self.require_signatures = parse_bool(value).map_err(bad)?,
             "max_response_bytes" => {
                 self.max_response_bytes = value
                     .parse()

@@ -37,6 +37,7 @@ pub mod resolve;
 pub mod router;
 pub mod server;
 pub mod services;
+pub mod signing;
 pub mod watch;
 
 pub use lifecycle::Host;

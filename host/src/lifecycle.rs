@@ -472,6 +472,14 @@ impl Host {
                 .collect(),
         };
         let started = Instant::now();
+        crate::signing::verify(
+            dir,
+            &dir.join(crate::manifest::MANIFEST_FILE),
+            library,
+            &self.config.trusted_keys,
+            self.config.require_signatures,
+        )
+        .map_err(|e| e.to_string())?;
         let sha = manifest.sha256.as_deref();
         let loaded = load_library(&name, library, sha, &self.runtime).map_err(|e| e.to_string())?;
         let forget_copy = |why: String| {

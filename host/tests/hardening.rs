@@ -206,3 +206,101 @@ fn fuzz_manifest_parsing() {
         "a manifest took {slowest:?} to parse"
     );
 }
+
+fn run_ok(args: &[&str]) -> String {
+    let (code, out, err) = common::modhost(args);
+    assert_eq!(code, 0, "modhost {args:?}: {out}{err}");
+    out
+}
+
+#[test]
+fn signatures_are_required_and_checked() {
+    let m = Modules::new();
+    let keys = m.tmp.path().join("keys");
+    let other = m.tmp.path().join("other-keys");
+    let out = run_ok(&["keygen", "--out", keys.to_str().unwrap()]);
+    assert!(out.contains("public key: "), "{out}");
+    run_ok(&["keygen", "--out", other.to_str().unwrap()]);
+    let public = std::fs::read_to_string(keys.join("vendor.pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let key = keys.join("vendor.key");
+    let other_key = other.join("vendor.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    let signed = m.add_faulty("signed", "ok", "");
+    let unsigned = m.add_faulty("unsigned", "ok", "");
+    let lib_tampered = m.add_faulty("lib_tampered", "ok", "");
+    let manifest_tampered = m.add_faulty("manifest_tampered", "ok", "");
+    let stranger = m.add_faulty("stranger", "ok", "");
+    for dir in [&signed, &lib_tampered, &manifest_tampered] {
+        run_ok(&[
+            "sign",
+            dir.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+    }
+    run_ok(&[
+        "sign",
+        stranger.to_str().unwrap(),
+        "--key",
+        other_key.to_str().unwrap(),
+    ]);
+    let lib = lib_tampered.join(lib_file("faulty"));
+    let mut bytes = std::fs::read(&lib).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&lib, bytes).unwrap();
+    let manifest = manifest_tampered.join("module.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("mode: ok", "mode: ok ")).unwrap();
+    let _ = unsigned;
+
+    let env = [
+        ("MODHOST_TRUSTED_KEYS", public.as_str()),
+        ("MODHOST_REQUIRE_SIGNATURES", "true"),
+    ];
+    let host = HostProcess::start(&m, &env, &[]);
+    assert_eq!(state(&host, "signed")["state"], "started");
+    assert_eq!(host.get("/api/v1/signed/ok").status, 200);
+    let expect = [
+        (
+            "unsigned",
+            "unsigned module, and this host requires signatures",
+        ),
+        (
+            "lib_tampered",
+            "the signature does not match module.yaml and the library",
+        ),
+        (
+            "manifest_tampered",
+            "the signature does not match module.yaml and the library",
+        ),
+        ("stranger", "which this host does not trust"),
+    ];
+    for (name, why) in expect {
+        let s = state(&host, name);
+        assert_eq!(s["state"], "failed", "{name}: {s}");
+        assert!(s["reason"].as_str().unwrap().contains(why), "{name}: {s}");
+    }
+    let audit = host.get("/api/v1/audit?action=module.fail").json();
+    for (name, _) in expect {
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["module"] == name),
+            "{name} audited: {audit}"
+        );
+    }
+}
