@@ -304,3 +304,81 @@ fn signatures_are_required_and_checked() {
         );
     }
 }
+
+#[test]
+fn sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones() {
+    let m = Modules::new();
+    m.add_faulty("slowpoke", "ok", "");
+    m.add_faulty("zz_last", "ok", "dependencies:\n  slowpoke: \"1\"\n");
+    let host = HostProcess::start(&m, &[], &[]);
+    let (addr, token) = (host.addr, host.token.clone());
+    let inflight: Vec<_> = (0..6)
+        .map(|_| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {token}");
+                common::http(
+                    addr,
+                    "GET",
+                    "/api/v1/slowpoke/slow?ms=800",
+                    &[("authorization", &auth)],
+                    b"",
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = host.pid().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    // New connections are refused while the in-flight ones drain.
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+        "the listener is closed"
+    );
+    for t in inflight {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "in-flight request completed: {}", r.text());
+    }
+    let (code, logs) = host.wait_exit();
+    assert_eq!(code, Some(0));
+    let stopped: Vec<&str> = logs
+        .iter()
+        .filter(|v| v["message"] == "module stopped")
+        .map(|v| v["module"].as_str().unwrap())
+        .collect();
+    assert_eq!(stopped, vec!["zz_last", "slowpoke"], "reverse load order");
+}
+
+#[test]
+fn slow_clients_are_cut_and_path_traversal_in_params_is_inert() {
+    use std::io::{Read, Write};
+    let m = Modules::new();
+    m.add_faulty("probe", "ok", "");
+    let host = HostProcess::start(&m, &[("MODHOST_HEADER_READ_TIMEOUT", "500ms")], &[]);
+    // Headers that never finish: the host closes the connection.
+    let mut s = std::net::TcpStream::connect(host.addr).unwrap();
+    s.write_all(b"GET /api/v1/probe/ok HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut after the header timeout, not the client's"
+    );
+    // A traversal in a parameter is just a string to the module; it cannot leave /api/v1/<module>.
+    let r = host.request("PUT", "/api/v1/probe/cache/..%2F..%2Fetc%2Fpasswd", b"v");
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        host.get("/api/v1/probe/cache/..%2F..%2Fetc%2Fpasswd")
+            .text(),
+        "v"
+    );
+    assert_eq!(host.get("/api/v1/probe/../../admin/modules").status, 404);
+    assert_eq!(host.get("/api/v1/probe/ok").status, 200);
+}

@@ -221,13 +221,23 @@ impl HostProcess {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for exit; returns the exit code.
-    pub fn terminate(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
+    pub fn terminate(self) -> (Option<i32>, Vec<serde_json::Value>) {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill -TERM");
+        self.wait_exit()
+    }
+
+    /// Waits (up to 30 s) for the process to exit; returns the exit code and the logs.
+    pub fn wait_exit(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {

@@ -362,6 +362,23 @@ impl Module for Faulty {
                 Response::new(200).with_body(vec![b'x'; n])
             },
         )?;
+        let timer = ctx.timer();
+        ctx.route(
+            Method::Get,
+            &format!("/api/v1/{name}/slow"),
+            format!("{name}.probe.read"),
+            move |req| {
+                let timer = timer.clone();
+                async move {
+                    let ms = req
+                        .query_param("ms")
+                        .and_then(|m| m.parse::<u64>().ok())
+                        .unwrap_or(100);
+                    timer.sleep(std::time::Duration::from_millis(ms)).await;
+                    Response::json(200, &json!({ "slept_ms": ms }))
+                }
+            },
+        )?;
         // Test-only: uses all four core service handles on behalf of the caller.
         let (auth, identity, authz, audit) = (ctx.auth(), ctx.identity(), ctx.authz(), ctx.audit());
         ctx.route(Method::Get, &format!("/api/v1/{name}/core"), format!("{name}.probe.read"), move |req| {
