@@ -18,5 +18,7 @@ echo "== cargo test"
 # The manifest fuzz test runs for a bounded time: 60 s under CI, 5 s otherwise.
 if [ -n "${CI:-}" ]; then export MODHOST_FUZZ_SECONDS="${MODHOST_FUZZ_SECONDS:-60}"; fi
 cargo test --workspace --no-fail-fast
+echo "== schemathesis against /openapi.json"
+scripts/schemathesis.sh
 echo "== scripts"
 bash -n scripts/*.sh

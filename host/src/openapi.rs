@@ -43,6 +43,8 @@ fn operation(
     responses.insert("413".into(), error_response("Body too large"));
     responses.insert("503".into(), error_response("A dependency is unavailable"));
     responses.insert("504".into(), error_response("The handler timed out"));
+    // Modules answer with statuses of their own (402, 422, ...): all carry a JSON error.
+    responses.insert("default".into(), error_response("Another error"));
     if !public {
         responses.insert("401".into(), error_response("No valid token"));
         responses.insert(
