@@ -182,7 +182,7 @@ async fn dispatch_core(host: &Host, req: Request<Incoming>) -> Response<Body> {
         Err(resp) => return resp,
     };
     let bearer = enforce::bearer(req.headers()).map(str::to_string);
-    let (parts, body) = match read_body(req, host.config.max_body_bytes).await {
+    let (parts, body) = match read_body(host, req).await {
         Ok(read) => read,
         Err(resp) => return resp,
     };
@@ -284,6 +284,21 @@ impl Drop for InFlight<'_> {
 
 /// Reads the body up to `limit` bytes; 413 above it.
 async fn read_body(
+    host: &Host,
+    req: Request<Incoming>,
+) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>> {
+    // A client that sends its body too slowly is cut: 408.
+    let deadline = host.config.request_timeout;
+    match tokio::time::timeout(deadline, read_body_limited(req, host.config.max_body_bytes)).await {
+        Ok(read) => read,
+        Err(_) => Err(json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body did not arrive within {deadline:?}"),
+        )),
+    }
+}
+
+async fn read_body_limited(
     req: Request<Incoming>,
     limit: u64,
 ) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>> {
@@ -343,7 +358,7 @@ async fn call_route(
         Ok(user) => user,
         Err(resp) => return resp,
     };
-    let (parts, body) = match read_body(req, host.config.max_body_bytes).await {
+    let (parts, body) = match read_body(host, req).await {
         Ok(read) => read,
         Err(resp) => return resp,
     };

@@ -382,3 +382,24 @@ fn slow_clients_are_cut_and_path_traversal_in_params_is_inert() {
     assert_eq!(host.get("/api/v1/probe/../../admin/modules").status, 404);
     assert_eq!(host.get("/api/v1/probe/ok").status, 200);
 }
+
+#[test]
+fn a_body_that_never_arrives_gets_408() {
+    use std::io::{Read, Write};
+    let m = Modules::new();
+    m.add_faulty("probe", "ok", "");
+    let host = HostProcess::start(&m, &[("MODHOST_REQUEST_TIMEOUT", "500ms")], &[]);
+    let mut s = std::net::TcpStream::connect(host.addr).unwrap();
+    let head = format!(
+        "POST /api/v1/probe/echo HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 100\r\n\r\nonly part",
+        host.token
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("did not arrive"), "{text}");
+    assert_eq!(host.get("/api/v1/probe/ok").status, 200);
+}
