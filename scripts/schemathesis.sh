@@ -26,8 +26,10 @@ for _ in $(seq 1 100); do
   (exec 3<>/dev/tcp/127.0.0.1/18399) 2>/dev/null && break
   sleep 0.1
 done
-token=$(target/debug/modhost admin token --ttl 30m --data-dir "$tmp/data" 2>/dev/null)
+token=$("$root/target/debug/modhost" admin token --ttl 30m --data-dir "$tmp/data" 2>/dev/null)
 # /auth/revoke is excluded: it would revoke the token the run uses.
+# Run from the scratch dir so schemathesis' cache stays out of the repository.
+cd "$tmp"
 schemathesis run http://127.0.0.1:18399/openapi.json \
   -H "Authorization: Bearer $token" \
   --exclude-path /api/v1/auth/revoke \
