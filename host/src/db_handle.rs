@@ -127,37 +127,31 @@ fn classify(e: sqlx::Error) -> FfiDbError {
     fail(kind, message)
 }
 
+/// Defines a function binding a module's statement and values for one backend.
+///
 /// Module SQL is dynamic by design: the module writes statements with `$n` parameters,
 /// and every value is bound, never spliced in.
-fn bind_sqlite(sql: RString, params: RVec<FfiValue>) -> Query<'static, Sqlite, SqliteArguments> {
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.into_string()));
-    for p in params {
-        q = match p {
-            FfiValue::Null => q.bind(None::<String>),
-            FfiValue::Bool(b) => q.bind(b),
-            FfiValue::Int(i) => q.bind(i),
-            FfiValue::Float(f) => q.bind(f),
-            FfiValue::Text(s) => q.bind(s.into_string()),
-            FfiValue::Bytes(b) => q.bind(b.into_vec()),
-        };
-    }
-    q
+macro_rules! binder {
+    ($name:ident, $db:ty, $args:ty) => {
+        fn $name(sql: RString, params: RVec<FfiValue>) -> Query<'static, $db, $args> {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.into_string()));
+            for p in params {
+                q = match p {
+                    FfiValue::Null => q.bind(None::<String>),
+                    FfiValue::Bool(b) => q.bind(b),
+                    FfiValue::Int(i) => q.bind(i),
+                    FfiValue::Float(f) => q.bind(f),
+                    FfiValue::Text(s) => q.bind(s.into_string()),
+                    FfiValue::Bytes(b) => q.bind(b.into_vec()),
+                };
+            }
+            q
+        }
+    };
 }
 
-fn bind_pg(sql: RString, params: RVec<FfiValue>) -> Query<'static, Postgres, PgArguments> {
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.into_string()));
-    for p in params {
-        q = match p {
-            FfiValue::Null => q.bind(None::<String>),
-            FfiValue::Bool(b) => q.bind(b),
-            FfiValue::Int(i) => q.bind(i),
-            FfiValue::Float(f) => q.bind(f),
-            FfiValue::Text(s) => q.bind(s.into_string()),
-            FfiValue::Bytes(b) => q.bind(b.into_vec()),
-        };
-    }
-    q
-}
+binder!(bind_sqlite, Sqlite, SqliteArguments);
+binder!(bind_pg, Postgres, PgArguments);
 
 fn columns<R: Row>(rows: &[R]) -> RVec<RString> {
     rows.first()

@@ -191,31 +191,26 @@ pub async fn apply_list(
     dir: &Path,
 ) -> Result<usize, MigrationError> {
     let book = |e: sqlx::Error| MigrationError::Bookkeeping(e.to_string());
+    macro_rules! applied_on {
+        ($pool:expr) => {{
+            sqlx::query(BOOKKEEPING)
+                .execute($pool)
+                .await
+                .map_err(book)?;
+            sqlx::query(
+                "SELECT version, description, checksum FROM _modhost_migrations ORDER BY version",
+            )
+            .fetch_all($pool)
+            .await
+            .map_err(book)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+        }};
+    }
     let applied: Vec<(i64, String, String)> = match pool {
-        AreaPool::Sqlite(p) => {
-            sqlx::query(BOOKKEEPING).execute(p).await.map_err(book)?;
-            sqlx::query(
-                "SELECT version, description, checksum FROM _modhost_migrations ORDER BY version",
-            )
-            .fetch_all(p)
-            .await
-            .map_err(book)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect()
-        }
-        AreaPool::Postgres(p) => {
-            sqlx::query(BOOKKEEPING).execute(p).await.map_err(book)?;
-            sqlx::query(
-                "SELECT version, description, checksum FROM _modhost_migrations ORDER BY version",
-            )
-            .fetch_all(p)
-            .await
-            .map_err(book)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect()
-        }
+        AreaPool::Sqlite(p) => applied_on!(p),
+        AreaPool::Postgres(p) => applied_on!(p),
     };
     let by_version: BTreeMap<i64, &Migration> = migrations.iter().map(|m| (m.version, m)).collect();
     for (version, description, checksum) in &applied {
@@ -270,39 +265,28 @@ async fn run_one(pool: &AreaPool, m: &Migration) -> Result<(), String> {
         .unwrap_or_default();
     let record = "INSERT INTO _modhost_migrations (version, description, checksum, applied_at) VALUES ($1, $2, $3, $4)";
     let err = |e: sqlx::Error| e.to_string();
+    // The same steps on either backend's pool (their types differ, the code does not).
+    macro_rules! in_transaction {
+        ($pool:expr) => {{
+            let mut tx = $pool.begin().await.map_err(err)?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql.as_str()))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            sqlx::query(record)
+                .bind(m.version)
+                .bind(&m.description)
+                .bind(&m.checksum)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)
+        }};
+    }
     match pool {
-        AreaPool::Sqlite(p) => {
-            let mut tx = p.begin().await.map_err(err)?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql.as_str()))
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            sqlx::query(record)
-                .bind(m.version)
-                .bind(&m.description)
-                .bind(&m.checksum)
-                .bind(&now)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            tx.commit().await.map_err(err)
-        }
-        AreaPool::Postgres(p) => {
-            let mut tx = p.begin().await.map_err(err)?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql.as_str()))
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            sqlx::query(record)
-                .bind(m.version)
-                .bind(&m.description)
-                .bind(&m.checksum)
-                .bind(&now)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            tx.commit().await.map_err(err)
-        }
+        AreaPool::Sqlite(p) => in_transaction!(p),
+        AreaPool::Postgres(p) => in_transaction!(p),
     }
 }
 
