@@ -403,3 +403,44 @@ fn a_body_that_never_arrives_gets_408() {
     assert!(text.contains("did not arrive"), "{text}");
     assert_eq!(host.get("/api/v1/probe/ok").status, 200);
 }
+
+#[test]
+fn malformed_requests_get_400_and_the_host_keeps_serving() {
+    use std::io::{Read, Write};
+    let m = Modules::new();
+    m.add_example("billing");
+    m.add_example("blog");
+    let host = HostProcess::start(&m, &[], &[]);
+    // Application-level garbage: JSON errors.
+    for (method, path, body) in [
+        ("POST", "/api/v1/blog/posts", &b"{\"title\": 5}"[..]),
+        ("POST", "/api/v1/blog/posts", &b"\xff\xfe not utf-8"[..]),
+        ("GET", "/api/v1/blog/posts?limit=lots", &b""[..]),
+        ("GET", "/api/v1/blog/posts/-1", &b""[..]),
+        ("POST", "/api/v1/identity/users", &b"[]"[..]),
+        ("GET", "/api/v1/audit?before=yesterday", &b""[..]),
+    ] {
+        let r = host.request(method, path, body);
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.text());
+        assert!(r.json()["error"].is_string(), "{method} {path}");
+    }
+    // Requests the HTTP parser rejects: hyper answers 400 itself (without a body) and
+    // closes that connection; the host keeps serving.
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        &b"GET /\x01 HTTP/1.1\r\n\r\n"[..],
+        &b"GET / HTTP/9.9\r\nhost: x\r\n\r\n"[..],
+    ] {
+        let mut s = std::net::TcpStream::connect(host.addr).unwrap();
+        s.write_all(garbage).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.1 505"),
+            "{text}"
+        );
+    }
+    assert_eq!(host.get("/healthz").status, 200);
+}
