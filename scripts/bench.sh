@@ -8,17 +8,23 @@
 #   4. hot reload latency (rename to first new response) and RSS growth per reload;
 #   5. event bus throughput and module-to-module call round trip.
 #
-#   scripts/bench.sh [--quick]     (--quick: shorter runs, for a smoke test)
+#   scripts/bench.sh [--quick] [--wasm]
+#     --quick: shorter runs, for a smoke test
+#     --wasm:  also time a WebAssembly function under wasmtime (builds wasmtime: slow)
 #
 # Benchmarks never fail CI; they are not timed tests.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-secs=10; rounds=3; counts="10,100,500"; reloads=20
-case "${1:-}" in
-  -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  --quick) secs=2; rounds=1; counts="10,100"; reloads=5 ;;
-esac
+secs=10; rounds=3; counts="10,100,500"; reloads=20; features=()
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --quick) secs=2; rounds=1; counts="10,100"; reloads=5 ;;
+    --wasm) features=(--features wasm) ;;
+    *) echo "bench: unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
 if ! command -v wrk >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq wrk
@@ -62,7 +68,7 @@ wait 2>/dev/null || true
   echo "## 2. One call across the boundary (divan, median)"
   echo
   echo '```'
-  MODHOST_BENCH_PLUGINS="$root/target/release" cargo bench -q -p modhost-bench --bench abi_calls 2>&1 | grep -v "^$" || true
+  MODHOST_BENCH_PLUGINS="$root/target/release" cargo bench -q -p modhost-bench ${features[@]+"${features[@]}"} --bench abi_calls 2>&1 | grep -v "^$" || true
   echo '```'
   echo
   echo "## 3. Startup to /readyz = 200 (embedded SQLite, random dependency DAG)"

@@ -1,8 +1,8 @@
 //! Cost of one call across the plugin boundary, side by side:
 //! a direct Rust call, a `sabi_trait` call, a real plugin handler (`hello.so` loaded by
 //! the host, returning an `FfiFuture`), and an out-of-process plugin over a Unix socket.
-//! (A WebAssembly comparison needs wasmtime, which this machine cannot build in
-//! reasonable time; see bench/RESULTS.md.)
+//! With `--features wasm`, also the same trivial handler as a WebAssembly function under
+//! wasmtime (hand-written WAT; the feature is bench-only and never built by CI).
 
 #![allow(non_local_definitions)] // abi_stable's sabi_trait macro
 
@@ -34,6 +34,20 @@ fn direct(name: &str) -> Vec<u8> {
 #[divan::bench]
 fn direct_rust_call() -> Vec<u8> {
     direct(black_box("ada"))
+}
+
+/// The native twin of the WebAssembly function: the same prefix copy, no JSON.
+#[inline(never)]
+fn trivial(buf: &mut [u8; 64], name: &[u8]) -> usize {
+    buf[..7].copy_from_slice(b"Hello, ");
+    buf[7..7 + name.len()].copy_from_slice(name);
+    7 + name.len()
+}
+
+#[divan::bench]
+fn direct_rust_trivial() -> usize {
+    let mut buf = [0u8; 64];
+    trivial(&mut buf, black_box(b"ada"))
 }
 
 #[sabi_trait]
@@ -140,4 +154,40 @@ fn out_of_process_unix_socket(bencher: divan::Bencher) {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_file(&socket);
+}
+
+/// The greeting handler in WebAssembly: copies the name after a fixed "Hello, " prefix in
+/// linear memory and returns the length, the guest-side analogue of the native handler.
+#[cfg(feature = "wasm")]
+const GREET_WAT: &str = r#"
+(module
+  (memory (export "memory") 1)
+  (data (i32.const 0) "Hello, ")
+  (func (export "greet") (param $ptr i32) (param $len i32) (result i32)
+    (memory.copy (i32.const 7) (local.get $ptr) (local.get $len))
+    (i32.add (local.get $len) (i32.const 7))))
+"#;
+
+#[cfg(feature = "wasm")]
+#[divan::bench]
+fn wasm_function_wasmtime(bencher: divan::Bencher) {
+    use wasmtime::{Engine, Instance, Module, Store};
+    let engine = Engine::default();
+    let module = Module::new(&engine, GREET_WAT).expect("wat");
+    let mut store = Store::new(&engine, ());
+    let instance = Instance::new(&mut store, &module, &[]).expect("instance");
+    let memory = instance.get_memory(&mut store, "memory").expect("memory");
+    let greet = instance
+        .get_typed_func::<(i32, i32), i32>(&mut store, "greet")
+        .expect("greet");
+    bencher.bench_local(|| {
+        // Host writes the argument into guest memory, calls, reads the result back.
+        memory
+            .write(&mut store, 1024, black_box(b"ada"))
+            .expect("write");
+        let len = greet.call(&mut store, (1024, 3)).expect("call") as usize;
+        let mut out = vec![0u8; len];
+        memory.read(&store, 0, &mut out).expect("read");
+        out
+    });
 }

@@ -139,6 +139,31 @@ fn bus_publish_deliver_100k(bencher: divan::Bencher) {
         });
 }
 
+/// One event from publish to the subscriber's handler, one at a time.
+#[divan::bench]
+fn bus_publish_deliver_latency(bencher: divan::Bencher) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let bus = rt.block_on(async { InProcessBus::new(BusSettings::default(), Arc::new(|_| {})) });
+    let seen = Arc::new(AtomicU64::new(0));
+    let handler = FfiEventHandler_TO::from_ptr(RArc::new(Count(seen.clone())), TD_Opaque);
+    rt.block_on(async { bus.subscribe("sub", "bench.item.*", Arc::new(handler)) });
+    bencher.bench_local(|| {
+        rt.block_on(async {
+            let before = seen.load(Ordering::Relaxed);
+            bus.publish("pub", "bench.item.created", "{\"n\":1}".to_string())
+                .await
+                .expect("publish");
+            while seen.load(Ordering::Relaxed) == before {
+                tokio::task::yield_now().await;
+            }
+        })
+    });
+}
+
 struct Echo;
 
 impl FfiServiceHandler for Echo {
