@@ -13,7 +13,8 @@ case "${1:-}" in
   --examples) examples="$2" ;;
 esac
 cd "$root"
-if ! command -v schemathesis >/dev/null 2>&1; then
+# Run through the interpreter, so a freshly installed package needs no PATH shim.
+if ! python3 -c "import schemathesis" >/dev/null 2>&1; then
   python3 -m pip install -q schemathesis
 fi
 tmp=$(mktemp -d)
@@ -30,7 +31,7 @@ token=$("$root/target/debug/modhost" admin token --ttl 30m --data-dir "$tmp/data
 # /auth/revoke is excluded: it would revoke the token the run uses.
 # Run from the scratch dir so schemathesis' cache stays out of the repository.
 cd "$tmp"
-schemathesis run http://127.0.0.1:18399/openapi.json \
+python3 -m schemathesis.cli run http://127.0.0.1:18399/openapi.json \
   -H "Authorization: Bearer $token" \
   --exclude-path /api/v1/auth/revoke \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
