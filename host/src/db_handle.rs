@@ -340,23 +340,24 @@ impl FfiTransaction for HostTransaction {
     }
 
     fn commit(&self) -> FfiFuture<FfiDbResult<()>> {
-        let tx = self.tx.clone();
-        async move {
-            to_ffi(match tx.lock().await.take() {
-                None => Err(closed()),
-                Some(OpenTx::Sqlite(t)) => t.commit().await.map_err(classify),
-                Some(OpenTx::Postgres(t)) => t.commit().await.map_err(classify),
-            })
-        }
-        .into_ffi()
+        self.end(true)
     }
 
     fn rollback(&self) -> FfiFuture<FfiDbResult<()>> {
+        self.end(false)
+    }
+}
+
+impl HostTransaction {
+    /// Commits or rolls back, once; later calls get `Closed`.
+    fn end(&self, commit: bool) -> FfiFuture<FfiDbResult<()>> {
         let tx = self.tx.clone();
         async move {
             to_ffi(match tx.lock().await.take() {
                 None => Err(closed()),
+                Some(OpenTx::Sqlite(t)) if commit => t.commit().await.map_err(classify),
                 Some(OpenTx::Sqlite(t)) => t.rollback().await.map_err(classify),
+                Some(OpenTx::Postgres(t)) if commit => t.commit().await.map_err(classify),
                 Some(OpenTx::Postgres(t)) => t.rollback().await.map_err(classify),
             })
         }

@@ -63,6 +63,19 @@ pub struct ModuleHost {
     host: Weak<Host>,
 }
 
+/// An already computed answer; `None` means the host is shutting down.
+fn answered<T: Send + 'static>(value: Option<T>) -> FfiFuture<RResult<T, FfiCallError>> {
+    let result = match value {
+        Some(v) => RResult::ROk(v),
+        None => RResult::RErr(shutting_down()),
+    };
+    async move { result }.into_ffi()
+}
+
+fn shutting_down() -> FfiCallError {
+    call_err(call_error::UNAVAILABLE, "the host is shutting down".into())
+}
+
 fn call_err(kind: u8, message: String) -> FfiCallError {
     FfiCallError {
         kind,
@@ -252,7 +265,7 @@ impl FfiHost for ModuleHost {
                 return RResult::RErr(call_err(call_error::NOT_ALLOWED, why));
             }
             let Some(host) = this.host.upgrade() else {
-                return RResult::RErr(call_err(call_error::UNAVAILABLE, "the host is shutting down".into()));
+                return RResult::RErr(shutting_down());
             };
             match host.bus.publish(&this.module, &topic, payload.into_string()).await {
                 Ok(_) => RResult::ROk(()),
@@ -292,16 +305,7 @@ impl FfiHost for ModuleHost {
             .host
             .upgrade()
             .map(|h| h.cache.get(&self.module, key.as_str()));
-        async move {
-            match found {
-                Some(v) => RResult::ROk(v.map(RVec::from).into()),
-                None => RResult::RErr(call_err(
-                    call_error::UNAVAILABLE,
-                    "the host is shutting down".into(),
-                )),
-            }
-        }
-        .into_ffi()
+        answered(found.map(|v| v.map(RVec::from).into()))
     }
 
     fn cache_set(
@@ -311,37 +315,16 @@ impl FfiHost for ModuleHost {
         ttl_ms: u64,
     ) -> FfiFuture<RResult<(), FfiCallError>> {
         let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
-        let done = self.host.upgrade().map(|h| {
+        let host = self.host.upgrade();
+        answered(host.map(|h| {
             h.cache
                 .set(&self.module, key.as_str(), value.into_vec(), ttl)
-        });
-        async move {
-            match done {
-                Some(()) => RResult::ROk(()),
-                None => RResult::RErr(call_err(
-                    call_error::UNAVAILABLE,
-                    "the host is shutting down".into(),
-                )),
-            }
-        }
-        .into_ffi()
+        }))
     }
 
     fn cache_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), FfiCallError>> {
-        let done = self
-            .host
-            .upgrade()
-            .map(|h| h.cache.delete(&self.module, key.as_str()));
-        async move {
-            match done {
-                Some(()) => RResult::ROk(()),
-                None => RResult::RErr(call_err(
-                    call_error::UNAVAILABLE,
-                    "the host is shutting down".into(),
-                )),
-            }
-        }
-        .into_ffi()
+        let host = self.host.upgrade();
+        answered(host.map(|h| h.cache.delete(&self.module, key.as_str())))
     }
 
     fn sleep(&self, ms: u64) -> FfiFuture<()> {
