@@ -19,7 +19,9 @@ use abi_stable::{
     sabi_trait::TD_Opaque,
     std_types::{RBox, RStr, RVec},
 };
-use modhost::{config::HostConfig, router::Lookup, Host};
+use modhost::config::HostConfig;
+use modhost::routes::table::Lookup;
+use modhost::Host;
 use modhost_plugin_api::ffi::FfiRequest;
 
 fn main() {

@@ -16,12 +16,10 @@ use abi_stable::{
     std_types::{RArc, RResult, RString},
 };
 use async_ffi::{FfiFuture, FutureExt as _};
-use modhost::{
-    events::{BusSettings, EventBus, InProcessBus},
-    manifest::{Dependency, ModuleName},
-    resolve::{resolve, ModuleSpec},
-    services::ServiceRegistry,
-};
+use modhost::events::{memory::InProcessBus, BusSettings, EventBus};
+use modhost::module::manifest::{Dependency, ModuleName};
+use modhost::module::resolve::{resolve, ModuleSpec};
+use modhost::services::local::ServiceRegistry;
 use modhost_plugin_api::ffi::{
     FfiCallError, FfiEvent, FfiEventHandler, FfiEventHandler_TO, FfiServiceHandler,
     FfiServiceHandler_TO, FfiUnitResult,

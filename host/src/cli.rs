@@ -8,13 +8,12 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{
-    config::{ConfigError, HostConfig, LogFormat},
-    inspect::Inspection,
-    lifecycle::{BootError, Host},
-    loader::RuntimeDir,
-    logging, server,
-};
+use crate::config::{ConfigError, HostConfig, LogFormat};
+use crate::http::server;
+use crate::logging;
+use crate::module::inspect::Inspection;
+use crate::module::loader::RuntimeDir;
+use crate::runtime::lifecycle::{BootError, Host};
 
 /// modhost: a host for modules shipped as native shared libraries.
 #[derive(Debug, Parser)]
@@ -172,7 +171,7 @@ pub enum CliError {
     #[error(transparent)]
     Boot(#[from] BootError),
     #[error(transparent)]
-    Discovery(#[from] crate::discovery::DiscoveryError),
+    Discovery(#[from] crate::module::discovery::DiscoveryError),
     #[error("cannot listen on {addr}: {source}; is another process using it? pass --listen ADDR")]
     Listen {
         addr: std::net::SocketAddr,
@@ -185,7 +184,7 @@ pub enum CliError {
     #[error("cannot create a scratch directory for loading libraries: {0}")]
     Scratch(std::io::Error),
     #[error(transparent)]
-    Database(#[from] crate::database::DbSetupError),
+    Database(#[from] crate::data::database::DbSetupError),
     #[error(transparent)]
     CoreSetup(#[from] crate::core::CoreSetupError),
     #[error("{0}")]
@@ -293,7 +292,7 @@ fn run(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliErr
         tracing::info!(%local, running, failed = report.len() - running, "modhost ready on http://{local}");
         if host.config.watch {
             tracing::info!(interval = ?host.config.watch_interval, "watching the modules directory for changes");
-            crate::watch::spawn(host.clone(), host.config.watch_interval);
+            crate::runtime::watch::spawn(host.clone(), host.config.watch_interval);
         }
         server::serve(host, listener, server::shutdown_signal())
             .await
@@ -332,7 +331,7 @@ fn admin(cmd: AdminCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<(), 
         .build()
         .map_err(CliError::Runtime)?;
     runtime.block_on(async move {
-        let databases = crate::database::Databases::connect(&config.database()).await?;
+        let databases = crate::data::database::Databases::connect(&config.database()).await?;
         let core = crate::core::Core::open(databases.core(), config.auth.clone()).await?;
         match cmd {
             AdminCommand::CreateUser(a) => {
@@ -366,7 +365,7 @@ fn admin(cmd: AdminCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<(), 
 }
 
 fn keygen(out: &Path) -> Result<(), CliError> {
-    let (secret, public) = crate::signing::keygen();
+    let (secret, public) = crate::module::signing::keygen();
     let io =
         |e: std::io::Error| CliError::Usage(format!("cannot write keys to {}: {e}", out.display()));
     std::fs::create_dir_all(out).map_err(io)?;
@@ -392,10 +391,10 @@ fn keygen(out: &Path) -> Result<(), CliError> {
 }
 
 fn sign(dir: &Path, key: &Path) -> Result<(), CliError> {
-    let found = crate::discovery::discover_one(dir)
+    let found = crate::module::discovery::discover_one(dir)
         .map_err(|(_, e)| CliError::Usage(e.to_string()))?
         .ok_or_else(|| CliError::Usage(format!("{} has no module.yaml", dir.display())))?;
-    let public = crate::signing::sign(dir, &found.manifest_path, &found.library, key)
+    let public = crate::module::signing::sign(dir, &found.manifest_path, &found.library, key)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     println!(
         "signed {} ({} and {}) with key {public}",

@@ -441,8 +441,8 @@ impl HostConfig {
     }
 
     /// The database settings.
-    pub fn database(&self) -> crate::database::DatabaseSettings {
-        crate::database::DatabaseSettings {
+    pub fn database(&self) -> crate::data::database::DatabaseSettings {
+        crate::data::database::DatabaseSettings {
             url: self.database_url.clone(),
             data_dir: self.data_dir.clone(),
             connect_timeout: self.database_connect_timeout,
@@ -516,7 +516,7 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     }
     if let Some(rest) = message.split("unknown field `").nth(1) {
         if let Some(field) = rest.split('`').next() {
-            if let Some(best) = crate::manifest::did_you_mean(field, FILE_FIELDS) {
+            if let Some(best) = crate::module::manifest::did_you_mean(field, FILE_FIELDS) {
                 message.push_str(&format!(" (did you mean `{best}`?)"));
             }
         }

@@ -1,43 +1,36 @@
 //! # modhost
 //!
 //! The host that loads modules shipped as native shared libraries. The `modhost` binary
-//! is a thin shell over [`cli`]; everything else is here, one concept per module:
-//! [`manifest`] (module.yaml), [`discovery`] (module folders), [`resolve`] (dependency
-//! order), [`loader`] (abi_stable loading), [`lifecycle`] (boot and shutdown),
-//! [`reload`] and [`watch`] (hot reload), [`router`] and [`server`] (HTTP), [`admin`] and [`metrics`] (operations),
-//! [`database`], [`db_handle`] and [`migrations`] (per-module data), [`core`] (auth,
-//! identity, authz, audit), [`permissions`] and [`enforce`] (access control),
-//! [`events`], [`cache`] and [`services`] (between modules), [`openapi`], [`config`]
-//! and [`logging`].
+//! is a thin shell over [`cli`]. The folders follow the pipeline a module goes through:
+//!
+//! - [`module`]: **find → check → resolve → load** (manifests, discovery, library
+//!   checks, signatures, dependency order, abi_stable loading);
+//! - [`runtime`]: **init → serve → reload** (the running [`Host`], module handles,
+//!   hot reload, the folder watcher);
+//! - [`http`]: the HTTP server, authorization, operations endpoints, OpenAPI;
+//! - [`routes`]: the route table and request metrics, filled by the runtime and read by
+//!   the HTTP layer;
+//! - [`data`]: per-module databases, migrations and the module database handle;
+//! - the ports, each a trait with its engines beside it: [`events`], [`cache`],
+//!   [`services`];
+//! - [`core`]: the core services (auth, identity, authz, audit);
+//! - [`config`], [`logging`] and [`random`] are shared by all of them.
+//!
+//! Dependencies point one way: `http` → `runtime` → `module`, `data`, `routes` and the
+//! ports; none of those uses `runtime` or `http`. `docs/architecture.md` draws it.
 
-pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod core;
-pub mod database;
-pub mod db_handle;
-pub mod discovery;
-pub mod enforce;
+pub mod data;
 pub mod events;
-pub mod host_handle;
-pub mod inspect;
-pub mod library_file;
-pub mod lifecycle;
-pub mod loader;
+pub mod http;
 pub mod logging;
-pub mod manifest;
-pub mod metrics;
-pub mod migrations;
-pub mod openapi;
-pub mod permissions;
+pub mod module;
 pub mod random;
-pub mod reload;
-pub mod resolve;
-pub mod router;
-pub mod server;
+pub mod routes;
+pub mod runtime;
 pub mod services;
-pub mod signing;
-pub mod watch;
 
-pub use lifecycle::Host;
+pub use runtime::lifecycle::Host;

@@ -6,11 +6,9 @@ mod common;
 use std::path::Path;
 
 use common::{lib_file, modhost, Modules};
-use modhost::{
-    discovery::{discover, DiscoveryError},
-    inspect::Inspection,
-    resolve::ResolveError,
-};
+use modhost::module::discovery::{discover, DiscoveryError};
+use modhost::module::inspect::Inspection;
+use modhost::module::resolve::ResolveError;
 
 fn module(dir: &Path, folder: &str, manifest: &str, libs: &[&str]) {
     let d = dir.join(folder);

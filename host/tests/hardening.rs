@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{lib_file, plugins, HostProcess, Modules};
-use modhost::{loader::sha256_hex, manifest::Manifest};
+use modhost::module::loader::sha256_hex;
+use modhost::module::manifest::Manifest;
 
 fn state(host: &HostProcess, name: &str) -> serde_json::Value {
     let all = host.get("/admin/modules").json();

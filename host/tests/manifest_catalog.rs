@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use modhost::manifest::{Manifest, ManifestError, MAX_MANIFEST_BYTES};
+use modhost::module::manifest::{Manifest, ManifestError, MAX_MANIFEST_BYTES};
 
 #[test]
 fn every_fixture_fails_with_its_expected_error() {

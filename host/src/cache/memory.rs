@@ -1,21 +1,10 @@
-//! The cache: the [`CacheStore`] interface and its embedded engine (moka, bounded by
-//! bytes, per-entry TTL). Keys are namespaced by module inside the host, so a module can
-//! neither read nor overwrite another module's keys.
-//!
-//! Scale-out mapping (Redis, a later issue): key `modhost:<module>:<key>`, `SET PX ttl`,
-//! `GET`, `DEL`; the namespace is added by the host exactly as here.
+//! The embedded cache engine: moka, bounded by bytes, with a TTL per entry.
 
 use std::time::{Duration, Instant};
 
 use moka::{sync::Cache, Expiry};
 
-/// The cache as the host uses it; engines implement it.
-pub trait CacheStore: Send + Sync {
-    fn get(&self, module: &str, key: &str) -> Option<Vec<u8>>;
-    /// `ttl` `None`: the default TTL.
-    fn set(&self, module: &str, key: &str, value: Vec<u8>, ttl: Option<Duration>);
-    fn delete(&self, module: &str, key: &str);
-}
+use super::CacheStore;
 
 #[derive(Clone)]
 struct Entry {

@@ -24,12 +24,10 @@ use std::{
 
 use modhost_plugin_api::ffi::{FfiRows, FfiValue};
 
-use crate::{
-    database::{AreaPool, BackendKind},
-    db_handle::AreaDatabase,
-    migrations::{self, MigrationError},
-    permissions::PermissionRegistry,
-};
+use crate::data::database::{AreaPool, BackendKind};
+use crate::data::db_handle::AreaDatabase;
+use crate::data::migrations::{self, MigrationError};
+use crate::module::permissions::PermissionRegistry;
 
 pub use auth::AuthUser;
 use authz::Grants;

@@ -23,7 +23,7 @@ use sqlx::{
 };
 use tokio::sync::Mutex;
 
-use crate::database::AreaPool;
+use crate::data::database::AreaPool;
 
 /// A handle on one database area: a module's, or the host's `core` area.
 #[derive(Clone)]

@@ -14,7 +14,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::database::{AreaPool, BackendKind};
+use crate::data::database::{AreaPool, BackendKind};
 
 /// The folder, inside a module folder, that holds its migrations.
 pub const MIGRATIONS_DIR: &str = "migrations";

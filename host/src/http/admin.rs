@@ -11,13 +11,11 @@ use hyper::{
     Method, Request, Response, StatusCode,
 };
 
-use crate::{
-    core::api::Access,
-    enforce::{authorize, Target},
-    lifecycle::{Host, ModuleState},
-    metrics::escape,
-    server::{json_error, json_response, Body},
-};
+use crate::core::api::Access;
+use crate::http::enforce::{authorize, Target};
+use crate::http::respond::{json_error, json_response, Body};
+use crate::routes::metrics::escape;
+use crate::runtime::lifecycle::{Host, ModuleState};
 
 /// Answers a request outside `/api/v1/`. `/admin/*` needs `core.admin.read` (reads)
 /// or `core.admin.write` (changes); `/healthz`, `/readyz` and `/metrics` are open.

@@ -7,10 +7,8 @@ use hyper::{
     HeaderMap, Response, StatusCode,
 };
 
-use crate::{
-    core::{api::Access, audit::Audit, AuthUser, Core, CoreError},
-    server::{json_error, Body},
-};
+use crate::core::{api::Access, audit::Audit, AuthUser, Core, CoreError};
+use crate::http::respond::{json_error, Body};
 
 /// The bearer token of a request, if any.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -3,10 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::{
-    core::api::{Access, ENDPOINTS},
-    router::RouteTable,
-};
+use crate::core::api::{Access, ENDPOINTS};
+use crate::routes::table::RouteTable;
 
 fn path_params(path: &str) -> Vec<Value> {
     path.split('/')

@@ -16,7 +16,7 @@ use futures_util::FutureExt as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
     body::{Bytes, Incoming},
-    header::{HeaderName, HeaderValue, CONTENT_TYPE},
+    header::{HeaderName, HeaderValue},
     service::service_fn,
     Request, Response, StatusCode,
 };
@@ -27,20 +27,16 @@ use hyper_util::{
 use modhost_plugin_api::ffi::{FfiRequest, FfiUser};
 use tokio::net::TcpListener;
 
-use crate::{
-    admin,
-    core::{
-        self,
-        api::{CORE_NAMESPACES, ENDPOINTS},
-    },
-    enforce::{self, authorize, authorize_module, Target},
-    lifecycle::Host,
-    openapi,
-    router::{match_pattern, Lookup, Route},
+use crate::core::{
+    self,
+    api::{CORE_NAMESPACES, ENDPOINTS},
 };
-
-/// The response body type.
-pub type Body = Full<Bytes>;
+use crate::http::admin;
+use crate::http::enforce::{self, authorize, authorize_module, Target};
+use crate::http::openapi;
+use crate::http::respond::{json_error, json_response, method_not_allowed, Body};
+use crate::routes::table::{match_pattern, Lookup, Route};
+use crate::runtime::lifecycle::Host;
 
 /// Serves `host` on `listener` until `shutdown` resolves, then stops accepting, drains
 /// in-flight requests up to the configured deadline and stops the modules.
@@ -205,34 +201,6 @@ async fn dispatch_core(host: &Host, req: Request<Incoming>) -> Response<Body> {
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &value,
     )
-}
-
-/// A JSON error response: `{"error": message}`.
-pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
-    json_response(status, &serde_json::json!({ "error": message }))
-}
-
-/// 405 with the `Allow` header.
-fn method_not_allowed<S: AsRef<str>>(method: &str, allowed: &[S]) -> Response<Body> {
-    let mut resp = json_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &format!("method {method} not allowed here"),
-    );
-    let allowed: Vec<&str> = allowed.iter().map(AsRef::as_ref).collect();
-    if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-        resp.headers_mut().insert(hyper::header::ALLOW, v);
-    }
-    resp
-}
-
-/// A JSON response.
-pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
 }
 
 async fn dispatch(host: &Host, req: Request<Incoming>) -> Response<Body> {

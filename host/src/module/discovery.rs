@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::manifest::{Manifest, ManifestError, MANIFEST_FILE};
+use crate::module::manifest::{Manifest, ManifestError, MANIFEST_FILE};
 
 /// A module folder whose manifest and library file were found.
 #[derive(Debug, Clone)]
@@ -141,7 +141,7 @@ fn find_library(dir: &Path, named: Option<&str>) -> Result<PathBuf, DiscoveryErr
     let ext = std::env::consts::DLL_EXTENSION;
     let (path, library) = match named {
         Some(lib) => {
-            crate::manifest::check_library_path(lib).map_err(|_| {
+            crate::module::manifest::check_library_path(lib).map_err(|_| {
                 DiscoveryError::LibraryEscapes {
                     dir: dir.to_path_buf(),
                     library: lib.to_string(),

@@ -5,11 +5,9 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use crate::{
-    discovery::{discover, Discovery, DiscoveryError},
-    loader::{load_library, RuntimeDir},
-    resolve::{resolve, ModuleSpec, Resolution},
-};
+use crate::module::discovery::{discover, Discovery, DiscoveryError};
+use crate::module::loader::{load_library, RuntimeDir};
+use crate::module::resolve::{resolve, ModuleSpec, Resolution};
 
 /// A modules directory, discovered and resolved.
 pub struct Inspection {
@@ -175,7 +173,7 @@ fn specs(d: &Discovery) -> Vec<ModuleSpec<'_>> {
         .collect()
 }
 
-fn deps(m: &crate::manifest::Manifest) -> String {
+fn deps(m: &crate::module::manifest::Manifest) -> String {
     m.dependencies
         .iter()
         .map(|(n, d)| {

@@ -156,7 +156,7 @@ pub fn load_library(
             });
         }
     }
-    crate::library_file::check(&bytes).map_err(not_lib)?;
+    crate::module::library_file::check(&bytes).map_err(not_lib)?;
     let copy = runtime.next_copy(module, library);
     std::fs::write(&copy, &bytes).map_err(|source| LoadError::Copy {
         module: module.to_string(),

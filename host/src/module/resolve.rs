@@ -14,7 +14,7 @@ use std::{
 use petgraph::{algo::tarjan_scc, graph::NodeIndex, Direction, Graph};
 use semver::{Version, VersionReq};
 
-use crate::manifest::{Dependency, ModuleName};
+use crate::module::manifest::{Dependency, ModuleName};
 
 /// What the resolver needs to know about one module.
 #[derive(Debug, Clone, Copy)]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::loader::sha256_hex;
+use crate::module::loader::sha256_hex;
 
 /// The signature file in a module folder.
 pub const SIGNATURE_FILE: &str = "module.sig";

@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Arc};
 use modhost_plugin_api::ffi::FfiHandlerBox;
 use serde::Serialize;
 
-use crate::metrics::RouteMetrics;
+use crate::routes::metrics::RouteMetrics;
 
 /// HTTP methods a module route may use.
 pub const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -39,7 +39,7 @@ pub struct Route {
     pub handler: Arc<FfiHandlerBox>,
     pub metrics: Arc<RouteMetrics>,
     /// The module's latency histogram (shared by its routes).
-    pub latency: Arc<crate::metrics::Histogram>,
+    pub latency: Arc<crate::routes::metrics::Histogram>,
     /// Requests running in this route's handler now (for draining on reload).
     pub inflight: std::sync::atomic::AtomicUsize,
 }
@@ -52,7 +52,7 @@ impl Route {
         public: bool,
         handler: FfiHandlerBox,
         metrics: Arc<RouteMetrics>,
-        latency: Arc<crate::metrics::Histogram>,
+        latency: Arc<crate::routes::metrics::Histogram>,
     ) -> Result<Self, RouteError> {
         let segments = parse_pattern(&module, &info.method, &info.path)?;
         Ok(Self {

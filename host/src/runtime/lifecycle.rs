@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, RwLock,
+        Arc, Mutex, RwLock, Weak,
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -23,24 +23,23 @@ use modhost_plugin_api::ffi::{FfiInitContext, FfiModuleBox, FfiUnitResult};
 use semver::Version;
 use serde::Serialize;
 
-use crate::{
-    cache::{CacheStore, InProcessCache},
-    config::HostConfig,
-    core::{audit::Audit, Core, CoreSetupError},
-    database::{Databases, DbSetupError},
-    db_handle::AreaDatabase,
-    discovery::DiscoveryError,
-    events::{DeadLetter, EventBus, InProcessBus},
-    host_handle::{ModuleHost, ModuleRules},
-    inspect::Inspection,
-    loader::{load_library, RuntimeDir},
-    manifest::{Dependency, Manifest, ModuleName},
-    metrics::Metrics,
-    migrations,
-    resolve::ResolveError,
-    router::{Route, RouteError, RouteInfo, RouteTable},
-    services::ServiceRegistry,
-};
+use crate::cache::{memory::InProcessCache, CacheStore};
+use crate::config::HostConfig;
+use crate::core::{audit::Audit, Core, CoreSetupError};
+use crate::data::database::{Databases, DbSetupError};
+use crate::data::db_handle::AreaDatabase;
+use crate::data::migrations;
+use crate::events::{memory::InProcessBus, DeadLetter, EventBus};
+use crate::module::discovery::DiscoveryError;
+use crate::module::inspect::Inspection;
+use crate::module::loader::{load_library, RuntimeDir};
+use crate::module::manifest::{Dependency, Manifest, ModuleName};
+use crate::module::resolve::ResolveError;
+use crate::routes::metrics::Metrics;
+use crate::routes::table::{Route, RouteError, RouteInfo, RouteTable};
+use crate::runtime::module_handle::{ModuleHandle, ModuleRules, Registrations};
+use crate::runtime::platform::Platform;
+use crate::services::local::ServiceRegistry;
 
 /// Where a module is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +99,7 @@ pub struct ModuleEntry {
     pub loaded_at: Option<SystemTime>,
     pub routes: Vec<Arc<Route>>,
     pub(crate) instance: Option<Arc<FfiModuleBox>>,
-    pub(crate) handle: Option<ModuleHost>,
+    pub(crate) handle: Option<ModuleHandle>,
     /// A required dependency this module waits for (it starts when that one does).
     pub waiting_for: Option<String>,
     /// Why the last hot reload was refused (the previous version kept serving).
@@ -114,8 +113,8 @@ pub(crate) struct Prepared {
     pub manifest: Manifest,
     pub library: PathBuf,
     pub instance: Arc<FfiModuleBox>,
-    pub handle: ModuleHost,
-    pub registrations: crate::host_handle::Registrations,
+    pub handle: ModuleHandle,
+    pub registrations: Registrations,
     pub runtime_path: PathBuf,
     pub plugin_api_version: String,
     pub load_time: Duration,
@@ -472,9 +471,9 @@ impl Host {
                 .collect(),
         };
         let started = Instant::now();
-        crate::signing::verify(
+        crate::module::signing::verify(
             dir,
-            &dir.join(crate::manifest::MANIFEST_FILE),
+            &dir.join(crate::module::manifest::MANIFEST_FILE),
             library,
             &self.config.trusted_keys,
             self.config.require_signatures,
@@ -500,11 +499,11 @@ impl Host {
             RResult::ROk(m) => Arc::new(m),
             RResult::RErr(e) => return Err(forget_copy(e.into_string())),
         };
-        let handle = ModuleHost::new(
+        let handle = ModuleHandle::new(
             &name,
             AreaDatabase::new(pool),
             rules.clone(),
-            Arc::downgrade(self),
+            Arc::downgrade(self) as Weak<dyn Platform>,
         );
         let config = self.config.module_config(&name, &manifest.config);
         let ctx = FfiInitContext {
@@ -636,7 +635,7 @@ impl Host {
     pub async fn stop_all(&self) -> Vec<String> {
         self.ready.store(false, Ordering::SeqCst);
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(RouteTable::default());
-        let running: Vec<(usize, String, Arc<FfiModuleBox>, ModuleHost)> = {
+        let running: Vec<(usize, String, Arc<FfiModuleBox>, ModuleHandle)> = {
             let entries = self.entries();
             let mut running: Vec<_> = entries
                 .iter()
@@ -744,12 +743,38 @@ impl Host {
     }
 }
 
+impl Platform for Host {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn bus(&self) -> &dyn EventBus {
+        self.bus.as_ref()
+    }
+
+    fn cache(&self) -> &dyn CacheStore {
+        self.cache.as_ref()
+    }
+
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn services(&self) -> &ServiceRegistry {
+        &self.services
+    }
+
+    fn service_provider(&self, service: &str) -> Option<String> {
+        Host::service_provider(self, service)
+    }
+}
+
 /// Awaits a plugin entry point with a deadline, turning errors, panics and timeouts
 /// into a reason. A panic's message is taken from the module's forwarded panic log.
 pub(crate) async fn call_plugin(
     future: FfiFuture<FfiUnitResult>,
     deadline: Duration,
-    handle: &ModuleHost,
+    handle: &ModuleHandle,
 ) -> Result<(), String> {
     match tokio::time::timeout(deadline, AssertUnwindSafe(future).catch_unwind()).await {
         Err(_) => Err(format!("did not finish within {deadline:?}")),

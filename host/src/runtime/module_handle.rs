@@ -21,11 +21,9 @@ use modhost_plugin_api::ffi::{
 };
 use tracing::level_filters::LevelFilter;
 
-use crate::{
-    db_handle::AreaDatabase,
-    lifecycle::Host,
-    router::{Route, RouteError, RouteInfo},
-};
+use crate::data::db_handle::AreaDatabase;
+use crate::routes::table::{Route, RouteError, RouteInfo};
+use crate::runtime::platform::Platform;
 
 /// What one `init` registered, and the errors registration produced.
 #[derive(Default)]
@@ -52,7 +50,7 @@ pub struct ModuleRules {
 
 /// One module's handle.
 #[derive(Clone)]
-pub struct ModuleHost {
+pub struct ModuleHandle {
     module: Arc<str>,
     /// `Some` while init runs; `None` afterwards (registration closed).
     pending: Arc<Mutex<Option<Registrations>>>,
@@ -60,7 +58,7 @@ pub struct ModuleHost {
     last_panic: Arc<Mutex<Option<String>>>,
     database: AreaDatabase,
     rules: Arc<ModuleRules>,
-    host: Weak<Host>,
+    host: Weak<dyn Platform>,
 }
 
 /// An already computed answer; `None` means the host is shutting down.
@@ -83,9 +81,14 @@ fn call_err(kind: u8, message: String) -> FfiCallError {
     }
 }
 
-impl ModuleHost {
+impl ModuleHandle {
     /// A handle for `module`, open for registration.
-    pub fn new(module: &str, database: AreaDatabase, rules: ModuleRules, host: Weak<Host>) -> Self {
+    pub fn new(
+        module: &str,
+        database: AreaDatabase,
+        rules: ModuleRules,
+        host: Weak<dyn Platform>,
+    ) -> Self {
         Self {
             module: Arc::from(module),
             pending: Arc::new(Mutex::new(Some(Registrations::default()))),
@@ -169,8 +172,8 @@ impl ModuleHost {
             .rules
             .public
             .contains(&(info.method.clone(), info.path.clone()));
-        let metrics = host.metrics.route(&self.module, &info.method, &info.path);
-        let latency = host.metrics.latency(&self.module);
+        let metrics = host.metrics().route(&self.module, &info.method, &info.path);
+        let latency = host.metrics().latency(&self.module);
         let new = Route::new(
             self.module.clone(),
             info,
@@ -193,7 +196,7 @@ impl ModuleHost {
     }
 }
 
-impl FfiHost for ModuleHost {
+impl FfiHost for ModuleHandle {
     fn log(&self, lvl: u8, target: RStr<'_>, message: RStr<'_>) {
         let module = &*self.module;
         let target = target.as_str();
@@ -267,7 +270,7 @@ impl FfiHost for ModuleHost {
             let Some(host) = this.host.upgrade() else {
                 return RResult::RErr(shutting_down());
             };
-            match host.bus.publish(&this.module, &topic, payload.into_string()).await {
+            match host.bus().publish(&this.module, &topic, payload.into_string()).await {
                 Ok(_) => RResult::ROk(()),
                 Err(e) => RResult::RErr(call_err(call_error::UNAVAILABLE, e)),
             }
@@ -304,7 +307,7 @@ impl FfiHost for ModuleHost {
         let found = self
             .host
             .upgrade()
-            .map(|h| h.cache.get(&self.module, key.as_str()));
+            .map(|h| h.cache().get(&self.module, key.as_str()));
         answered(found.map(|v| v.map(RVec::from).into()))
     }
 
@@ -317,14 +320,14 @@ impl FfiHost for ModuleHost {
         let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
         let host = self.host.upgrade();
         answered(host.map(|h| {
-            h.cache
+            h.cache()
                 .set(&self.module, key.as_str(), value.into_vec(), ttl)
         }))
     }
 
     fn cache_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), FfiCallError>> {
         let host = self.host.upgrade();
-        answered(host.map(|h| h.cache.delete(&self.module, key.as_str())))
+        answered(host.map(|h| h.cache().delete(&self.module, key.as_str())))
     }
 
     fn sleep(&self, ms: u64) -> FfiFuture<()> {
@@ -332,7 +335,7 @@ impl FfiHost for ModuleHost {
     }
 }
 
-impl ModuleHost {
+impl ModuleHandle {
     /// A service call, after checking that the caller may make it.
     async fn call_checked(
         &self,
@@ -347,7 +350,7 @@ impl ModuleHost {
         if service.starts_with("core.") {
             return match tokio::time::timeout(
                 deadline,
-                host.core
+                host.core()
                     .call_for_module(&self.module, service, request.as_str()),
             )
             .await
@@ -371,7 +374,7 @@ impl ModuleHost {
                 format!("module `{}` calls `{service}` but does not list its provider `{provider}` among its dependencies in module.yaml", self.module),
             ));
         }
-        host.services
+        host.services()
             .call(&self.module, service, request, deadline)
             .await
     }

@@ -17,12 +17,10 @@ use std::{
 
 use abi_stable::std_types::{ROption, RResult};
 
-use crate::{
-    core::audit::Audit,
-    discovery::discover_one,
-    lifecycle::{call_plugin, Host, ModuleEntry, ModuleState},
-    router::Route,
-};
+use crate::core::audit::Audit;
+use crate::module::discovery::discover_one;
+use crate::routes::table::Route;
+use crate::runtime::lifecycle::{call_plugin, Host, ModuleEntry, ModuleState};
 
 /// Extra wait after a drained instance reached zero in-flight requests, for requests
 /// that looked the old route up just before the switch.
@@ -214,7 +212,7 @@ impl Host {
     fn check_versions(
         &self,
         name: &str,
-        manifest: &crate::manifest::Manifest,
+        manifest: &crate::module::manifest::Manifest,
     ) -> Result<(), String> {
         let entries = self.entries();
         for e in entries.iter().filter(|e| e.state == ModuleState::Started) {

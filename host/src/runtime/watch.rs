@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::lifecycle::Host;
+use crate::runtime::lifecycle::Host;
 
 /// What a module folder looks like on disk, cheaply.
 type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
@@ -32,7 +32,7 @@ fn fingerprint(dir: &Path) -> Fingerprint {
                 continue; // temporary files of atomic copies
             }
             visit(&entry.path(), name.clone());
-            if name == crate::migrations::MIGRATIONS_DIR {
+            if name == crate::data::migrations::MIGRATIONS_DIR {
                 if let Ok(migrations) = std::fs::read_dir(entry.path()) {
                     for m in migrations.flatten() {
                         visit(

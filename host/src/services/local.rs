@@ -1,13 +1,5 @@
-//! The service registry: which module provides which service, and calls between
-//! modules through the host.
-//!
-//! A call is allowed only if the service is declared by its provider's manifest, the
-//! caller lists the provider among its dependencies, and the provider is running. The
-//! registry is in-process; across hosts it would be kept in etcd (key
-//! `modhost/services/<name>/<host>` with a lease per host, value = the host's address),
-//! and a call to a provider on another host would go over HTTP to that host's internal
-//! endpoint with the same JSON request and error kinds. Nothing here or in the plugin
-//! API assumes the provider is local except [`ServiceRegistry::call`]'s final step.
+//! The embedded service registry: which module in this process provides which
+//! service, with call and error counts, and the in-process call itself.
 
 use std::{
     collections::BTreeMap,
@@ -19,31 +11,16 @@ use std::{
     time::Duration,
 };
 
+use super::{CallFailure, ServiceReport};
 use abi_stable::std_types::{RResult, RString};
 use futures_util::FutureExt as _;
 use modhost_plugin_api::ffi::{call_error, FfiServiceHandlerBox};
-use serde::Serialize;
-
-/// A failed call: a kind from `call_error` and a message.
-pub type CallFailure = (u8, String);
 
 struct Provider {
     module: String,
     handler: Arc<FfiServiceHandlerBox>,
     calls: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
-}
-
-/// What `/admin/services` shows of a service.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceReport {
-    pub service: String,
-    pub provider: String,
-    /// Where it runs: `local` today.
-    pub location: &'static str,
-    pub healthy: bool,
-    pub calls: u64,
-    pub errors: u64,
 }
 
 /// Registered services.

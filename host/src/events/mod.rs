@@ -1,0 +1,123 @@
+//! The event bus port: the [`EventBus`] interface every engine implements, its settings,
+//! dead letters and topic patterns. Engines live beside it, one file each:
+//! [`memory`] is the embedded, in-process engine.
+//!
+//! Semantics every engine keeps (the plugin API does not change between them):
+//! - every subscription receives every event whose topic matches its pattern, at least
+//!   once, in publish order per topic;
+//! - subscriptions run independently: each has its own bounded queue and worker, so a
+//!   slow subscriber delays only itself;
+//! - a handler that fails (error, panic or timeout) is retried with exponential backoff;
+//!   after the last attempt the event becomes a dead letter (kept for `/admin`, audited)
+//!   and the subscription moves on;
+//! - overflow policy: when a subscription's queue is full, the publisher is not blocked;
+//!   the event is dead-lettered for that subscription with reason "queue full".
+//!
+//! May use: the plugin API's FFI event types and `core`'s clock. Must not use the
+//! runtime, HTTP or data layers.
+
+pub mod memory;
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::future::BoxFuture;
+use modhost_plugin_api::ffi::FfiEventHandlerBox;
+use serde::Serialize;
+
+/// Delivery tuning, shared by every engine.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// Events a subscription may have waiting before new ones are dead-lettered.
+    pub queue_capacity: usize,
+    /// Retries after the first failed delivery.
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles each time.
+    pub retry_backoff: Duration,
+    /// A handler still running after this has failed.
+    pub handler_timeout: Duration,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 1024,
+            max_retries: 3,
+            retry_backoff: Duration::from_millis(100),
+            handler_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An event that could not be delivered.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub event_id: u64,
+    pub topic: String,
+    pub source: String,
+    pub payload: String,
+    /// The subscribing module and its pattern.
+    pub module: String,
+    pub pattern: String,
+    pub attempts: u32,
+    pub error: String,
+    pub time: String,
+}
+
+/// Called with each new dead letter (the host audits it).
+pub type DeadLetterSink = Arc<dyn Fn(DeadLetter) + Send + Sync>;
+
+/// The bus as the host uses it; engines implement it.
+pub trait EventBus: Send + Sync {
+    /// Publishes an event; returns its id. Never waits for subscribers.
+    fn publish(
+        &self,
+        source: &str,
+        topic: &str,
+        payload: String,
+    ) -> BoxFuture<'_, Result<u64, String>>;
+    /// Adds a subscription for `module`.
+    fn subscribe(&self, module: &str, pattern: &str, handler: Arc<FfiEventHandlerBox>);
+    /// Removes every subscription of `module` (its queued events are dropped).
+    fn unsubscribe_module(&self, module: &str);
+    /// Stops routing new events to `module`'s oldest subscriptions, keeping the
+    /// `keep_newest` most recent ones, and lets the retired ones finish what is queued
+    /// (hot reload: the new instance's subscriptions are already live, so nothing is
+    /// lost; an event may reach both, hence at-least-once).
+    fn retire_module(&self, module: &str, keep_newest: usize);
+    /// Dead letters, oldest first.
+    fn dead_letters(&self) -> Vec<DeadLetter>;
+}
+
+/// Whether `topic` matches `pattern`: `*` is one segment, a final `>` one or more.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut t = topic.split('.');
+    loop {
+        match (p.next(), t.next()) {
+            (Some(">"), Some(_)) => return p.next().is_none(),
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_matches as m;
+
+    #[test]
+    fn patterns() {
+        assert!(m("blog.post.created", "blog.post.created"));
+        assert!(m("blog.post.*", "blog.post.created"));
+        assert!(m("blog.*.created", "blog.post.created"));
+        assert!(m("blog.>", "blog.post.created"));
+        assert!(m("blog.>", "blog.x"));
+        assert!(!m("blog.>", "blog"));
+        assert!(!m("blog.post.*", "blog.post.created.late"));
+        assert!(!m("blog.post.*", "blog.post"));
+        assert!(!m("billing.*", "blog.post"));
+        assert!(!m("blog.post.created", "blog.post.created.x"));
+    }
+}

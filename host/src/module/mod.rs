@@ -1,0 +1,20 @@
+//! The module pipeline before anything runs: **find → check → resolve → load**.
+//!
+//! - find: [`discovery`] reads module folders and their [`manifest`]s;
+//! - check: [`library_file`] (the library's bytes), [`signing`] (vendor signatures and
+//!   `sha256:` pins), [`permissions`] (declared permissions, no duplicates);
+//! - resolve: [`resolve`] orders modules by their dependencies;
+//! - load: [`loader`] maps a library through abi_stable and checks its ABI;
+//! - [`inspect`] strings them together for `modhost check`, `list` and `graph`.
+//!
+//! May use: nothing else of the host but `random`. Everything here works on files and
+//! values; it never calls into a module, never touches a database and never serves.
+
+pub mod discovery;
+pub mod inspect;
+pub mod library_file;
+pub mod loader;
+pub mod manifest;
+pub mod permissions;
+pub mod resolve;
+pub mod signing;

@@ -1,0 +1,32 @@
+//! The service port: calls between modules through the host, and what `/admin/services`
+//! shows of them. Engines live beside it, one file each: [`local`] is the embedded
+//! registry of the providers running in this process.
+//!
+//! A call is allowed only if the service is declared by its provider's manifest, the
+//! caller lists the provider among its dependencies, and the provider is running. Across
+//! hosts the registry would be kept in etcd (key `modhost/services/<name>/<host>` with a
+//! lease per host, value = the host's address), and a call to a provider on another host
+//! would go to that host with the same JSON request and error kinds. Nothing here or in
+//! the plugin API assumes the provider is local except [`local::ServiceRegistry::call`]'s
+//! final step.
+//!
+//! May use: the plugin API's FFI service types. Must not use the runtime or HTTP layers.
+
+pub mod local;
+
+use serde::Serialize;
+
+/// A failed call: a kind from `call_error` and a message.
+pub type CallFailure = (u8, String);
+
+/// What `/admin/services` shows of a service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceReport {
+    pub service: String,
+    pub provider: String,
+    /// Where it runs: `local` today.
+    pub location: &'static str,
+    pub healthy: bool,
+    pub calls: u64,
+    pub errors: u64,
+}
