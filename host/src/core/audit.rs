@@ -6,7 +6,7 @@
 use modhost_plugin_api::{ffi::FfiValue, AuditEntry};
 use serde::Deserialize;
 
-use super::{int, rows, t, text, Core, CoreError};
+use super::{as_int, as_text, rows, text_param, Core, CoreError};
 
 /// One entry to record.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ impl Core {
             .db
             .exec(
                 "INSERT INTO audit_log (time, actor, module, action, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                vec![t(&super::now_rfc3339()), t(&a.actor), t(&a.module), t(&a.action), t(&a.target), t(&a.outcome), t(&a.detail)],
+                vec![text_param(&super::now_rfc3339()), text_param(&a.actor), text_param(&a.module), text_param(&a.action), text_param(&a.target), text_param(&a.outcome), text_param(&a.detail)],
             )
             .await;
         if let Err(e) = result {
@@ -105,7 +105,7 @@ impl Core {
             ("time <", &f.until),
         ] {
             if let Some(v) = value {
-                push(column, t(v), &mut sql);
+                push(column, text_param(v), &mut sql);
             }
         }
         if let Some(before) = f.before {
@@ -114,18 +114,20 @@ impl Core {
         params.push(FfiValue::Int(limit));
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
         let found = rows(self.db.fetch(&sql, params).await?);
-        Ok(found
+        found
             .iter()
-            .map(|r| AuditEntry {
-                id: int(&r[0]),
-                time: text(&r[1]),
-                actor: text(&r[2]),
-                module: text(&r[3]),
-                action: text(&r[4]),
-                target: text(&r[5]),
-                outcome: text(&r[6]),
-                detail: text(&r[7]),
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: as_int(&r[0])?,
+                    time: as_text(&r[1])?,
+                    actor: as_text(&r[2])?,
+                    module: as_text(&r[3])?,
+                    action: as_text(&r[4])?,
+                    target: as_text(&r[5])?,
+                    outcome: as_text(&r[6])?,
+                    detail: as_text(&r[7])?,
+                })
             })
-            .collect())
+            .collect()
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{
     audit::Audit,
     identity::verify_password,
-    now_secs, t,
+    now_secs, text_param,
     tokens::{Claims, TokenError},
     Core, CoreError,
 };
@@ -159,7 +159,7 @@ impl Core {
             self.db
                 .exec(
                     "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2)",
-                    vec![t(&claims.jti), FfiValue::Int(claims.exp)],
+                    vec![text_param(&claims.jti), FfiValue::Int(claims.exp)],
                 )
                 .await?;
             self.revoked

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use modhost_plugin_api::permission_matches;
+use modhost_plugin_api::{ffi::FfiValue, permission_matches};
 use serde::Serialize;
 
-use super::{audit::Audit, int, rows, t, text, Core, CoreError};
+use super::{as_int, as_text, audit::Audit, rows, text_param, Core, CoreError};
 
 /// What a user may do, as cached for the request path.
 #[derive(Debug, Clone)]
@@ -39,6 +39,22 @@ pub struct RoleInfo {
     pub permissions: Vec<String>,
 }
 
+/// The statements that give `role` each of `permissions` (once each).
+fn permission_rows<'a>(
+    role: &'a str,
+    permissions: &'a [String],
+) -> impl Iterator<Item = (&'static str, Vec<FfiValue>)> + 'a {
+    let mut unique: Vec<&String> = permissions.iter().collect();
+    unique.sort();
+    unique.dedup();
+    unique.into_iter().map(move |p| {
+        (
+            "INSERT INTO role_permissions (role, permission) VALUES ($1, $2)",
+            vec![text_param(role), text_param(p)],
+        )
+    })
+}
+
 fn check_role_name(name: &str) -> Result<(), CoreError> {
     let ok = name.len() <= 64
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
@@ -66,10 +82,13 @@ impl Core {
     async fn role_exists(&self, name: &str) -> Result<Option<bool>, CoreError> {
         let found = rows(
             self.db
-                .fetch("SELECT builtin FROM roles WHERE name = $1", vec![t(name)])
+                .fetch(
+                    "SELECT builtin FROM roles WHERE name = $1",
+                    vec![text_param(name)],
+                )
                 .await?,
         );
-        Ok(found.first().map(|r| int(&r[0]) != 0))
+        found.first().map(|r| Ok(as_int(&r[0])? != 0)).transpose()
     }
 
     /// Creates a role.
@@ -85,13 +104,12 @@ impl Core {
         if self.role_exists(name).await?.is_some() {
             return Err(CoreError::Conflict(format!("role `{name}` already exists")));
         }
-        self.db
-            .exec(
-                "INSERT INTO roles (name, description, builtin) VALUES ($1, $2, 0)",
-                vec![t(name), t(description)],
-            )
-            .await?;
-        self.write_permissions(name, permissions).await?;
+        let mut statements = vec![(
+            "INSERT INTO roles (name, description, builtin) VALUES ($1, $2, 0)",
+            vec![text_param(name), text_param(description)],
+        )];
+        statements.extend(permission_rows(name, permissions));
+        self.db.exec_all(statements).await?;
         self.invalidate();
         self.record(Audit::new(actor, "authz.role.create", name).detail(&permissions.join(",")))
             .await;
@@ -115,32 +133,16 @@ impl Core {
             }
             Some(false) => {}
         }
-        self.db
-            .exec(
-                "DELETE FROM role_permissions WHERE role = $1",
-                vec![t(name)],
-            )
-            .await?;
-        self.write_permissions(name, permissions).await?;
+        let mut statements = vec![(
+            "DELETE FROM role_permissions WHERE role = $1",
+            vec![text_param(name)],
+        )];
+        statements.extend(permission_rows(name, permissions));
+        self.db.exec_all(statements).await?;
         self.invalidate();
         self.record(Audit::new(actor, "authz.role.update", name).detail(&permissions.join(",")))
             .await;
         self.role(name).await
-    }
-
-    async fn write_permissions(&self, role: &str, permissions: &[String]) -> Result<(), CoreError> {
-        let mut unique: Vec<&String> = permissions.iter().collect();
-        unique.sort();
-        unique.dedup();
-        for p in unique {
-            self.db
-                .exec(
-                    "INSERT INTO role_permissions (role, permission) VALUES ($1, $2)",
-                    vec![t(role), t(p)],
-                )
-                .await?;
-        }
-        Ok(())
     }
 
     /// Deletes a role (and its assignments).
@@ -155,16 +157,17 @@ impl Core {
             Some(false) => {}
         }
         self.db
-            .exec("DELETE FROM user_roles WHERE role = $1", vec![t(name)])
-            .await?;
-        self.db
-            .exec(
-                "DELETE FROM role_permissions WHERE role = $1",
-                vec![t(name)],
-            )
-            .await?;
-        self.db
-            .exec("DELETE FROM roles WHERE name = $1", vec![t(name)])
+            .exec_all(vec![
+                (
+                    "DELETE FROM user_roles WHERE role = $1",
+                    vec![text_param(name)],
+                ),
+                (
+                    "DELETE FROM role_permissions WHERE role = $1",
+                    vec![text_param(name)],
+                ),
+                ("DELETE FROM roles WHERE name = $1", vec![text_param(name)]),
+            ])
             .await?;
         self.invalidate();
         self.record(Audit::new(actor, "authz.role.delete", name))
@@ -199,22 +202,26 @@ impl Core {
                 )
                 .await?,
         );
-        Ok(roles
+        let perms: Vec<(String, String)> = perms
+            .iter()
+            .map(|p| Ok((as_text(&p[0])?, as_text(&p[1])?)))
+            .collect::<Result<_, CoreError>>()?;
+        roles
             .iter()
             .map(|r| {
-                let name = text(&r[0]);
-                RoleInfo {
+                let name = as_text(&r[0])?;
+                Ok(RoleInfo {
                     permissions: perms
                         .iter()
-                        .filter(|p| text(&p[0]) == name)
-                        .map(|p| text(&p[1]))
+                        .filter(|(role, _)| *role == name)
+                        .map(|(_, permission)| permission.clone())
                         .collect(),
-                    description: text(&r[1]),
-                    builtin: int(&r[2]) != 0,
+                    description: as_text(&r[1])?,
+                    builtin: as_int(&r[2])? != 0,
                     name,
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Gives `user_id` the role `role`.
@@ -232,7 +239,7 @@ impl Core {
             self.db
                 .fetch(
                     "SELECT 1 FROM user_roles WHERE user_id = $1 AND role = $2",
-                    vec![t(user_id), t(role)],
+                    vec![text_param(user_id), text_param(role)],
                 )
                 .await?,
         );
@@ -240,7 +247,7 @@ impl Core {
             self.db
                 .exec(
                     "INSERT INTO user_roles (user_id, role) VALUES ($1, $2)",
-                    vec![t(user_id), t(role)],
+                    vec![text_param(user_id), text_param(role)],
                 )
                 .await?;
         }
@@ -261,7 +268,7 @@ impl Core {
             .db
             .exec(
                 "DELETE FROM user_roles WHERE user_id = $1 AND role = $2",
-                vec![t(user_id), t(role)],
+                vec![text_param(user_id), text_param(role)],
             )
             .await?;
         if n == 0 {
@@ -275,51 +282,58 @@ impl Core {
         Ok(())
     }
 
-    /// The user's grants (cached).
+    /// The user's grants (cached; see [`GrantsCache`](super::GrantsCache) for why a
+    /// result computed across an invalidation is returned but not cached).
     pub async fn grants(&self, user_id: &str) -> Result<Arc<Grants>, CoreError> {
-        if let Some(g) = self
-            .grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user_id)
-        {
-            return Ok(g.clone());
+        let generation = {
+            let cache = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(g) = cache.by_user.get(user_id) {
+                return Ok(g.clone());
+            }
+            cache.generation
+        };
+        let grants = Arc::new(self.load_grants(user_id).await?);
+        #[cfg(test)]
+        self.pause_before_caching_grants().await;
+        let mut cache = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == generation {
+            cache.by_user.insert(user_id.to_string(), grants.clone());
         }
+        Ok(grants)
+    }
+
+    /// Reads the user's grants from the core area.
+    async fn load_grants(&self, user_id: &str) -> Result<Grants, CoreError> {
         let user = self.get_user(user_id).await?;
-        let roles: Vec<String> = rows(
+        let roles = rows(
             self.db
                 .fetch(
                     "SELECT role FROM user_roles WHERE user_id = $1 ORDER BY role",
-                    vec![t(user_id)],
+                    vec![text_param(user_id)],
                 )
                 .await?,
         )
         .iter()
-        .map(|r| text(&r[0]))
-        .collect();
-        let mut permissions: Vec<String> = rows(
+        .map(|r| as_text(&r[0]))
+        .collect::<Result<Vec<_>, _>>()?;
+        let mut permissions = rows(
             self.db
                 .fetch(
                     "SELECT DISTINCT rp.permission FROM role_permissions rp JOIN user_roles ur ON ur.role = rp.role WHERE ur.user_id = $1",
-                    vec![t(user_id)],
+                    vec![text_param(user_id)],
                 )
                 .await?,
         )
         .iter()
-        .map(|r| text(&r[0]))
-        .collect();
+        .map(|r| as_text(&r[0]))
+        .collect::<Result<Vec<_>, _>>()?;
         permissions.sort();
-        let grants = Arc::new(Grants {
+        Ok(Grants {
             email: user.email,
             disabled: user.disabled,
             roles,
             permissions,
-        });
-        self.grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(user_id.to_string(), grants.clone());
-        Ok(grants)
+        })
     }
 
     /// Whether `user_id` holds `permission`. Unknown and disabled users hold nothing.
@@ -329,5 +343,166 @@ impl Core {
             Err(CoreError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use tokio::sync::Notify;
+
+    use crate::{
+        core::{AuthSettings, Core, CoreError},
+        data::database::{DatabaseSettings, Databases},
+    };
+
+    /// A test's hold on `grants()` between its reads and its cache insert.
+    #[derive(Default)]
+    pub struct Pause {
+        reached: Notify,
+        resume: Notify,
+    }
+
+    impl Core {
+        pub(in crate::core) async fn pause_before_caching_grants(&self) {
+            let pause = self
+                .grants_pause
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(pause) = pause {
+                pause.reached.notify_one();
+                pause.resume.notified().await;
+            }
+        }
+    }
+
+    /// A core on a fresh SQLite area, with module `app`'s permissions registered.
+    async fn core(dir: &std::path::Path) -> Core {
+        let settings = DatabaseSettings {
+            url: None,
+            data_dir: dir.to_path_buf(),
+            connect_timeout: Duration::from_secs(5),
+            max_connections: 2,
+            role_prefix: "modhost_".into(),
+        };
+        let databases = Databases::connect(&settings).await.expect("sqlite opens");
+        let core = Core::open(databases.core(), AuthSettings::default())
+            .await
+            .expect("core opens");
+        let declared = ["app.doc.read", "app.doc.write", "app.doc.delete"];
+        core.permissions
+            .write()
+            .expect("registry lock")
+            .register("app", declared.iter().map(|p| p.to_string()))
+            .expect("no duplicates");
+        core
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|p| p.to_string()).collect()
+    }
+
+    /// A role narrowed while `grants()` is between its reads and its cache insert must
+    /// not come back from the cache: the stale result may answer the request already in
+    /// flight, never a later one.
+    #[tokio::test]
+    async fn a_role_narrowed_while_grants_are_read_is_not_undone_by_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = Arc::new(core(dir.path()).await);
+        let user = core
+            .create_user("test", "ada@example.com", "a long password", "Ada")
+            .await
+            .expect("user");
+        core.create_role("test", "editor", "", &strings(&["app.doc.*"]))
+            .await
+            .expect("role");
+        core.assign_role("test", &user.id, "editor")
+            .await
+            .expect("assign");
+
+        let pause = Arc::new(super::tests::Pause::default());
+        *core.grants_pause.lock().expect("lock") = Some(pause.clone());
+        let reached = pause.reached.notified();
+        let reader = {
+            let (core, id) = (core.clone(), user.id.clone());
+            tokio::spawn(async move { core.grants(&id).await })
+        };
+        tokio::time::timeout(Duration::from_secs(10), reached)
+            .await
+            .expect("grants() reached the pause");
+        core.set_role_permissions("test", "editor", &strings(&["app.doc.read"]))
+            .await
+            .expect("narrow");
+        pause.resume.notify_one();
+        let in_flight = reader.await.expect("reader").expect("grants");
+        assert!(
+            in_flight.allows("app.doc.delete"),
+            "the read began before the change, so it saw the old role"
+        );
+
+        let next = core.grants(&user.id).await.expect("grants");
+        assert!(
+            !next.allows("app.doc.delete"),
+            "the narrowed role must apply to the next check, not the cached stale grants"
+        );
+        assert!(next.allows("app.doc.read"));
+    }
+
+    /// A role write that fails half-way leaves the role as it was.
+    #[tokio::test]
+    async fn a_failing_role_write_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(dir.path()).await;
+        core.create_role("test", "editor", "", &strings(&["app.doc.read"]))
+            .await
+            .expect("role");
+        // Make the second INSERT of the next write fail, as a full disk or a dropped
+        // connection would.
+        core.db
+            .exec(
+                "CREATE TRIGGER refuse_write_grant BEFORE INSERT ON role_permissions \
+                 WHEN NEW.permission = 'app.doc.write' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+                vec![],
+            )
+            .await
+            .expect("trigger");
+        let result = core
+            .set_role_permissions(
+                "test",
+                "editor",
+                &strings(&["app.doc.delete", "app.doc.write"]),
+            )
+            .await;
+        assert!(matches!(result, Err(CoreError::Database(_))), "{result:?}");
+        let role = core.role("editor").await.expect("role");
+        assert_eq!(role.permissions, strings(&["app.doc.read"]));
+
+        let created = core
+            .create_role("test", "writer", "", &strings(&["app.doc.write"]))
+            .await;
+        assert!(created.is_err(), "{created:?}");
+        let found = core.role("writer").await;
+        assert!(
+            matches!(found, Err(CoreError::NotFound(_))),
+            "a role whose permissions could not be written must not exist: {found:?}"
+        );
+    }
+
+    /// A core row holding the wrong type is an error, not a silent "" or 0.
+    #[tokio::test]
+    async fn a_bad_value_in_the_core_area_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(dir.path()).await;
+        core.db
+            .exec(
+                "INSERT INTO roles (name, description, builtin) VALUES ('odd', 'x', 'yes')",
+                vec![],
+            )
+            .await
+            .expect("insert");
+        let roles = core.roles().await;
+        assert!(matches!(roles, Err(CoreError::Database(_))), "{roles:?}");
     }
 }

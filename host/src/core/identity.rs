@@ -6,7 +6,7 @@ use argon2::{
 };
 use modhost_plugin_api::{ffi::FfiValue, UserInfo};
 
-use super::{audit::Audit, int, rows, t, text, Core, CoreError};
+use super::{as_int, as_text, audit::Audit, rows, text_param, Core, CoreError};
 
 /// Longest email accepted.
 const MAX_EMAIL: usize = 254;
@@ -15,14 +15,14 @@ pub const MIN_PASSWORD: usize = 8;
 
 const USER_COLUMNS: &str = "id, email, display_name, disabled, created_at";
 
-fn user_from(row: &[FfiValue]) -> UserInfo {
-    UserInfo {
-        id: text(&row[0]),
-        email: text(&row[1]),
-        display_name: text(&row[2]),
-        disabled: int(&row[3]) != 0,
-        created_at: text(&row[4]),
-    }
+fn user_from(row: &[FfiValue]) -> Result<UserInfo, CoreError> {
+    Ok(UserInfo {
+        id: as_text(&row[0])?,
+        email: as_text(&row[1])?,
+        display_name: as_text(&row[2])?,
+        disabled: as_int(&row[3])? != 0,
+        created_at: as_text(&row[4])?,
+    })
 }
 
 /// Normalises and checks an email address.
@@ -94,7 +94,7 @@ impl Core {
             .db
             .exec(
                 "INSERT INTO users (id, email, display_name, password_hash, disabled, created_at) VALUES ($1, $2, $3, $4, 0, $5)",
-                vec![t(&id), t(&email), t(display_name.trim()), t(&hash), t(&created_at)],
+                vec![text_param(&id), text_param(&email), text_param(display_name.trim()), text_param(&hash), text_param(&created_at)],
             )
             .await;
         match inserted {
@@ -117,14 +117,14 @@ impl Core {
             self.db
                 .fetch(
                     &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
-                    vec![t(id)],
+                    vec![text_param(id)],
                 )
                 .await?,
         );
-        found
-            .first()
-            .map(|r| user_from(r))
-            .ok_or_else(|| CoreError::NotFound(format!("no user with id {id}")))
+        match found.first() {
+            Some(row) => user_from(row),
+            None => Err(CoreError::NotFound(format!("no user with id {id}"))),
+        }
     }
 
     /// The user with `email`.
@@ -134,14 +134,14 @@ impl Core {
             self.db
                 .fetch(
                     &format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"),
-                    vec![t(&email)],
+                    vec![text_param(&email)],
                 )
                 .await?,
         );
-        found
-            .first()
-            .map(|r| user_from(r))
-            .ok_or_else(|| CoreError::NotFound(format!("no user with email {email}")))
+        match found.first() {
+            Some(row) => user_from(row),
+            None => Err(CoreError::NotFound(format!("no user with email {email}"))),
+        }
     }
 
     /// Users ordered by id, after `after`, at most `limit` (1..=500).
@@ -157,18 +157,21 @@ impl Core {
             self.db
                 .fetch(
                     &format!("SELECT {USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2"),
-                    vec![t(after.unwrap_or("")), FfiValue::Int(limit)],
+                    vec![text_param(after.unwrap_or("")), FfiValue::Int(limit)],
                 )
                 .await?,
         );
-        Ok(found.iter().map(|r| user_from(r)).collect())
+        found.iter().map(|r| user_from(r)).collect()
     }
 
     /// Disables a user: their tokens stop working at once.
     pub async fn disable_user(&self, actor: &str, id: &str) -> Result<UserInfo, CoreError> {
         let n = self
             .db
-            .exec("UPDATE users SET disabled = 1 WHERE id = $1", vec![t(id)])
+            .exec(
+                "UPDATE users SET disabled = 1 WHERE id = $1",
+                vec![text_param(id)],
+            )
             .await?;
         if n == 0 {
             return Err(CoreError::NotFound(format!("no user with id {id}")));
@@ -189,11 +192,14 @@ impl Core {
             self.db
                 .fetch(
                     &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1"),
-                    vec![t(&email)],
+                    vec![text_param(&email)],
                 )
                 .await?,
         );
-        Ok(found.first().map(|r| (user_from(r), text(&r[5]))))
+        match found.first() {
+            Some(row) => Ok(Some((user_from(row)?, as_text(&row[5])?))),
+            None => Ok(None),
+        }
     }
 }
 

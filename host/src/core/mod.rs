@@ -121,7 +121,10 @@ pub struct Core {
     key: SigningKey,
     settings: AuthSettings,
     pub permissions: RwLock<PermissionRegistry>,
-    grants: Mutex<HashMap<String, Arc<Grants>>>,
+    grants: Mutex<GrantsCache>,
+    /// Test-only pause between computing grants and caching them.
+    #[cfg(test)]
+    grants_pause: Mutex<Option<Arc<authz::tests::Pause>>>,
     revoked: RwLock<HashSet<String>>,
 }
 
@@ -158,8 +161,9 @@ impl Core {
             .map_err(|e| CoreSetupError::Key(e.message.into_string()))?,
         )
         .iter()
-        .map(|r| text(&r[0]))
-        .collect();
+        .map(|r| as_text(&r[0]))
+        .collect::<Result<_, _>>()
+        .map_err(|e| CoreSetupError::Key(e.to_string()))?;
         let mut registry = PermissionRegistry::default();
         // Cannot clash: the registry is empty.
         let _ = registry.register("core", CORE_PERMISSIONS.iter().map(|p| p.to_string()));
@@ -168,18 +172,33 @@ impl Core {
             key,
             settings,
             permissions: RwLock::new(registry),
-            grants: Mutex::new(HashMap::new()),
+            grants: Mutex::new(GrantsCache::default()),
+            #[cfg(test)]
+            grants_pause: Mutex::new(None),
             revoked: RwLock::new(revoked),
         })
     }
 
-    /// Forgets cached grants (after any role, assignment or user change).
+    /// Forgets cached grants. Called after a role, assignment or user change has been
+    /// committed; grants computed from reads that began before it are then not cached
+    /// (see [`GrantsCache`]).
     fn invalidate(&self) {
-        self.grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let mut cache = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        cache.generation += 1;
+        cache.by_user.clear();
     }
+}
+
+/// Grants per user, and a generation that every invalidation bumps.
+///
+/// Computing grants awaits database reads. A change committed (and invalidated) during
+/// those reads would be undone if the result were cached afterwards, and a narrowed role
+/// would keep its old grants. So a result is cached only if the generation it started
+/// from is still current.
+#[derive(Default)]
+struct GrantsCache {
+    generation: u64,
+    by_user: HashMap<String, Arc<Grants>>,
 }
 
 /// The dev-mode signing key: generated once and kept in `core_settings`.
@@ -194,7 +213,8 @@ async fn stored_key(db: &AreaDatabase) -> Result<SigningKey, CoreSetupError> {
         .map_err(err)?,
     );
     if let Some(row) = found.first() {
-        return SigningKey::from_hex(&text(&row[0])).map_err(CoreSetupError::Key);
+        let hex = as_text(&row[0]).map_err(|e| CoreSetupError::Key(e.to_string()))?;
+        return SigningKey::from_hex(&hex).map_err(CoreSetupError::Key);
     }
     let hex = crate::random::random_hex(32);
     db.exec(
@@ -248,28 +268,41 @@ fn rows(r: FfiRows) -> Vec<Vec<FfiValue>> {
     r.rows.into_iter().map(|row| row.into_vec()).collect()
 }
 
-/// A value as text (empty for NULL).
-fn text(v: &FfiValue) -> String {
+/// A core column that must hold text. Every core column is `NOT NULL`, so anything
+/// else means the core area was written by something other than the core: an error,
+/// never a silent default.
+fn as_text(v: &FfiValue) -> Result<String, CoreError> {
     match v {
-        FfiValue::Text(s) => s.to_string(),
-        FfiValue::Int(i) => i.to_string(),
-        FfiValue::Float(f) => f.to_string(),
-        FfiValue::Bool(b) => b.to_string(),
-        FfiValue::Null | FfiValue::Bytes(_) => String::new(),
+        FfiValue::Text(s) => Ok(s.to_string()),
+        other => Err(unexpected("text", other)),
     }
 }
 
-/// A value as an integer (0 for anything else).
-fn int(v: &FfiValue) -> i64 {
+/// A core column that must hold an integer (see [`as_text`]).
+fn as_int(v: &FfiValue) -> Result<i64, CoreError> {
     match v {
-        FfiValue::Int(i) => *i,
-        FfiValue::Bool(b) => i64::from(*b),
-        FfiValue::Text(s) => s.parse().unwrap_or(0),
-        _ => 0,
+        FfiValue::Int(i) => Ok(*i),
+        FfiValue::Bool(b) => Ok(i64::from(*b)),
+        other => Err(unexpected("an integer", other)),
     }
 }
 
-fn t(s: &str) -> FfiValue {
+fn unexpected(wanted: &str, found: &FfiValue) -> CoreError {
+    let found = match found {
+        FfiValue::Null => "NULL",
+        FfiValue::Bool(_) => "a boolean",
+        FfiValue::Int(_) => "an integer",
+        FfiValue::Float(_) => "a float",
+        FfiValue::Text(_) => "text",
+        FfiValue::Bytes(_) => "bytes",
+    };
+    CoreError::Database(format!(
+        "the core area holds {found} where {wanted} belongs; was it edited by hand?"
+    ))
+}
+
+/// A text parameter for a core statement.
+fn text_param(s: &str) -> FfiValue {
     FfiValue::Text(s.into())
 }
 

@@ -69,6 +69,26 @@ impl AreaDatabase {
         }
     }
 
+    /// Runs `statements` in one transaction: every one of them, or none.
+    pub async fn exec_all(&self, statements: Vec<(&str, Vec<FfiValue>)>) -> Result<(), FfiDbError> {
+        macro_rules! in_transaction {
+            ($pool:expr, $bind:ident) => {{
+                let mut tx = $pool.begin().await.map_err(classify)?;
+                for (sql, params) in statements {
+                    $bind(RString::from(sql), RVec::from(params))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                }
+                tx.commit().await.map_err(classify)
+            }};
+        }
+        match &self.pool {
+            AreaPool::Sqlite(p) => in_transaction!(p, bind_sqlite),
+            AreaPool::Postgres(p) => in_transaction!(p, bind_pg),
+        }
+    }
+
     /// The FFI object handed to the module.
     pub fn to_ffi(&self) -> FfiDatabaseBox {
         FfiDatabase_TO::from_ptr(RArc::new(self.clone()), TD_Opaque)
