@@ -18,6 +18,9 @@ echo "== cargo test"
 # The manifest fuzz test runs for a bounded time: 60 s under CI, 5 s otherwise.
 if [ -n "${CI:-}" ]; then export MODHOST_FUZZ_SECONDS="${MODHOST_FUZZ_SECONDS:-60}"; fi
 cargo test --workspace --no-fail-fast
+# plugin-api's `build` module (the build-script helper) is compiled only with the `build`
+# feature, which the workspace run above does not turn on: run its tests and doctest too.
+cargo test -p modhost-plugin-api --features build
 echo "== schemathesis against /openapi.json"
 scripts/schemathesis.sh
 echo "== scripts"

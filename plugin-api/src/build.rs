@@ -9,9 +9,25 @@
 //!
 //! `build.rs`:
 //!
-//! ```no_run
+//! ```
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #   // Stand in for cargo: a crate folder with a module.yaml, and an OUT_DIR.
+//! #   let krate = std::env::temp_dir().join(format!("modhost-build-doctest-{}", std::process::id()));
+//! #   let out = krate.join("out");
+//! #   std::fs::create_dir_all(&out)?;
+//! #   std::fs::write(
+//! #       krate.join("module.yaml"),
+//! #       "name: blog\nversion: 1.0.0\npermissions: [blog.post.create, blog.post.read]\n",
+//! #   )?;
+//! #   std::env::set_var("CARGO_MANIFEST_DIR", &krate);
+//! #   std::env::set_var("OUT_DIR", &out);
 //!     modhost_plugin_api::build::generate_permissions()?;
+//! #   let code = std::fs::read_to_string(out.join("modhost_permissions.rs"))?;
+//! #   std::fs::remove_dir_all(&krate)?;
+//! #   assert!(code.contains(
+//! #       "pub const POST_CREATE: Permission = Permission::declared(\"blog.post.create\");"
+//! #   ), "{code}");
+//! #   assert!(code.contains("pub const ALL: &[Permission] = &[POST_CREATE, POST_READ];"), "{code}");
 //!     Ok(())
 //! }
 //! ```
@@ -95,5 +111,32 @@ mod tests {
         assert!(code.contains("pub const ALL: &[Permission] = &[POST_CREATE, POST_READ];"));
         let err = permissions_code("name: blog\npermissions: [billing.plan.read]\n").unwrap_err();
         assert!(err.contains("must start with `blog.`"), "{err}");
+    }
+
+    #[test]
+    fn refuses_permissions_that_are_not_three_lower_snake_case_segments() {
+        for bad in [
+            "blog.post",
+            "blog.post.read.all",
+            "blog.Post.read",
+            "blog.post.re-ad",
+            "blog..read",
+            "blog.1post.read",
+        ] {
+            let err = permissions_code(&format!("name: blog\npermissions: [\"{bad}\"]\n"))
+                .unwrap_err();
+            assert!(
+                err.contains(&format!("invalid permission `{bad}`")),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_permissions_gives_an_empty_all_and_bad_yaml_is_an_error() {
+        let code = permissions_code("name: hello\nversion: 1.0.0\n").unwrap();
+        assert!(code.contains("pub const ALL: &[Permission] = &[];"), "{code}");
+        assert!(!code.contains("Permission::declared"), "{code}");
+        assert!(permissions_code("name: [hello\n").is_err());
     }
 }
