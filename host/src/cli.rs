@@ -30,8 +30,9 @@ pub struct Cli {
 enum Command {
     /// Load the modules and serve HTTP until SIGINT/SIGTERM.
     Run(RunArgs),
-    /// Validate manifests, libraries (ABI) and the dependency graph; exit 1 on any problem.
-    Check(DirArgs),
+    /// Validate manifests, signatures, libraries (ABI) and the dependency graph under the
+    /// same trust policy as `run`; exit 1 on any problem.
+    Check(CheckArgs),
     /// Print the modules, their versions and the load order.
     List(DirArgs),
     /// Print the dependency graph (an edge a -> b means a depends on b).
@@ -148,6 +149,24 @@ struct DirArgs {
 }
 
 #[derive(Debug, Args)]
+struct CheckArgs {
+    /// The modules directory.
+    #[arg(default_value = "modules", value_name = "DIR")]
+    dir: PathBuf,
+    /// A TOML config file (also MODHOST_CONFIG): its trusted_keys and require_signatures
+    /// apply, as do MODHOST_TRUSTED_KEYS and MODHOST_REQUIRE_SIGNATURES.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Trust this vendor public key (hex) in addition to the configured ones; repeat for
+    /// several.
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    trusted_keys: Vec<String>,
+    /// Refuse unsigned modules, whatever the configuration says.
+    #[arg(long)]
+    require_signatures: bool,
+}
+
+#[derive(Debug, Args)]
 struct GraphArgs {
     /// The modules directory.
     #[arg(default_value = "modules", value_name = "DIR")]
@@ -223,7 +242,7 @@ pub fn main() -> ExitCode {
 fn run_command(command: Command, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
     match command {
         Command::Run(args) => run(args, env),
-        Command::Check(args) => check(&args.dir),
+        Command::Check(args) => check(args, env),
         Command::List(args) => {
             print!("{}", Inspection::of(&args.dir)?.table());
             Ok(())
@@ -370,24 +389,34 @@ fn keygen(out: &Path) -> Result<(), CliError> {
         |e: std::io::Error| CliError::Usage(format!("cannot write keys to {}: {e}", out.display()));
     std::fs::create_dir_all(out).map_err(io)?;
     let secret_path = out.join("vendor.key");
-    if secret_path.exists() {
-        return Err(CliError::Usage(format!(
-            "{} exists; refusing to overwrite a key",
+    write_secret(&secret_path, &format!("{secret}\n")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => CliError::Usage(format!(
+            "{} exists; refusing to overwrite a key (move it away or pick another --out)",
             secret_path.display()
-        )));
-    }
-    std::fs::write(&secret_path, format!("{secret}\n")).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600))
-            .map_err(io)?;
-    }
+        )),
+        _ => io(e),
+    })?;
     std::fs::write(out.join("vendor.pub"), format!("{public}\n")).map_err(io)?;
     println!("secret key: {} (keep it private)", secret_path.display());
     println!("public key: {public}");
     println!("operators add the public key to trusted_keys in their modhost config");
     Ok(())
+}
+
+/// Creates `path` holding `text`, readable by its owner only from the first byte, and
+/// never over an existing file.
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 fn sign(dir: &Path, key: &Path) -> Result<(), CliError> {
@@ -405,11 +434,20 @@ fn sign(dir: &Path, key: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-fn check(dir: &Path) -> Result<(), CliError> {
+fn check(args: CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+    let file = args
+        .config
+        .clone()
+        .or_else(|| env("MODHOST_CONFIG").map(PathBuf::from));
+    let config = HostConfig::load(file.as_deref(), env)?;
+    let mut policy = config.trust_policy();
+    policy.trusted_keys.extend(args.trusted_keys);
+    policy.require_signatures |= args.require_signatures;
+    let dir = args.dir.as_path();
     let inspection = Inspection::of(dir)?;
     let scratch = std::env::temp_dir().join(format!("modhost-check-{}", std::process::id()));
     let runtime = RuntimeDir::create(&scratch).map_err(CliError::Scratch)?;
-    let problems = inspection.problems(Some(&runtime));
+    let problems = inspection.problems(Some((&runtime, &policy)));
     runtime.remove();
     let _ = std::fs::remove_dir_all(&scratch);
     let modules = inspection.discovery.modules.len() + inspection.discovery.problems.len();

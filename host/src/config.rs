@@ -440,6 +440,14 @@ impl HostConfig {
         Ok(())
     }
 
+    /// Which vendors' modules this host loads.
+    pub fn trust_policy(&self) -> crate::module::signing::TrustPolicy {
+        crate::module::signing::TrustPolicy {
+            trusted_keys: self.trusted_keys.clone(),
+            require_signatures: self.require_signatures,
+        }
+    }
+
     /// The database settings.
     pub fn database(&self) -> crate::data::database::DatabaseSettings {
         crate::data::database::DatabaseSettings {

@@ -14,7 +14,7 @@
 //! - the ports, each a trait with its engines beside it: [`events`], [`cache`],
 //!   [`services`];
 //! - [`core`]: the core services (auth, identity, authz, audit);
-//! - [`config`], [`logging`] and [`random`] are shared by all of them.
+//! - [`config`], [`logging`], [`hex`] and [`random`] are shared by all of them.
 //!
 //! Dependencies point one way: `http` → `runtime` → `module`, `data`, `routes` and the
 //! ports; none of those uses `runtime` or `http`. `docs/architecture.md` draws it.
@@ -25,6 +25,7 @@ pub mod config;
 pub mod core;
 pub mod data;
 pub mod events;
+pub mod hex;
 pub mod http;
 pub mod logging;
 pub mod module;

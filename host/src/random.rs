@@ -9,5 +9,5 @@ pub fn random_hex(bytes: usize) -> String {
     if let Err(e) = getrandom::fill(&mut buf) {
         panic!("the operating system's random number generator failed: {e}");
     }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&buf)
 }

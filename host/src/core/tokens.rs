@@ -45,12 +45,9 @@ impl SigningKey {
         if hex.len() < 64 || hex.len() % 2 != 0 {
             return Err("the signing key must be at least 64 hex characters (32 bytes)".into());
         }
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
+        crate::hex::decode(hex)
             .map(SigningKey)
-            .map_err(|_| "the signing key must be hex".into())
+            .ok_or_else(|| "the signing key must be hex".into())
     }
 
     fn mac(&self) -> Hmac<Sha256> {

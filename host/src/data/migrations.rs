@@ -11,7 +11,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::data::database::{AreaPool, BackendKind};
@@ -138,7 +137,7 @@ pub fn discover(module_dir: &Path, backend: BackendKind) -> Result<Vec<Migration
                 path: path.clone(),
                 source,
             })?;
-            let checksum = hex(&Sha256::digest(sql.as_bytes()));
+            let checksum = crate::hex::sha256_hex(sql.as_bytes());
             Ok(Migration {
                 version,
                 description,
@@ -148,10 +147,6 @@ pub fn discover(module_dir: &Path, backend: BackendKind) -> Result<Vec<Migration
             })
         })
         .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _modhost_migrations (
@@ -179,7 +174,7 @@ pub fn embedded(version: i64, description: &str, sql: &str) -> Migration {
         description: description.to_string(),
         path: PathBuf::from(format!("<built-in>/{version:04}_{description}.sql")),
         sql: sql.to_string(),
-        checksum: hex(&Sha256::digest(sql.as_bytes())),
+        checksum: crate::hex::sha256_hex(sql.as_bytes()),
     }
 }
 

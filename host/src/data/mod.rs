@@ -6,7 +6,7 @@
 //! - [`migrations`]: a module's `migrations/` folder, checked and applied in order;
 //! - [`db_handle`]: the database handle a module uses (the host side of `FfiDatabase`).
 //!
-//! May use: `random`. Must not use `runtime/`, `http/` or `core/`.
+//! May use: `random` and `hex`. Must not use `runtime/`, `http/` or `core/`.
 
 pub mod database;
 pub mod db_handle;

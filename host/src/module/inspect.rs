@@ -1,13 +1,15 @@
 //! Offline views of a modules directory, for `modhost check`, `list` and `graph`.
 //!
-//! Nothing here runs a module: `check` loads each library and checks its ABI but never
-//! calls into the module.
+//! Nothing here runs a module: `check` verifies each library (signature, `sha256:` pin,
+//! ELF headers) under the same trust policy as `run`, and only a library that passed is
+//! loaded to check its ABI; no entry point of the module is ever called.
 
 use std::{fmt::Write as _, path::Path};
 
 use crate::module::discovery::{discover, Discovery, DiscoveryError};
-use crate::module::loader::{load_library, RuntimeDir};
+use crate::module::loader::{load_verified, RuntimeDir};
 use crate::module::resolve::{resolve, ModuleSpec, Resolution};
+use crate::module::signing::TrustPolicy;
 
 /// A modules directory, discovered and resolved.
 pub struct Inspection {
@@ -26,8 +28,9 @@ impl Inspection {
         })
     }
 
-    /// Every problem: discovery, then resolution, then (if `runtime` is given) loading.
-    pub fn problems(&self, runtime: Option<&RuntimeDir>) -> Vec<String> {
+    /// Every problem: discovery, then resolution, then (if `runtime` is given) each
+    /// library's signature and integrity under `policy`, then its ABI.
+    pub fn problems(&self, runtime: Option<(&RuntimeDir, &TrustPolicy)>) -> Vec<String> {
         let mut out: Vec<String> = self
             .discovery
             .problems
@@ -35,10 +38,9 @@ impl Inspection {
             .map(|p| p.error.to_string())
             .collect();
         out.extend(self.resolution.failed.values().map(|e| e.to_string()));
-        if let Some(runtime) = runtime {
+        if let Some((runtime, policy)) = runtime {
             for m in &self.discovery.modules {
-                let sha = m.manifest.sha256.as_deref();
-                if let Err(e) = load_library(m.manifest.name.as_str(), &m.library, sha, runtime) {
+                if let Err(e) = load_verified(&m.dir, &m.manifest, &m.library, policy, runtime) {
                     out.push(e.to_string());
                 }
             }

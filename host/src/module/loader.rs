@@ -4,6 +4,11 @@
 //! loaded from there (dlopen caches by path, and a build overwriting a mapped file would
 //! crash the host). Libraries are never unloaded. This file turns abi_stable's long
 //! reports into one-line errors; the full report goes to the debug log.
+//!
+//! The library file is read once ([`read_library`]); its signature, its `sha256:` pin
+//! and its ELF headers are checked on those bytes, and the runtime copy is written from
+//! them, so the bytes that were checked are the bytes that are loaded. Nothing reaches
+//! the dynamic loader (whose ELF constructors run vendor code) before every check passed.
 
 use std::{
     path::{Path, PathBuf},
@@ -15,6 +20,10 @@ use abi_stable::{
     sabi_types::VersionNumber,
 };
 use modhost_plugin_api::{ffi::ModuleRootRef, PLUGIN_API_VERSION};
+
+pub use crate::hex::sha256_hex;
+use crate::module::manifest::Manifest;
+use crate::module::signing::{self, SignatureError, TrustPolicy};
 
 /// A library loaded and checked against this host's plugin-api.
 pub struct LoadedLibrary {
@@ -62,8 +71,21 @@ pub enum LoadError {
         expected: String,
         found: String,
     },
+    #[error("module `{module}`: {source}")]
+    Signature {
+        module: String,
+        source: SignatureError,
+    },
     #[error("module `{module}`: loading the library failed: {detail}")]
     Other { module: String, detail: String },
+}
+
+/// A library file's bytes, read once.
+pub struct LibraryBytes {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    /// SHA-256 of `bytes`, hex.
+    pub sha256: String,
 }
 
 /// Where library copies live while the host runs: `<data dir>/runtime/<pid>/`.
@@ -129,42 +151,85 @@ fn remove_stale(base: &Path) {
     }
 }
 
-/// Copies `library` into the runtime dir and loads it.
+/// Reads, checks and loads the library of the module in `dir`: the file is read once,
+/// its signature (under `policy`) and `sha256:` pin are verified on those bytes, then
+/// its ELF headers; only then is a copy written from the same bytes and loaded.
 ///
-/// With `expected_sha256` (from the manifest's `sha256:`), the bytes loaded are exactly
-/// the bytes checked: the file is read once, hashed, and the copy written from memory.
-pub fn load_library(
-    module: &str,
+/// Blocking (file I/O, hashing, dlopen): call it off the async runtime's workers.
+pub fn load_verified(
+    dir: &Path,
+    manifest: &Manifest,
     library: &Path,
-    expected_sha256: Option<&str>,
+    policy: &TrustPolicy,
     runtime: &RuntimeDir,
 ) -> Result<LoadedLibrary, LoadError> {
-    let not_lib = |detail: String| LoadError::NotALibrary {
+    let module = manifest.name.as_str();
+    let lib = read_library(module, library)?;
+    verify(dir, manifest, &lib, policy)?;
+    load_library(module, &lib, runtime)
+}
+
+/// Reads a library file once.
+pub fn read_library(module: &str, path: &Path) -> Result<LibraryBytes, LoadError> {
+    let bytes = std::fs::read(path).map_err(|e| LoadError::NotALibrary {
         module: module.to_string(),
-        path: library.to_path_buf(),
-        detail,
-    };
-    let bytes = std::fs::read(library).map_err(|e| not_lib(e.to_string()))?;
-    if let Some(expected) = expected_sha256 {
-        let found = sha256_hex(&bytes);
-        if !found.eq_ignore_ascii_case(expected) {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    Ok(LibraryBytes {
+        path: path.to_path_buf(),
+        sha256: sha256_hex(&bytes),
+        bytes,
+    })
+}
+
+/// Checks the library's bytes against the manifest's `sha256:` pin and the module's
+/// signature (which covers the parsed manifest and these bytes).
+pub fn verify(
+    dir: &Path,
+    manifest: &Manifest,
+    lib: &LibraryBytes,
+    policy: &TrustPolicy,
+) -> Result<(), LoadError> {
+    let module = manifest.name.as_str();
+    if let Some(expected) = &manifest.sha256 {
+        if !lib.sha256.eq_ignore_ascii_case(expected) {
             return Err(LoadError::Integrity {
                 module: module.to_string(),
-                path: library.to_path_buf(),
-                expected: expected.to_string(),
-                found,
+                path: lib.path.clone(),
+                expected: expected.clone(),
+                found: lib.sha256.clone(),
             });
         }
     }
-    crate::module::library_file::check(&bytes).map_err(not_lib)?;
-    let copy = runtime.next_copy(module, library);
-    std::fs::write(&copy, &bytes).map_err(|source| LoadError::Copy {
+    signing::verify(dir, &manifest.source_sha256, &lib.sha256, policy).map_err(|source| {
+        LoadError::Signature {
+            module: module.to_string(),
+            source,
+        }
+    })
+}
+
+/// Checks the ELF headers of verified bytes, writes them to a fresh runtime copy and
+/// loads that copy.
+pub fn load_library(
+    module: &str,
+    lib: &LibraryBytes,
+    runtime: &RuntimeDir,
+) -> Result<LoadedLibrary, LoadError> {
+    crate::module::library_file::check(&lib.bytes).map_err(|detail| LoadError::NotALibrary {
         module: module.to_string(),
-        from: library.to_path_buf(),
+        path: lib.path.clone(),
+        detail,
+    })?;
+    let copy = runtime.next_copy(module, &lib.path);
+    std::fs::write(&copy, &lib.bytes).map_err(|source| LoadError::Copy {
+        module: module.to_string(),
+        from: lib.path.clone(),
         to: copy.clone(),
         source,
     })?;
-    match load_from(module, library, &copy) {
+    match load_from(module, &lib.path, &copy) {
         Ok(root) => Ok(LoadedLibrary {
             root: root.0,
             runtime_path: copy,
@@ -239,13 +304,4 @@ fn first_line(s: &str) -> String {
         .unwrap_or("")
         .trim()
         .to_string()
-}
-
-/// The SHA-256 of `bytes`, lower-case hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -59,6 +59,10 @@ pub struct Manifest {
     /// Config defaults, handed to the module merged with the host's overrides.
     #[serde(default)]
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// SHA-256 (hex) of the manifest text this was parsed from: what a signature over
+    /// the manifest must cover.
+    #[serde(skip)]
+    pub source_sha256: String,
 }
 
 /// Module names the host keeps for itself (its API namespaces and database areas).
@@ -422,7 +426,7 @@ impl Manifest {
                 "the manifest is empty; it needs at least `name` and `version`".into(),
             ));
         }
-        let manifest: Manifest = serde_yaml_ng::from_str(text).map_err(|e| {
+        let mut manifest: Manifest = serde_yaml_ng::from_str(text).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -430,6 +434,7 @@ impl Manifest {
             invalid(path, line, column, describe_yaml_error(&e))
         })?;
         manifest.validate(text, path)?;
+        manifest.source_sha256 = crate::hex::sha256_hex(text.as_bytes());
         Ok(manifest)
     }
 

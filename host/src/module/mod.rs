@@ -7,7 +7,7 @@
 //! - load: [`loader`] maps a library through abi_stable and checks its ABI;
 //! - [`inspect`] strings them together for `modhost check`, `list` and `graph`.
 //!
-//! May use: nothing else of the host but `random`. Everything here works on files and
+//! May use: nothing else of the host but `random` and `hex`. Everything here works on files and
 //! values; it never calls into a module, never touches a database and never serves.
 
 pub mod discovery;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::module::loader::sha256_hex;
+use crate::hex::{self, sha256_hex};
 
 /// The signature file in a module folder.
 pub const SIGNATURE_FILE: &str = "module.sig";
@@ -44,21 +44,6 @@ pub enum SignatureError {
     },
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, SignatureError> {
     std::fs::read(path).map_err(|source| SignatureError::Io {
         path: path.to_path_buf(),
@@ -66,24 +51,32 @@ fn read(path: &Path) -> Result<Vec<u8>, SignatureError> {
     })
 }
 
-/// The signed message: a domain tag and the SHA-256 of both files.
-fn message(manifest: &[u8], library: &[u8]) -> Vec<u8> {
-    format!(
-        "modhost-module-signature-v1\nmanifest {}\nlibrary {}\n",
-        sha256_hex(manifest),
-        sha256_hex(library)
-    )
-    .into_bytes()
+/// Who may sign modules for this host, and whether unsigned ones load.
+#[derive(Debug, Clone, Default)]
+pub struct TrustPolicy {
+    /// Trusted vendor public keys, hex.
+    pub trusted_keys: Vec<String>,
+    /// Refuse unsigned modules.
+    pub require_signatures: bool,
+}
+
+/// The signed message: a domain tag and the SHA-256 (hex) of both files.
+fn message(manifest_sha256: &str, library_sha256: &str) -> Vec<u8> {
+    format!("modhost-module-signature-v1\nmanifest {manifest_sha256}\nlibrary {library_sha256}\n")
+        .into_bytes()
 }
 
 /// A new key pair: (secret hex, public hex).
 pub fn keygen() -> (String, String) {
-    let secret = crate::random::random_hex(32);
-    let bytes: [u8; 32] = unhex(&secret)
-        .and_then(|v| v.try_into().ok())
-        .unwrap_or([0; 32]);
-    let key = SigningKey::from_bytes(&bytes);
-    (secret, hex(&key.verifying_key().to_bytes()))
+    let mut secret = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut secret) {
+        panic!("the operating system's random number generator failed: {e}");
+    }
+    let key = SigningKey::from_bytes(&secret);
+    (
+        hex::encode(&secret),
+        hex::encode(&key.verifying_key().to_bytes()),
+    )
 }
 
 /// Signs the module in `dir` (its manifest and library) with the secret in `key_file`;
@@ -95,17 +88,16 @@ pub fn sign(
     key_file: &Path,
 ) -> Result<String, SignatureError> {
     let secret = String::from_utf8_lossy(&read(key_file)?).into_owned();
-    let bytes: [u8; 32] = unhex(&secret)
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| SignatureError::Malformed {
-            path: key_file.to_path_buf(),
-            why: "not a modhost secret key (64 hex characters from `modhost keygen`)".into(),
-        })?;
+    let bytes: [u8; 32] = hex::decode_array(&secret).ok_or_else(|| SignatureError::Malformed {
+        path: key_file.to_path_buf(),
+        why: "not a modhost secret key (64 hex characters from `modhost keygen`)".into(),
+    })?;
     let key = SigningKey::from_bytes(&bytes);
-    let signature = key.sign(&message(&read(manifest)?, &read(library)?));
+    let signed = message(&sha256_hex(&read(manifest)?), &sha256_hex(&read(library)?));
+    let signature = key.sign(&signed);
     let file = ModuleSignature {
-        key: hex(&key.verifying_key().to_bytes()),
-        signature: hex(&signature.to_bytes()),
+        key: hex::encode(&key.verifying_key().to_bytes()),
+        signature: hex::encode(&signature.to_bytes()),
     };
     let text = serde_json::to_string_pretty(&file).unwrap_or_default();
     let path = dir.join(SIGNATURE_FILE);
@@ -113,14 +105,16 @@ pub fn sign(
     Ok(file.key)
 }
 
-/// Checks the module in `dir` against the trust policy.
+/// Checks the module in `dir` against the trust policy. The digests are those of the
+/// manifest that was parsed and of the library bytes that will be loaded, so what is
+/// verified is exactly what runs.
 pub fn verify(
     dir: &Path,
-    manifest: &Path,
-    library: &Path,
-    trusted: &[String],
-    required: bool,
+    manifest_sha256: &str,
+    library_sha256: &str,
+    policy: &TrustPolicy,
 ) -> Result<(), SignatureError> {
+    let (trusted, required) = (&policy.trusted_keys, policy.require_signatures);
     let sig_path = dir.join(SIGNATURE_FILE);
     if !sig_path.exists() {
         return if required {
@@ -144,17 +138,15 @@ pub fn verify(
             key,
         });
     }
-    let key_bytes: [u8; 32] = unhex(&key)
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| malformed("bad public key".into()))?;
+    let key_bytes: [u8; 32] =
+        hex::decode_array(&key).ok_or_else(|| malformed("bad public key".into()))?;
     let verifying = VerifyingKey::from_bytes(&key_bytes)
         .map_err(|e| malformed(format!("bad public key: {e}")))?;
-    let sig_bytes: [u8; 64] = unhex(&file.signature)
-        .and_then(|v| v.try_into().ok())
+    let sig_bytes: [u8; 64] = hex::decode_array(&file.signature)
         .ok_or_else(|| malformed("bad signature encoding".into()))?;
     let signature = Signature::from_bytes(&sig_bytes);
     verifying
-        .verify_strict(&message(&read(manifest)?, &read(library)?), &signature)
+        .verify_strict(&message(manifest_sha256, library_sha256), &signature)
         .map_err(|_| SignatureError::Invalid {
             dir: dir.to_path_buf(),
         })
@@ -163,6 +155,13 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy(keys: &[String], required: bool) -> TrustPolicy {
+        TrustPolicy {
+            trusted_keys: keys.to_vec(),
+            require_signatures: required,
+        }
+    }
 
     #[test]
     fn sign_verify_tamper_untrusted_unsigned() {
@@ -175,36 +174,64 @@ mod tests {
         );
         std::fs::write(&manifest, "name: x\n").unwrap();
         std::fs::write(&library, b"\x7fELF...").unwrap();
+        let manifest_sha = sha256_hex(b"name: x\n");
+        let library_sha = sha256_hex(b"\x7fELF...");
         assert!(matches!(
-            verify(dir, &manifest, &library, &[], true),
+            verify(dir, &manifest_sha, &library_sha, &policy(&[], true)),
             Err(SignatureError::Unsigned { .. })
         ));
-        assert!(verify(dir, &manifest, &library, &[], false).is_ok());
+        assert!(verify(dir, &manifest_sha, &library_sha, &policy(&[], false)).is_ok());
         let (secret, public) = keygen();
         std::fs::write(&key_file, &secret).unwrap();
         assert_eq!(sign(dir, &manifest, &library, &key_file).unwrap(), public);
-        assert!(verify(
-            dir,
-            &manifest,
-            &library,
-            std::slice::from_ref(&public),
-            true
-        )
-        .is_ok());
-        assert!(matches!(
-            verify(dir, &manifest, &library, &[keygen().1], true),
-            Err(SignatureError::Untrusted { .. })
-        ));
-        std::fs::write(&library, b"\x7fELF..!").unwrap();
+        let trusting = policy(std::slice::from_ref(&public), true);
+        assert!(verify(dir, &manifest_sha, &library_sha, &trusting).is_ok());
         assert!(matches!(
             verify(
                 dir,
-                &manifest,
-                &library,
-                std::slice::from_ref(&public),
-                true
+                &manifest_sha,
+                &library_sha,
+                &policy(&[keygen().1], true)
             ),
+            Err(SignatureError::Untrusted { .. })
+        ));
+        let tampered = sha256_hex(b"\x7fELF..!");
+        assert!(matches!(
+            verify(dir, &manifest_sha, &tampered, &trusting),
             Err(SignatureError::Invalid { .. })
         ));
+    }
+
+    /// A key file that is not hex is refused; it must never become an all-zero key.
+    #[test]
+    fn a_malformed_secret_key_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("module.yaml"), "name: x\n").unwrap();
+        std::fs::write(dir.join("lib.so"), b"\x7fELF").unwrap();
+        for bad in ["", "zz", &"é".repeat(32), &"0".repeat(63)] {
+            std::fs::write(dir.join("vendor.key"), bad).unwrap();
+            let signed = sign(
+                dir,
+                &dir.join("module.yaml"),
+                &dir.join("lib.so"),
+                &dir.join("vendor.key"),
+            );
+            assert!(
+                matches!(signed, Err(SignatureError::Malformed { .. })),
+                "{bad:?}: {signed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_random_and_match() {
+        let (secret_a, public_a) = keygen();
+        let (secret_b, _) = keygen();
+        assert_ne!(secret_a, secret_b);
+        assert_ne!(secret_a, "0".repeat(64));
+        let bytes: [u8; 32] = hex::decode_array(&secret_a).unwrap();
+        let derived = SigningKey::from_bytes(&bytes).verifying_key().to_bytes();
+        assert_eq!(hex::encode(&derived), public_a);
     }
 }

@@ -32,7 +32,7 @@ use crate::data::migrations;
 use crate::events::{memory::InProcessBus, DeadLetter, EventBus};
 use crate::module::discovery::DiscoveryError;
 use crate::module::inspect::Inspection;
-use crate::module::loader::{load_library, RuntimeDir};
+use crate::module::loader::{load_verified, RuntimeDir};
 use crate::module::manifest::{Dependency, Manifest, ModuleName};
 use crate::module::resolve::ResolveError;
 use crate::routes::metrics::Metrics;
@@ -471,16 +471,18 @@ impl Host {
                 .collect(),
         };
         let started = Instant::now();
-        crate::module::signing::verify(
-            dir,
-            &dir.join(crate::module::manifest::MANIFEST_FILE),
-            library,
-            &self.config.trusted_keys,
-            self.config.require_signatures,
-        )
-        .map_err(|e| e.to_string())?;
-        let sha = manifest.sha256.as_deref();
-        let loaded = load_library(&name, library, sha, &self.runtime).map_err(|e| e.to_string())?;
+        let loaded = {
+            let (host, dir, manifest) = (self.clone(), dir.to_path_buf(), manifest.clone());
+            let (library, policy) = (library.to_path_buf(), self.config.trust_policy());
+            // Reading, hashing and copying the library and dlopen block: keep them off
+            // the runtime's workers, which serve requests meanwhile.
+            tokio::task::spawn_blocking(move || {
+                load_verified(&dir, &manifest, &library, &policy, &host.runtime)
+            })
+            .await
+            .map_err(|e| format!("loading the library failed: {e}"))?
+            .map_err(|e| e.to_string())?
+        };
         let forget_copy = |why: String| {
             let _ = std::fs::remove_file(&loaded.runtime_path);
             why
