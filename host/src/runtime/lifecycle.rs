@@ -211,6 +211,11 @@ pub struct Host {
     pub cache: Arc<dyn CacheStore>,
     pub services: Arc<ServiceRegistry>,
     ready: AtomicBool,
+    /// Turns `true` when shutdown begins: background tasks end, and reloads, drop-ins
+    /// and removals waiting for `reload_lock` are refused.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Background tasks (the folder watcher) that shutdown waits for.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Host {
@@ -297,6 +302,8 @@ impl Host {
             cache: Arc::new(InProcessCache::new(cache_max_bytes, cache_ttl)),
             services: Arc::new(ServiceRegistry::default()),
             ready: AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
+            tasks: Mutex::new(Vec::new()),
         });
         for idx in 0..count {
             host.load_and_init(idx).await;
@@ -632,10 +639,41 @@ impl Host {
         }
     }
 
+    /// A receiver that turns `true` when shutdown begins.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Keeps `task` to be awaited at shutdown; it must end when [`Host::stopping`] turns
+    /// `true`.
+    pub fn track(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
     /// Stops every running module, in reverse load order. Returns the names in the
     /// order they were stopped.
+    ///
+    /// Background tasks end first, and a reload, drop-in or removal under way finishes
+    /// before any module stops (they hold `reload_lock`); those that wait for the lock
+    /// afterwards are refused.
     pub async fn stop_all(&self) -> Vec<String> {
         self.ready.store(false, Ordering::SeqCst);
+        self.stopping.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "a background task ended abnormally");
+            }
+        }
+        let _serial = self.reload_lock.lock().await;
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(RouteTable::default());
         let running: Vec<(usize, String, Arc<FfiModuleBox>, ModuleHandle)> = {
             let entries = self.entries();

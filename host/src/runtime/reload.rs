@@ -26,11 +26,17 @@ use crate::runtime::lifecycle::{call_plugin, Host, ModuleEntry, ModuleState};
 /// that looked the old route up just before the switch.
 const DRAIN_GRACE: Duration = Duration::from_millis(50);
 
+/// Why a change asked for during shutdown is refused.
+const SHUTTING_DOWN: &str = "the host is shutting down";
+
 impl Host {
     /// Replaces module `name` with what its folder holds now; returns the new version.
     pub async fn reload_module(self: &Arc<Self>, name: &str) -> Result<String, String> {
         let _serial = self.reload_lock.lock().await;
-        let result = self.reload_locked(name).await;
+        let result = match self.is_stopping() {
+            true => Err(SHUTTING_DOWN.to_string()),
+            false => self.reload_locked(name).await,
+        };
         match &result {
             Ok(version) => {
                 tracing::info!(module = %name, %version, "module reloaded");
@@ -257,6 +263,9 @@ impl Host {
     /// Adds the module in `dir` (a drop-in).
     pub async fn add_module(self: &Arc<Self>, dir: &Path) -> Result<(), String> {
         let _serial = self.reload_lock.lock().await;
+        if self.is_stopping() {
+            return Err(SHUTTING_DOWN.to_string());
+        }
         let found = match discover_one(dir) {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(()),
@@ -335,6 +344,9 @@ impl Host {
     /// it to come back), then it stops, and its entry goes.
     pub async fn remove_module(self: &Arc<Self>, dir: &Path) {
         let _serial = self.reload_lock.lock().await;
+        if self.is_stopping() {
+            return;
+        }
         let Some(name) = self
             .entries()
             .iter()

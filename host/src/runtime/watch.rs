@@ -68,20 +68,42 @@ fn module_folders(root: &Path) -> BTreeMap<PathBuf, Fingerprint> {
         .collect()
 }
 
-/// Polls the modules directory and applies additions, replacements and removals.
-pub fn spawn(host: Arc<Host>, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// Reads the modules directory on a blocking thread (directory listings and `stat`s
+/// can block on slow or network file systems).
+async fn scan(root: &Path) -> BTreeMap<PathBuf, Fingerprint> {
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || module_folders(&root))
+        .await
+        .unwrap_or_default()
+}
+
+/// Polls the modules directory and applies additions, replacements and removals, until
+/// the host begins to shut down. The host awaits the task before stopping modules.
+pub fn spawn(host: Arc<Host>, interval: Duration) {
+    let mut stopping = host.stopping();
+    let watcher = host.clone();
+    let task = tokio::spawn(async move {
+        let host = watcher;
         let root = host.config.modules_dir.clone();
         // What the host has acted on, and the previous poll.
-        let mut applied = module_folders(&root);
+        let mut applied = scan(&root).await;
         let mut previous = applied.clone();
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = stopping.changed() => {}
+            }
+            if host.is_stopping() {
+                break;
+            }
             if !host.is_ready() {
                 continue;
             }
-            let current = module_folders(&root);
+            let current = scan(&root).await;
             for (dir, print) in &current {
+                if host.is_stopping() {
+                    return;
+                }
                 let stable = previous.get(dir) == Some(print);
                 if !stable || applied.get(dir) == Some(print) {
                     continue;
@@ -109,11 +131,15 @@ pub fn spawn(host: Arc<Host>, interval: Duration) -> tokio::task::JoinHandle<()>
                 .cloned()
                 .collect();
             for dir in gone {
+                if host.is_stopping() {
+                    return;
+                }
                 tracing::info!(dir = %dir.display(), "module folder removed");
                 host.remove_module(&dir).await;
                 applied.remove(&dir);
             }
             previous = current;
         }
-    })
+    });
+    host.track(task);
 }

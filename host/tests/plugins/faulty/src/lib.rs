@@ -7,8 +7,12 @@
 //! - `bad_route` (out of namespace, error ignored), `conflict` (same route twice),
 //!   `undeclared_permission` (a route naming a permission module.yaml lacks)
 //!
+//! `config.stop_delay_ms` makes `stop` take that long (shutdown and reload races).
+//!
 //! Also `POST .../sql` runs the SQL in the body on the module's database (isolation
-//! tests), `POST .../tx` exercises transactions and `POST .../echo` returns the body.
+//! tests), `POST .../tx` exercises transactions, `POST .../echo` returns the body,
+//! `GET .../slow?ms=N` answers after N ms and `GET .../slow/running` counts the `/slow`
+//! handlers running right now.
 //!
 
 use modhost_plugin_api::prelude::*;
@@ -19,6 +23,8 @@ pub struct Faulty {
     mode: std::sync::OnceLock<String>,
     /// Requests to `/ok`; handed over across hot reloads.
     hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// `config.stop_delay_ms`, with the host's timer to wait it out in `stop`.
+    stop_delay: std::sync::OnceLock<(modhost_plugin_api::Timer, u64)>,
 }
 
 async fn transactions(db: Database) -> std::result::Result<Response, DbError> {
@@ -67,6 +73,23 @@ async fn transactions(db: Database) -> std::result::Result<Response, DbError> {
         200,
         &json!({ "labels": labels, "count_inside": inside.iter().next().map(|r| r.to_json()), "typed": row }),
     ))
+}
+
+/// Counts a running handler from its call until its future is dropped (answered or
+/// cancelled).
+struct Running(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Running {
+    fn enter(counter: &std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -256,6 +279,13 @@ impl Module for Faulty {
             .unwrap_or("ok")
             .to_string();
         tracing::info!(mode = %mode, "faulty init");
+        if let Some(ms) = ctx
+            .config_value()
+            .get("stop_delay_ms")
+            .and_then(|v| v.as_u64())
+        {
+            let _ = self.stop_delay.set((ctx.timer(), ms));
+        }
         let _ = self.mode.set(mode.clone());
         match mode.as_str() {
             "init_error" => return Err(Error::new("configured to fail in init")),
@@ -363,13 +393,18 @@ impl Module for Faulty {
             },
         )?;
         let timer = ctx.timer();
+        // How many `/slow` handlers are running right now (tests wait on it).
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = running.clone();
         ctx.route(
             Method::Get,
             &format!("/api/v1/{name}/slow"),
             format!("{name}.probe.read"),
             move |req| {
                 let timer = timer.clone();
+                let running = Running::enter(&counter);
                 async move {
+                    let _running = running;
                     let ms = req
                         .query_param("ms")
                         .and_then(|m| m.parse::<u64>().ok())
@@ -377,6 +412,15 @@ impl Module for Faulty {
                     timer.sleep(std::time::Duration::from_millis(ms)).await;
                     Response::json(200, &json!({ "slept_ms": ms }))
                 }
+            },
+        )?;
+        ctx.route(
+            Method::Get,
+            &format!("/api/v1/{name}/slow/running"),
+            format!("{name}.probe.read"),
+            move |_req| {
+                let n = running.load(std::sync::atomic::Ordering::SeqCst);
+                async move { Response::json(200, &json!({ "running": n })) }
             },
         )?;
         // Test-only: uses all four core service handles on behalf of the caller.
@@ -443,6 +487,9 @@ impl Module for Faulty {
 
     async fn stop(&self) -> Result<()> {
         tracing::info!("faulty stopping");
+        if let Some((timer, ms)) = self.stop_delay.get() {
+            timer.sleep(std::time::Duration::from_millis(*ms)).await;
+        }
         Ok(())
     }
 
