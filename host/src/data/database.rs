@@ -11,6 +11,7 @@
 //! Running statements for modules is `db_handle.rs`; migrations are `migrations.rs`.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     str::FromStr,
     time::{Duration, Instant},
@@ -109,6 +110,11 @@ pub enum Databases {
         role_prefix: String,
         max_connections: u32,
         core: PgPool,
+        /// Each module's pool, opened once per process with the password set then. A
+        /// new version of a module (hot reload) gets the same pool: its role's
+        /// password never changes under a serving version, whether the reload is kept
+        /// or refused.
+        modules: std::sync::Mutex<HashMap<String, PgPool>>,
     },
 }
 
@@ -201,6 +207,7 @@ impl Databases {
             role_prefix: settings.role_prefix.clone(),
             max_connections: settings.max_connections,
             core,
+            modules: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -245,8 +252,17 @@ impl Databases {
                 database,
                 role_prefix,
                 max_connections,
+                modules,
                 ..
             } => {
+                let existing = modules
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(module)
+                    .cloned();
+                if let Some(pool) = existing {
+                    return Ok(AreaPool::Postgres(pool));
+                }
                 let fail = |why: String| DbSetupError::Provision {
                     module: module.to_string(),
                     why,
@@ -282,31 +298,54 @@ impl Databases {
                     )
                     .await
                     .map_err(|e| fail(format!("cannot log in as role `{role}`: {e}")))?;
+                let pool = modules
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(module.to_string())
+                    .or_insert(pool)
+                    .clone();
                 Ok(AreaPool::Postgres(pool))
             }
         }
     }
 }
 
-/// SQL that creates a module's role and schema and closes everything else to it.
-/// Identifiers are validated module names (`[a-z][a-z0-9_]*`), so quoting is safe.
+/// SQL that creates a module's role and schema and closes everything else to it. Every
+/// name is quoted as an identifier and the password as a literal: module names are
+/// validated, but the database name comes from the URL and the role prefix from the
+/// configuration.
 fn provision_sql(role: &str, schema: &str, database: &str, password: &str) -> String {
+    let (role_literal, role) = (quote_literal(role), quote_ident(role));
+    let (schema, database) = (quote_ident(schema), quote_ident(database));
+    let password = quote_literal(password);
     format!(
         r#"
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
-    CREATE ROLE "{role}" LOGIN;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {role_literal}) THEN
+    CREATE ROLE {role} LOGIN;
   END IF;
 END $$;
-ALTER ROLE "{role}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS PASSWORD '{password}';
-CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION "{role}";
-ALTER SCHEMA "{schema}" OWNER TO "{role}";
-REVOKE ALL ON SCHEMA "{schema}" FROM PUBLIC;
-GRANT CONNECT ON DATABASE "{database}" TO "{role}";
-REVOKE CREATE ON DATABASE "{database}" FROM "{role}";
-ALTER ROLE "{role}" SET search_path = "{schema}";
+ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS PASSWORD {password};
+CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role};
+ALTER SCHEMA {schema} OWNER TO {role};
+REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;
+GRANT CONNECT ON DATABASE {database} TO {role};
+REVOKE CREATE ON DATABASE {database} FROM {role};
+ALTER ROLE {role} SET search_path = {schema};
 "#
     )
+}
+
+/// `name` as a PostgreSQL identifier: in double quotes, inner quotes doubled.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` as a PostgreSQL string literal (standard-conforming: quotes doubled). The
+/// `$$` body above holds it too, which is safe as long as it has no `$$`: it never
+/// does, roles being a validated module name behind the configured prefix.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// A pool on one SQLite file (created on first use) whose connections refuse `ATTACH`.

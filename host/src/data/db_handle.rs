@@ -121,9 +121,9 @@ fn classify(e: sqlx::Error) -> FfiDbError {
                 | ErrorKind::CheckViolation => db_error::CONSTRAINT,
                 _ if db.code().as_deref() == Some("42501") => db_error::DENIED,
                 _ if db.message().contains("too many attached databases") => db_error::DENIED,
-                _ if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+                _ if db.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("28") || c.starts_with("57P")
+                }) =>
                 {
                     db_error::UNAVAILABLE
                 }

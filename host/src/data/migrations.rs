@@ -158,7 +158,14 @@ const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _modhost_migrations (
 
 /// Applies the pending migrations of `module_dir` to `pool`; returns how many ran.
 pub async fn apply(pool: &AreaPool, module_dir: &Path) -> Result<usize, MigrationError> {
-    let migrations = discover(module_dir, pool.backend())?;
+    // Reading the folder and files blocks: do it off the runtime's workers.
+    let (dir, backend) = (module_dir.to_path_buf(), pool.backend());
+    let migrations = tokio::task::spawn_blocking(move || discover(&dir, backend))
+        .await
+        .map_err(|e| MigrationError::Read {
+            path: module_dir.join(MIGRATIONS_DIR),
+            source: std::io::Error::other(e.to_string()),
+        })??;
     if migrations.is_empty() {
         // Nothing to apply or to check against; leave a module without migrations
         // untouched (its database may not even exist).
@@ -199,8 +206,11 @@ pub async fn apply_list(
             .await
             .map_err(book)?
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| MigrationError::Bookkeeping(format!(
+                "_modhost_migrations holds a row that is not (version, description, checksum): {e}; it was written by something other than the host"
+            )))?
         }};
     }
     let applied: Vec<(i64, String, String)> = match pool {
@@ -312,6 +322,37 @@ mod tests {
             vec!["plain", "lite only"]
         );
         assert_eq!(lite[0].checksum.len(), 64);
+    }
+
+    /// A module can write its own `_modhost_migrations`; a row of the wrong type must be
+    /// reported, not crash the host.
+    #[tokio::test]
+    async fn a_bookkeeping_row_of_the_wrong_type_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let settings = crate::data::database::DatabaseSettings {
+            url: None,
+            data_dir: tmp.path().to_path_buf(),
+            connect_timeout: std::time::Duration::from_secs(5),
+            max_connections: 1,
+            role_prefix: String::new(),
+        };
+        let databases = crate::data::database::Databases::connect(&settings)
+            .await
+            .unwrap();
+        let pool = databases.for_module("m").await.unwrap();
+        let AreaPool::Sqlite(sqlite) = &pool else {
+            panic!("expected SQLite");
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "{BOOKKEEPING}; INSERT INTO _modhost_migrations VALUES ('one', 'x', 'y', 'z')"
+        )))
+        .execute(sqlite)
+        .await
+        .unwrap();
+        let list = [embedded(1, "first", "CREATE TABLE t (x INTEGER)")];
+        let err = apply_list(&pool, &list, tmp.path()).await.unwrap_err();
+        assert!(matches!(err, MigrationError::Bookkeeping(_)), "{err}");
+        assert!(err.to_string().contains("_modhost_migrations"), "{err}");
     }
 
     #[test]
