@@ -32,9 +32,11 @@ async fn a_removal_during_shutdown_waits_and_every_module_stops() {
     faulty(&modules, "beta", 0);
     // The last in load order stops first, slowly: the removal arrives meanwhile.
     faulty(&modules, "gamma", 1500);
-    let mut config = HostConfig::default();
-    config.modules_dir = modules.dir();
-    config.data_dir = modules.data();
+    let config = HostConfig {
+        modules_dir: modules.dir(),
+        data_dir: modules.data(),
+        ..HostConfig::default()
+    };
     let host: Arc<Host> = Host::boot(config).await.expect("host boots");
     for name in ["alpha", "beta", "gamma"] {
         assert_eq!(state_of(&host, name), "started", "{name}");
