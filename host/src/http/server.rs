@@ -303,6 +303,20 @@ async fn read_body_limited(
     }
 }
 
+/// Headers that describe the connection or the message framing. The server sets them
+/// from the body it sends; one from a module could desynchronise the client (a wrong
+/// `content-length`, `transfer-encoding` on a fixed body) or close the connection.
+const CONNECTION_HEADERS: [HeaderName; 8] = [
+    hyper::header::CONTENT_LENGTH,
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    hyper::header::TE,
+    hyper::header::TRAILER,
+    hyper::header::UPGRADE,
+];
+
 async fn call_route(
     host: &Host,
     route: &Route,
@@ -412,6 +426,9 @@ async fn call_route(
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value.as_str()),
         ) {
+            (Ok(n), _) if CONNECTION_HEADERS.contains(&n) => {
+                tracing::warn!(module = %route.module, header = %n, "dropped a response header that only the server may set")
+            }
             (Ok(n), Ok(v)) => {
                 resp.headers_mut().append(n, v);
             }

@@ -7,6 +7,7 @@
 //! - `bad_route` (out of namespace, error ignored), `conflict` (same route twice),
 //!   `undeclared_permission` (a route naming a permission module.yaml lacks)
 //!
+//! `GET .../framing` answers with framing headers a module must not set.
 //! `config.stop_delay_ms` makes `stop` take that long (shutdown and reload races).
 //!
 //! Also `POST .../sql` runs the SQL in the body on the module's database (isolation
@@ -351,6 +352,19 @@ impl Module for Faulty {
                         &json!({ "module": module, "query": req.query, "user": user, "reply": reply, "hits": hits }),
                     )
                 }
+            },
+        )?;
+        ctx.route(
+            Method::Get,
+            &format!("/api/v1/{name}/framing"),
+            format!("{name}.probe.read"),
+            |_req| async {
+                // Headers that would corrupt HTTP framing if passed through.
+                Response::text(200, "short body")
+                    .with_header("content-length", "999")
+                    .with_header("transfer-encoding", "chunked")
+                    .with_header("connection", "close")
+                    .with_header("x-kept", "yes")
             },
         )?;
         ctx.route(
