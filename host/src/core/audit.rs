@@ -2,11 +2,13 @@
 //!
 //! The table refuses UPDATE and DELETE (database triggers). A record that cannot be
 //! written is logged at error level: the action it describes has already happened.
+//! Field lengths and the rate of denied-request entries are bounded (`audit_limit.rs`).
 
 use modhost_plugin_api::{ffi::FfiValue, AuditEntry};
 use serde::Deserialize;
 
 use super::{as_int, as_text, rows, text_param, Core, CoreError};
+use crate::data::db_handle::AreaDatabase;
 
 /// One entry to record.
 #[derive(Debug, Clone)]
@@ -69,19 +71,24 @@ pub struct AuditFilter {
     pub limit: Option<i64>,
 }
 
+/// Appends an entry, its fields cut to the length caps (`audit_limit.rs`).
+pub(super) async fn insert(db: &AreaDatabase, entry: Audit) {
+    let a = entry.clipped();
+    let result = db
+        .exec(
+            "INSERT INTO audit_log (time, actor, module, action, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            vec![text_param(&super::now_rfc3339()), text_param(&a.actor), text_param(&a.module), text_param(&a.action), text_param(&a.target), text_param(&a.outcome), text_param(&a.detail)],
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::error!(action = %a.action, actor = %a.actor, target = %a.target, error = %e.message, "cannot write the audit log");
+    }
+}
+
 impl Core {
     /// Appends an entry.
     pub async fn record(&self, a: Audit) {
-        let result = self
-            .db
-            .exec(
-                "INSERT INTO audit_log (time, actor, module, action, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                vec![text_param(&super::now_rfc3339()), text_param(&a.actor), text_param(&a.module), text_param(&a.action), text_param(&a.target), text_param(&a.outcome), text_param(&a.detail)],
-            )
-            .await;
-        if let Err(e) = result {
-            tracing::error!(action = %a.action, actor = %a.actor, target = %a.target, error = %e.message, "cannot write the audit log");
-        }
+        insert(&self.db, a).await;
     }
 
     /// Entries matching `f`, newest first.

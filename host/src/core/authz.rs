@@ -379,7 +379,7 @@ pub(super) mod tests {
     }
 
     /// A core on a fresh SQLite area, with module `app`'s permissions registered.
-    async fn core(dir: &std::path::Path) -> Core {
+    pub(in crate::core) async fn core(dir: &std::path::Path) -> Core {
         let settings = DatabaseSettings {
             url: None,
             data_dir: dir.to_path_buf(),

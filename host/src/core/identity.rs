@@ -45,21 +45,48 @@ fn normalize_email(email: &str) -> Result<String, CoreError> {
     }
 }
 
+/// Argon2 hashes running at once: one per CPU. Each takes about 19 MiB and a core's worth
+/// of work, so a flood of logins queues here instead of exhausting memory and the
+/// blocking thread pool.
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::sync::Semaphore::new(cpus)
+    })
+}
+
+/// Runs one Argon2 computation on a blocking thread, within [`hashing_slots`].
+async fn with_hashing_slot<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CoreError> {
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|e| CoreError::Database(format!("password hashing is unavailable: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        #[cfg(test)]
+        let _running = tests::Running::enter();
+        work()
+    })
+    .await
+    .map_err(|e| CoreError::Database(format!("password hashing task failed: {e}")))
+}
+
 /// Hashes a password (argon2id, random salt) off the async threads.
 async fn hash_password(password: String) -> Result<String, CoreError> {
-    tokio::task::spawn_blocking(move || {
+    with_hashing_slot(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
             .map(|h| h.to_string())
             .map_err(|e| CoreError::Invalid(format!("cannot hash the password: {e}")))
     })
-    .await
-    .map_err(|e| CoreError::Database(format!("password hashing task failed: {e}")))?
+    .await?
 }
 
 /// Checks a password against a stored hash off the async threads.
 pub(super) async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
+    with_hashing_slot(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {
                 Argon2::default()
@@ -205,7 +232,57 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_email;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{hash_password, hashing_slots, normalize_email, verify_password};
+
+    static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    /// Counts an Argon2 computation while it runs, and the most ever seen at once.
+    pub(super) struct Running;
+
+    impl Running {
+        pub(super) fn enter() -> Self {
+            let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+            PEAK.fetch_max(now, Ordering::SeqCst);
+            Running
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn password_hashing_runs_at_most_one_per_cpu_at_once() {
+        let limit = hashing_slots().available_permits();
+        let hash = hash_password("a long password".into()).await.unwrap();
+        let tasks: Vec<_> = (0..4 * limit + 4)
+            .map(|i| {
+                let hash = hash.clone();
+                tokio::spawn(async move {
+                    let guess = if i % 2 == 0 {
+                        "a long password"
+                    } else {
+                        "wrong"
+                    };
+                    verify_password(guess.into(), hash).await == (i % 2 == 0)
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap(), "a verification gave the wrong answer");
+        }
+        let peak = PEAK.load(Ordering::SeqCst);
+        assert!(peak >= 1, "no hashing was observed");
+        assert!(
+            peak <= limit,
+            "{peak} hashes ran at once; the limit is {limit}"
+        );
+    }
 
     #[test]
     fn emails() {

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod audit_limit;
 pub mod auth;
 pub mod authz;
 pub mod calls;
@@ -126,6 +127,8 @@ pub struct Core {
     #[cfg(test)]
     grants_pause: Mutex<Option<Arc<authz::tests::Pause>>>,
     revoked: RwLock<HashSet<String>>,
+    /// Denied requests audited in the current window (see `audit_limit.rs`).
+    denials: audit_limit::SharedBudget,
 }
 
 impl Core {
@@ -176,6 +179,7 @@ impl Core {
             #[cfg(test)]
             grants_pause: Mutex::new(None),
             revoked: RwLock::new(revoked),
+            denials: Default::default(),
         })
     }
 

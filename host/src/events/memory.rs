@@ -10,6 +10,7 @@
 //! topic holds with `max_ack_pending = 1` per consumer, as here.
 
 use std::{
+    collections::VecDeque,
     panic::AssertUnwindSafe,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -37,7 +38,7 @@ pub struct InProcessBus {
     settings: BusSettings,
     next_id: AtomicU64,
     subscriptions: Mutex<Vec<Subscription>>,
-    dead: Arc<Mutex<Vec<DeadLetter>>>,
+    dead: Arc<Mutex<VecDeque<DeadLetter>>>,
     sink: DeadLetterSink,
 }
 
@@ -50,19 +51,19 @@ impl InProcessBus {
             settings,
             next_id: AtomicU64::new(1),
             subscriptions: Mutex::new(Vec::new()),
-            dead: Arc::new(Mutex::new(Vec::new())),
+            dead: Arc::new(Mutex::new(VecDeque::new())),
             sink,
         }
     }
 
-    fn park(dead: &Mutex<Vec<DeadLetter>>, sink: &DeadLetterSink, letter: DeadLetter) {
+    fn park(dead: &Mutex<VecDeque<DeadLetter>>, sink: &DeadLetterSink, letter: DeadLetter) {
         tracing::warn!(module = %letter.module, topic = %letter.topic, event = letter.event_id, error = %letter.error, "event dead-lettered");
         {
             let mut list = dead.lock().unwrap_or_else(|p| p.into_inner());
             if list.len() >= MAX_DEAD_LETTERS {
-                list.remove(0);
+                list.pop_front();
             }
-            list.push(letter.clone());
+            list.push_back(letter.clone());
         }
         sink(letter);
     }
@@ -205,6 +206,7 @@ impl EventBus for InProcessBus {
     }
 
     fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.dead.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let list = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+        list.iter().cloned().collect()
     }
 }

@@ -104,7 +104,7 @@ async fn deny(
     why: &str,
 ) -> Response<Body> {
     let actor = user.map_or("anonymous", |u| u.id.as_str());
-    core.record(
+    core.record_denial(
         Audit::new(
             actor,
             "request.denied",
