@@ -16,6 +16,7 @@ use crate::http::enforce::{authorize, Target};
 use crate::http::respond::{json_error, json_response, Body};
 use crate::routes::metrics::escape;
 use crate::runtime::lifecycle::{Host, ModuleState};
+use crate::runtime::reload::ReloadError;
 
 /// Answers a request outside `/api/v1/`. `/admin/*` needs `core.admin.read` (reads)
 /// or `core.admin.write` (changes); `/healthz`, `/readyz` and `/metrics` are open.
@@ -63,10 +64,11 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
                 StatusCode::OK,
                 &serde_json::json!({ "module": name, "version": version, "reloaded": true }),
             ),
-            Err(why) if why.starts_with("no module named") => {
-                json_error(StatusCode::NOT_FOUND, &why)
+            Err(e @ ReloadError::NotFound(_)) => json_error(StatusCode::NOT_FOUND, &e.to_string()),
+            Err(e @ ReloadError::ShuttingDown) => {
+                json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
             }
-            Err(why) => json_error(StatusCode::CONFLICT, &why),
+            Err(e @ ReloadError::Refused(_)) => json_error(StatusCode::CONFLICT, &e.to_string()),
         };
     }
     match path.as_str() {

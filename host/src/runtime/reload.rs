@@ -29,12 +29,31 @@ const DRAIN_GRACE: Duration = Duration::from_millis(50);
 /// Why a change asked for during shutdown is refused.
 const SHUTTING_DOWN: &str = "the host is shutting down";
 
+/// Why a reload did not happen. Unless the module is unknown, the previous version (if
+/// any) keeps serving.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no module named `{0}`")]
+    NotFound(String),
+    #[error("{SHUTTING_DOWN}")]
+    ShuttingDown,
+    /// The new version was refused; the reason says why.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<String> for ReloadError {
+    fn from(why: String) -> Self {
+        ReloadError::Refused(why)
+    }
+}
+
 impl Host {
     /// Replaces module `name` with what its folder holds now; returns the new version.
-    pub async fn reload_module(self: &Arc<Self>, name: &str) -> Result<String, String> {
+    pub async fn reload_module(self: &Arc<Self>, name: &str) -> Result<String, ReloadError> {
         let _serial = self.reload_lock.lock().await;
         let result = match self.is_stopping() {
-            true => Err(SHUTTING_DOWN.to_string()),
+            true => Err(ReloadError::ShuttingDown),
             false => self.reload_locked(name).await,
         };
         match &result {
@@ -45,13 +64,16 @@ impl Host {
                     .record(entry.detail(&format!("version {version}")))
                     .await;
             }
-            Err(why) => {
+            Err(error) => {
+                let why = error.to_string();
                 tracing::error!(module = %name, "reload refused, the previous version keeps serving: {why}");
                 if let Some(e) = self.entries().iter_mut().find(|e| e.name == name) {
                     e.last_reload_error = Some(why.clone());
                 }
                 let entry = Audit::new("system", "module.reload", name).module(name);
-                self.core.record(entry.outcome("failure").detail(why)).await;
+                self.core
+                    .record(entry.outcome("failure").detail(&why))
+                    .await;
             }
         }
         result
@@ -61,10 +83,15 @@ impl Host {
         self.entries().iter().position(|e| e.name == name)
     }
 
-    async fn reload_locked(self: &Arc<Self>, name: &str) -> Result<String, String> {
+    async fn reload_locked(self: &Arc<Self>, name: &str) -> Result<String, ReloadError> {
         let idx = self
             .index_of(name)
-            .ok_or_else(|| format!("no module named `{name}`"))?;
+            .ok_or_else(|| ReloadError::NotFound(name.to_string()))?;
+        Ok(self.replace_module(idx, name).await?)
+    }
+
+    /// Replaces entry `idx` (module `name`) with what its folder holds now.
+    async fn replace_module(self: &Arc<Self>, idx: usize, name: &str) -> Result<String, String> {
         let (dir, running) = {
             let entries = self.entries();
             (
