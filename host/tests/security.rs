@@ -5,11 +5,12 @@
 mod common;
 
 use std::{
-    io::Write,
+    io::{Read, Write},
     process::{Command, Stdio},
+    time::Duration,
 };
 
-use common::{http, HostProcess, HttpResponse, Modules};
+use common::{http, HostProcess, HttpResponse, KillOnDrop, Modules};
 use serde_json::{json, Value};
 
 /// `modhost admin create-user EMAIL --role ... --password-stdin`.
@@ -26,26 +27,36 @@ fn create_user(m: &Modules, email: &str, password: &str, roles: &[&str]) -> Stri
     for r in roles {
         cmd.args(["--role", r]);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed on drop: a failed write below cannot leave it waiting on its stdin.
+    let mut child = KillOnDrop::spawn(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    // Writing and then dropping stdin ends the password line and the input.
     child
         .stdin
         .take()
         .unwrap()
         .write_all(format!("{password}\n").as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "create-user failed: {}{}",
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child
+        .wait_timeout(Duration::from_secs(60))
+        .expect("create-user did not exit within 60 s");
+    assert!(status.success(), "create-user failed: {stdout}{stderr}");
     assert!(!stdout.contains(password), "the password is not echoed");
     stdout
 }

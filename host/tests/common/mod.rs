@@ -7,9 +7,11 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
+    ops::{Deref, DerefMut},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, OnceLock},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -49,26 +51,41 @@ pub fn plugins() -> &'static Path {
     })
 }
 
+/// Builds one package of the `host/tests/plugins/abi_mismatch` fixture workspace (alone,
+/// so its plugin-api features are its own); returns the library's path.
+fn build_mismatch_fixture(package: &str) -> PathBuf {
+    let fixture = workspace().join("host/tests/plugins/abi_mismatch");
+    // Both fixtures share the lock file; copy it once per test binary.
+    static LOCK: OnceLock<()> = OnceLock::new();
+    LOCK.get_or_init(|| {
+        std::fs::copy(workspace().join("Cargo.lock"), fixture.join("Cargo.lock"))
+            .expect("copy Cargo.lock into the fixture");
+    });
+    let target = profile_dir().parent().expect("target dir").to_path_buf();
+    let status = Command::new(cargo())
+        .arg("build")
+        .arg("--quiet")
+        .arg("--manifest-path")
+        .arg(fixture.join("Cargo.toml"))
+        .args(["-p", package])
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build for the {package} fixture: {e}"));
+    assert!(status.success(), "building the {package} fixture failed");
+    target.join("debug").join(lib_file(package))
+}
+
 /// Builds the plugin compiled against a changed plugin-api interface.
 pub fn abi_mismatch_plugin() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let fixture = workspace().join("host/tests/plugins/abi_mismatch");
-        std::fs::copy(workspace().join("Cargo.lock"), fixture.join("Cargo.lock"))
-            .expect("copy Cargo.lock into the fixture");
-        let target = profile_dir().parent().expect("target dir").to_path_buf();
-        let status = Command::new(cargo())
-            .arg("build")
-            .arg("--quiet")
-            .arg("--manifest-path")
-            .arg(fixture.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .status()
-            .expect("run cargo build for the abi_mismatch fixture");
-        assert!(status.success(), "building the abi_mismatch fixture failed");
-        target.join("debug").join(lib_file("abi_mismatch"))
-    })
+    BUILT.get_or_init(|| build_mismatch_fixture("abi_mismatch"))
+}
+
+/// Builds the plugin whose library reports plugin-api 0.4.0.
+pub fn version_mismatch_plugin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_mismatch_fixture("version_mismatch"))
 }
 
 /// `libNAME.so` on Linux, and so on.
@@ -134,11 +151,136 @@ impl Modules {
     }
 }
 
+/// A child process that is killed (and reaped) when dropped, so no test leaves one
+/// behind, even when it panics right after spawning it.
+pub struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    /// Spawns `cmd`; the child is owned by the guard from that moment on.
+    pub fn spawn(cmd: &mut Command) -> KillOnDrop {
+        KillOnDrop(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program())),
+        )
+    }
+
+    /// Waits up to `limit` for the process to exit; `None` if it is still running.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait for the child") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Joins `thread`, waiting at most until `deadline` for it to finish.
+fn join_by(thread: JoinHandle<()>, deadline: Instant, what: &str) {
+    while !thread.is_finished() {
+        assert!(Instant::now() < deadline, "{what} did not finish in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    thread.join().unwrap_or_else(|_| panic!("{what} panicked"));
+}
+
+/// The `modhost run` command for `modules` (JSON logs, ephemeral port).
+fn run_command(modules: &Modules, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modhost"));
+    cmd.arg("--log-format")
+        .arg("json")
+        .arg("run")
+        .arg("--modules")
+        .arg(modules.dir())
+        .arg("--data-dir")
+        .arg(modules.data())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+type Logs = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// Reads the child's JSON log lines (stdout) into `logs` until EOF, sending the listen
+/// address to `ready` when it is logged.
+fn read_logs(
+    child: &mut Child,
+    logs: Logs,
+    ready: std::sync::mpsc::Sender<String>,
+) -> JoinHandle<()> {
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if let Some(local) = v.get("local").and_then(|l| l.as_str()) {
+                let _ = ready.send(local.to_string());
+            }
+            logs.lock().unwrap().push(v);
+        }
+    })
+}
+
+/// Reads the child's stderr into a string until EOF.
+fn read_stderr(child: &mut Child) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let mut stderr = child.stderr.take().expect("stderr");
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    let thread = std::thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = stderr.read_to_string(&mut buf);
+        sink.lock().unwrap().push_str(&buf);
+    });
+    (text, thread)
+}
+
+/// How a `modhost run` that was expected to exit on its own ended.
+pub struct Exited {
+    pub code: Option<i32>,
+    pub logs: Vec<serde_json::Value>,
+    pub stderr: String,
+}
+
 /// A running `modhost run` process with JSON logs captured.
 pub struct HostProcess {
-    child: Child,
+    child: KillOnDrop,
     pub addr: SocketAddr,
-    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    logs: Logs,
+    /// The thread reading stdout into `logs`; it ends when the process exits.
+    reader: Option<JoinHandle<()>>,
     /// An operator token (every permission) from `modhost admin token`.
     pub token: String,
 }
@@ -158,61 +300,72 @@ impl HostProcess {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Result<HostProcess, (String, Vec<String>)> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_modhost"));
-        cmd.arg("--log-format")
-            .arg("json")
-            .arg("run")
-            .arg("--modules")
-            .arg(modules.dir())
-            .arg("--data-dir")
-            .arg(modules.data())
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn modhost");
-        let stdout = child.stdout.take().expect("stdout");
-        let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut child = KillOnDrop::spawn(&mut run_command(modules, env, args));
+        let logs: Logs = Arc::default();
         let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if let Some(local) = v.get("local").and_then(|l| l.as_str()) {
-                    let _ = tx.send(local.to_string());
-                }
-                sink.lock().unwrap().push(v);
-            }
-        });
+        let reader = read_logs(&mut child, logs.clone(), tx);
+        // Drained all along, so a chatty stderr can never block the host.
+        let (stderr, stderr_reader) = read_stderr(&mut child);
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(local) => {
+                // `child` is in its kill-on-drop guard: a panic here still ends it.
                 let token = admin_token(modules, env);
                 Ok(HostProcess {
                     child,
                     addr: local.parse().expect("listen address"),
                     logs,
+                    reader: Some(reader),
                     token,
                 })
             }
             Err(_) => {
                 let _ = child.kill();
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
+                let _ = child.wait();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                join_by(stderr_reader, deadline, "the stderr reader");
+                join_by(reader, deadline, "the log reader");
+                let err = stderr.lock().unwrap().clone();
                 let lines = logs.lock().unwrap().iter().map(|v| v.to_string()).collect();
                 Err((
                     format!("modhost did not become ready; stderr: {err}"),
                     lines,
                 ))
             }
+        }
+    }
+
+    /// Runs `modhost run` expecting it to exit by itself (e.g. `--strict` with a failing
+    /// module) within `limit`; panics if it is still running then.
+    pub fn run_to_exit(
+        modules: &Modules,
+        env: &[(&str, &str)],
+        args: &[&str],
+        limit: Duration,
+    ) -> Exited {
+        let mut child = KillOnDrop::spawn(&mut run_command(modules, env, args));
+        let logs: Logs = Arc::default();
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let reader = read_logs(&mut child, logs.clone(), tx);
+        let (stderr, stderr_reader) = read_stderr(&mut child);
+        let status = child.wait_timeout(limit);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            join_by(stderr_reader, deadline, "the stderr reader");
+            panic!(
+                "modhost run did not exit within {limit:?}; stderr: {}",
+                stderr.lock().unwrap()
+            );
+        };
+        join_by(reader, deadline, "the log reader");
+        join_by(stderr_reader, deadline, "the stderr reader");
+        let logs = logs.lock().unwrap().clone();
+        let stderr = stderr.lock().unwrap().clone();
+        Exited {
+            code: status.code(),
+            logs,
+            stderr,
         }
     }
 
@@ -236,21 +389,18 @@ impl HostProcess {
         self.wait_exit()
     }
 
-    /// Waits (up to 30 s) for the process to exit; returns the exit code and the logs.
+    /// Waits (up to 30 s) for the process to exit; returns the exit code and the logs,
+    /// every line of them: the log reader is joined (it ends at the pipe's EOF).
     pub fn wait_exit(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                // Let the reader thread drain the pipe.
-                std::thread::sleep(Duration::from_millis(100));
-                return (status.code(), self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "modhost did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let status = self
+            .child
+            .wait_timeout(Duration::from_secs(30))
+            .expect("modhost did not exit within 30 s after SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        if let Some(reader) = self.reader.take() {
+            join_by(reader, deadline, "the log reader");
         }
+        (status.code(), self.logs())
     }
 
     /// GET with the operator token.
@@ -267,13 +417,6 @@ impl HostProcess {
     pub fn request_as(&self, token: &str, method: &str, path: &str, body: &[u8]) -> HttpResponse {
         let auth = format!("Bearer {token}");
         http(self.addr, method, path, &[("authorization", &auth)], body)
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -328,6 +471,55 @@ pub fn http(
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
     parse_response(&raw)
+}
+
+/// Sends `raw` bytes as they are over a fresh loopback connection and reads the answer
+/// until the host closes it. Write errors are ignored (the host may answer and close
+/// before it has read everything); what was received is parsed.
+pub fn http_raw(addr: SocketAddr, raw: &[u8]) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let _ = stream.write_all(raw);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A reset after the answer arrived: keep what was read.
+            Err(e) if !got.is_empty() => {
+                eprintln!("http_raw: read ended with {e} after {} bytes", got.len());
+                break;
+            }
+            Err(e) => panic!("read response: {e}"),
+        }
+    }
+    parse_response(&got)
+}
+
+/// Builds a small C shared library (not a modhost module) at `dest` with the C compiler
+/// (`$CC`, default `cc`).
+pub fn build_c_shared_library(dest: &Path) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let src = scratch.path().join("plain.c");
+    std::fs::write(
+        &src,
+        "int plain_answer(void) { return 42; }\nconst char plain_text[] = \"not a module\";\n",
+    )
+    .expect("write C source");
+    let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(dest)
+        .arg(&src)
+        .output()
+        .expect("run the C compiler (cc)");
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Parses a raw HTTP/1.1 response with a content-length body.
