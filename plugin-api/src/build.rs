@@ -123,8 +123,8 @@ mod tests {
             "blog..read",
             "blog.1post.read",
         ] {
-            let err = permissions_code(&format!("name: blog\npermissions: [\"{bad}\"]\n"))
-                .unwrap_err();
+            let err =
+                permissions_code(&format!("name: blog\npermissions: [\"{bad}\"]\n")).unwrap_err();
             assert!(
                 err.contains(&format!("invalid permission `{bad}`")),
                 "{bad}: {err}"
@@ -135,7 +135,10 @@ mod tests {
     #[test]
     fn no_permissions_gives_an_empty_all_and_bad_yaml_is_an_error() {
         let code = permissions_code("name: hello\nversion: 1.0.0\n").unwrap();
-        assert!(code.contains("pub const ALL: &[Permission] = &[];"), "{code}");
+        assert!(
+            code.contains("pub const ALL: &[Permission] = &[];"),
+            "{code}"
+        );
         assert!(!code.contains("Permission::declared"), "{code}");
         assert!(permissions_code("name: [hello\n").is_err());
     }
