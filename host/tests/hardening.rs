@@ -43,6 +43,51 @@ fn library_checksum_is_enforced() {
         let reason = s["reason"].as_str().unwrap();
         assert!(reason.contains("but module.yaml says"), "{reason}");
         assert!(reason.contains("refusing to load it"), "{reason}");
+        assert!(s["runtime_path"].is_null(), "{s}");
+        assert_eq!(host.get(&format!("/api/v1/{name}/ok")).status, 404);
+    }
+
+    // Nothing of a refused library is loaded. The pinned module shows what loading
+    // leaves behind: a runtime copy, that copy mapped into the host process, and the
+    // log line of its `init`. The refused ones have none of the three.
+    let runtime_dir = m.data().join("runtime").join(host.pid().to_string());
+    let copies: Vec<String> = std::fs::read_dir(&runtime_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let pinned_copy = state(&host, "pinned")["runtime_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        copies.iter().any(|c| c.starts_with("pinned-")),
+        "{copies:?}"
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", host.pid())).unwrap();
+    assert!(
+        maps.contains(&pinned_copy),
+        "the pinned copy {pinned_copy} is mapped:\n{maps}"
+    );
+    let init_logs = |name: &str| {
+        common::messages_with(&host.logs(), "module", name)
+            .into_iter()
+            .filter(|msg| msg.starts_with("faulty init"))
+            .count()
+    };
+    assert_eq!(init_logs("pinned"), 1, "{:?}", host.logs());
+    for name in ["mismatch", "tampered"] {
+        assert!(
+            !copies.iter().any(|c| c.starts_with(&format!("{name}-"))),
+            "{name} has a runtime copy: {copies:?}"
+        );
+        let library = m.dir().join(name).join(lib_file("faulty"));
+        for line in maps.lines() {
+            assert!(
+                !line.contains(&format!("/{name}-")) && !line.contains(library.to_str().unwrap()),
+                "{name} is mapped: {line}"
+            );
+        }
+        assert_eq!(init_logs(name), 0, "{name}'s init ran");
     }
     let audit = host.get("/api/v1/audit?action=module.fail").json();
     assert!(
@@ -313,6 +358,7 @@ fn sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones() {
     m.add_faulty("zz_last", "ok", "dependencies:\n  slowpoke: \"1\"\n");
     let host = HostProcess::start(&m, &[], &[]);
     let (addr, token) = (host.addr, host.token.clone());
+    // Each request takes 3 s in the module: the listener must close long before.
     let inflight: Vec<_> = (0..6)
         .map(|_| {
             let token = token.clone();
@@ -321,28 +367,55 @@ fn sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones() {
                 common::http(
                     addr,
                     "GET",
-                    "/api/v1/slowpoke/slow?ms=800",
+                    "/api/v1/slowpoke/slow?ms=3000",
                     &[("authorization", &auth)],
                     b"",
                 )
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // All six are inside the module's handler before the signal.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let running = host.get("/api/v1/slowpoke/slow/running").json()["running"].clone();
+        if running == 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "6 requests in flight, {running} seen"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let pid = host.pid().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
-    // New connections are refused while the in-flight ones drain.
-    assert!(
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
-        "the listener is closed"
-    );
+    // New connections are refused while the in-flight ones drain: the listener closes
+    // while every one of the six is still waiting for its answer.
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let refused =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err();
+        let answered = inflight.iter().filter(|t| t.is_finished()).count();
+        assert_eq!(
+            answered, 0,
+            "the listener must close before in-flight requests finish"
+        );
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the listener still accepts connections 2 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for t in inflight {
         let r = t.join().unwrap();
         assert_eq!(r.status, 200, "in-flight request completed: {}", r.text());
+        assert_eq!(r.json()["slept_ms"], 3000, "{}", r.text());
     }
     let (code, logs) = host.wait_exit();
     assert_eq!(code, Some(0));
@@ -407,7 +480,6 @@ fn a_body_that_never_arrives_gets_408() {
 
 #[test]
 fn malformed_requests_get_400_and_the_host_keeps_serving() {
-    use std::io::{Read, Write};
     let m = Modules::new();
     m.add_example("billing");
     m.add_example("blog");
@@ -425,23 +497,20 @@ fn malformed_requests_get_400_and_the_host_keeps_serving() {
         assert_eq!(r.status, 400, "{method} {path}: {}", r.text());
         assert!(r.json()["error"].is_string(), "{method} {path}");
     }
-    // Requests the HTTP parser rejects: hyper answers 400 itself (without a body) and
-    // closes that connection; the host keeps serving.
+    // Requests the HTTP parser rejects (a garbage request line, a control byte in the
+    // path, an unknown HTTP version): hyper answers `400 Bad Request` itself, with an
+    // empty body, and closes that connection; the host keeps serving.
     for garbage in [
         &b"GARBAGE\r\n\r\n"[..],
         &b"GET /\x01 HTTP/1.1\r\n\r\n"[..],
         &b"GET / HTTP/9.9\r\nhost: x\r\n\r\n"[..],
     ] {
-        let mut s = std::net::TcpStream::connect(host.addr).unwrap();
-        s.write_all(garbage).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
-        let text = String::from_utf8_lossy(&buf);
-        assert!(
-            text.is_empty() || text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.1 505"),
-            "{text}"
-        );
+        let shown = String::from_utf8_lossy(garbage).into_owned();
+        let r = common::http_raw(host.addr, garbage);
+        assert_eq!(r.status, 400, "{shown:?}: {r:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{shown:?}: {r:?}");
+        assert_eq!(r.header("content-length"), Some("0"), "{shown:?}: {r:?}");
+        assert!(r.body.is_empty(), "{shown:?}: {r:?}");
     }
     assert_eq!(host.get("/healthz").status, 200);
 }
