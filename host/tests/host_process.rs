@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{messages_with, HostProcess, Modules};
 
 fn examples() -> Modules {
@@ -254,6 +256,51 @@ fn handler_panic_gives_500_and_host_keeps_serving() {
     );
 }
 
+/// A POST to `path` with a `transfer-encoding: chunked` body (no content-length).
+fn post_chunked(host: &HostProcess, path: &str, chunks: &[&[u8]]) -> common::HttpResponse {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+        host.token
+    )
+    .into_bytes();
+    for chunk in chunks {
+        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    common::http_raw(host.addr, &raw)
+}
+
+#[test]
+fn chunked_body_over_the_limit_gets_413_without_a_content_length() {
+    let m = Modules::new();
+    m.add_faulty("probe", "ok", "");
+    let host = HostProcess::start(&m, &[("MODHOST_MAX_BODY_BYTES", "1024")], &[]);
+    // Under the limit, a chunked body reaches the handler whole.
+    let small = post_chunked(
+        &host,
+        "/api/v1/probe/echo",
+        &[&[b'a'; 400][..], &[b'b'; 400][..]],
+    );
+    assert_eq!(small.status, 200, "{small:?}");
+    assert_eq!(small.body, [[b'a'; 400], [b'b'; 400]].concat());
+    // Over it, with no length declared up front: refused while streaming.
+    let chunk = [b'c'; 1000];
+    let big = post_chunked(&host, "/api/v1/probe/echo", &[&chunk[..]; 5]);
+    assert_eq!(big.status, 413, "{big:?}");
+    assert_eq!(
+        big.json()["error"],
+        "request body is over the 1024-byte limit",
+        "{}",
+        big.text()
+    );
+    // One byte over is enough.
+    let just_over = post_chunked(&host, "/api/v1/probe/echo", &[&[b'd'; 1024][..], &b"e"[..]]);
+    assert_eq!(just_over.status, 413, "{just_over:?}");
+    assert_eq!(host.get("/api/v1/probe/ok").status, 200);
+}
+
 #[test]
 fn body_limit_gives_413() {
     let m = Modules::new();
@@ -322,19 +369,61 @@ fn incompatible_plugin_api_is_refused_with_a_short_message() {
 }
 
 #[test]
-fn strict_mode_makes_a_failure_fatal() {
+fn older_plugin_api_version_is_refused_naming_both_versions() {
+    let m = Modules::new();
+    let dir = m.dir().join("old_api");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("module.yaml"), "name: old_api\nversion: 1.0.0\n").unwrap();
+    std::fs::copy(
+        common::version_mismatch_plugin(),
+        dir.join(common::lib_file("version_mismatch")),
+    )
+    .unwrap();
+    m.add_example("hello");
+    let host = HostProcess::start(&m, &[], &[]);
+    let ours = modhost_plugin_api::PLUGIN_API_VERSION;
+    assert_ne!(
+        ours, "0.4.0",
+        "the fixture must report another version than ours"
+    );
+    let expected = format!(
+        "module `old_api` was built against plugin-api 0.4.0; this host uses {ours}; rebuild it against plugin-api {ours}"
+    );
+    let state = state_of(&host, "old_api");
+    assert_eq!(state["state"], "failed", "{state}");
+    assert_eq!(state["reason"], expected.as_str(), "{state}");
+    assert_eq!(host.get("/api/v1/hello/greet/x").status, 200);
+    // `modhost check` says the same, and fails.
+    let (code, out, _) = common::modhost(&["check", m.dir().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&expected), "{out}");
+}
+
+#[test]
+fn strict_mode_makes_a_failure_fatal_with_exit_code_1() {
     let m = Modules::new();
     m.add_faulty("good", "ok", "");
     m.add_faulty("erring", "init_error", "");
-    let result = HostProcess::try_start(&m, &[], &["--strict"]);
-    let Err((msg, _)) = result else {
-        panic!("--strict with a failing module must not become ready");
-    };
-    assert!(msg.contains("--strict: 1 module(s) failed"), "{msg}");
-    assert!(
-        msg.contains("erring: init failed: configured to fail in init"),
-        "{msg}"
+    let exited = HostProcess::run_to_exit(&m, &[], &["--strict"], Duration::from_secs(60));
+    let stderr = &exited.stderr;
+    assert_eq!(
+        exited.code,
+        Some(1),
+        "the README promises exit code 1: {stderr}"
     );
+    assert!(stderr.contains("--strict: 1 module(s) failed"), "{stderr}");
+    assert!(
+        stderr.contains("erring: init failed: configured to fail in init"),
+        "{stderr}"
+    );
+    assert!(
+        exited.logs.iter().all(|v| v.get("local").is_none()),
+        "it never started serving: {:?}",
+        exited.logs
+    );
+    // Without --strict the same modules directory starts (and `good` serves).
+    let host = HostProcess::start(&m, &[], &[]);
+    assert_eq!(host.get("/api/v1/good/ok").status, 200);
 }
 
 #[test]
