@@ -363,18 +363,23 @@ fn migrations_run_in_dependency_order_once_and_are_recorded() {
 }
 
 #[test]
-fn changed_applied_migration_is_refused_with_a_checksum_error() {
+fn changed_applied_migration_fails_the_module_and_its_dependents() {
     for b in backends() {
         let label = b.label();
         let m = Modules::new();
         let tamper = m.add_faulty("tamper", "ok", "");
+        m.add_faulty("needs_tamper", "ok", "dependencies:\n  tamper: \"1\"\n");
         m.add_faulty("bystander", "ok", "");
         add_migration(
             &tamper,
             "0001_create.sql",
             "CREATE TABLE t (id BIGINT PRIMARY KEY);",
         );
-        b.start(&m).terminate();
+        let host = b.start(&m);
+        for name in ["tamper", "needs_tamper", "bystander"] {
+            assert_eq!(state(&host, name).0, "started", "{label}: {name}");
+        }
+        host.terminate();
 
         add_migration(
             &tamper,
@@ -392,7 +397,21 @@ fn changed_applied_migration_is_refused_with_a_checksum_error() {
             reason.contains("add a new migration instead"),
             "{label}: {reason}"
         );
+        // Its dependent fails too, naming the dependency and why it failed.
+        let (st, reason) = state(&host, "needs_tamper");
+        assert_eq!(st, "failed", "{label}: {reason}");
+        assert!(
+            reason.contains("dependency `tamper` failed"),
+            "{label}: {reason}"
+        );
+        assert!(
+            reason.contains("was already applied with checksum"),
+            "{label}: {reason}"
+        );
+        assert_eq!(host.get("/api/v1/tamper/ok").status, 404, "{label}");
+        assert_eq!(host.get("/api/v1/needs_tamper/ok").status, 404, "{label}");
         assert_eq!(state(&host, "bystander").0, "started", "{label}");
+        assert_eq!(host.get("/api/v1/bystander/ok").status, 200, "{label}");
     }
 }
 
@@ -461,8 +480,12 @@ fn failing_migration_rolls_back_and_fails_module_and_dependents_only() {
     }
 }
 
+/// SQLite: each module has its own file, so another module's table is simply not in
+/// the intruder's file; the barrier is that its connections refuse `ATTACH`, the only
+/// way to open another file from SQL. PostgreSQL: one database, a schema and a role per
+/// module; the intruder's role is denied the owner's schema.
 #[test]
-fn a_module_cannot_reach_another_module_s_tables() {
+fn another_module_s_data_is_refused_attach_on_sqlite_permission_on_postgres() {
     for b in backends() {
         let label = b.label();
         let m = Modules::new();
@@ -480,49 +503,101 @@ fn a_module_cannot_reach_another_module_s_tables() {
         let own = sql("SELECT 1 AS one");
         assert_eq!(own.status, 200, "{label}: {}", own.text());
 
-        let attempts: Vec<String> = match &b {
+        match &b {
             Backend::Sqlite => {
                 let path = m.data().join("db/owner.sqlite");
-                vec![
-                    "SELECT v FROM owner_secrets".into(),
+                // The file the intruder aims at really holds the secret: opened by
+                // anyone but a module connection, ATTACH reads it.
+                let secret = runtime().block_on(async {
+                    let control = m.tmp.path().join("control.sqlite");
+                    let mut conn = sqlx::SqliteConnection::connect(&format!(
+                        "sqlite://{}?mode=rwc",
+                        control.display()
+                    ))
+                    .await
+                    .unwrap();
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "ATTACH DATABASE '{}' AS stolen",
+                        path.display()
+                    )))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                    let row = sqlx::query("SELECT v FROM stolen.owner_secrets")
+                        .fetch_one(&mut conn)
+                        .await
+                        .unwrap();
+                    row.get::<String, _>(0)
+                });
+                assert_eq!(secret, "s3cret", "{label}: the control ATTACH reads it");
+
+                // The intruder's ATTACH of that same file is refused, with the ATTACH
+                // error, and so is a second name or a URI form of it.
+                for attempt in [
                     format!("ATTACH DATABASE '{}' AS stolen", path.display()),
-                ]
+                    format!("ATTACH '{}' AS other", path.display()),
+                    format!(
+                        "ATTACH DATABASE 'file:{}?mode=ro' AS stolen",
+                        path.display()
+                    ),
+                ] {
+                    let resp = sql(&attempt);
+                    assert_eq!(resp.status, 422, "{label}: `{attempt}`: {}", resp.text());
+                    let denied = resp.json();
+                    assert_eq!(denied["kind"], "Denied", "{label}: `{attempt}`: {denied}");
+                    assert_eq!(
+                        denied["error"],
+                        "ATTACH is not allowed: a module can only use its own database",
+                        "{label}: `{attempt}`"
+                    );
+                    assert!(!resp.text().contains("s3cret"), "{label}");
+                    let after = sql("SELECT v FROM stolen.owner_secrets");
+                    assert_eq!(after.status, 422, "{label}: nothing was attached");
+                    assert!(!after.text().contains("s3cret"), "{label}");
+                }
+                // Without ATTACH the owner's table is not there at all: the intruder's
+                // file is another file.
+                let plain = sql("SELECT v FROM owner_secrets");
+                assert_eq!(plain.status, 422, "{label}");
+                assert!(
+                    plain.json()["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("no such table: owner_secrets"),
+                    "{label}: {}",
+                    plain.text()
+                );
             }
-            Backend::Postgres(_) => vec![
-                "SELECT v FROM owner_secrets".into(),
-                "SELECT v FROM owner.owner_secrets".into(),
-                "SET ROLE postgres".into(),
-                "CREATE TABLE public.planted (v TEXT)".into(),
-                "CREATE SCHEMA sneaky".into(),
-            ],
-        };
-        for attempt in attempts {
-            let resp = sql(&attempt);
-            assert_eq!(
-                resp.status,
-                422,
-                "{label}: `{attempt}` must be refused: {}",
-                resp.text()
-            );
-            assert!(!resp.text().contains("s3cret"), "{label}");
-        }
-        if let Backend::Postgres(_) = b {
-            let denied = sql("SELECT v FROM owner.owner_secrets").json();
-            assert_eq!(denied["kind"], "Denied", "{label}: {denied}");
-            assert!(
-                denied["error"]
-                    .as_str()
-                    .unwrap()
-                    .contains("permission denied for schema owner"),
-                "{label}: {denied}"
-            );
-        } else {
-            let denied = sql(&format!(
-                "ATTACH DATABASE '{}' AS stolen",
-                m.data().join("db/owner.sqlite").display()
-            ))
-            .json();
-            assert_eq!(denied["kind"], "Denied", "{label}: {denied}");
+            Backend::Postgres(_) => {
+                // Unqualified, the name resolves in the intruder's own schema only.
+                let plain = sql("SELECT v FROM owner_secrets");
+                assert_eq!(plain.status, 422, "{label}: {}", plain.text());
+                assert!(!plain.text().contains("s3cret"), "{label}");
+                // Reaching for the owner's schema, another role, or shared schemas:
+                // denied by the server.
+                for (attempt, why) in [
+                    (
+                        "SELECT v FROM owner.owner_secrets",
+                        "permission denied for schema owner",
+                    ),
+                    ("SET ROLE postgres", "permission denied"),
+                    (
+                        "CREATE TABLE public.planted (v TEXT)",
+                        "permission denied for schema public",
+                    ),
+                    ("CREATE SCHEMA sneaky", "permission denied"),
+                ] {
+                    let resp = sql(attempt);
+                    assert_eq!(resp.status, 422, "{label}: `{attempt}`: {}", resp.text());
+                    let denied = resp.json();
+                    assert_eq!(denied["kind"], "Denied", "{label}: `{attempt}`: {denied}");
+                    assert!(
+                        denied["error"].as_str().unwrap().contains(why),
+                        "{label}: `{attempt}`: {denied}"
+                    );
+                    assert!(!resp.text().contains("s3cret"), "{label}");
+                }
+            }
         }
         // The owner still reads its own table.
         let mine = host.request("POST", "/api/v1/owner/sql", b"SELECT v FROM owner_secrets");
