@@ -213,9 +213,20 @@ fn failing_handlers_are_retried_then_dead_lettered() {
         .unwrap()
         .contains("configured to fail attempt 4"));
     assert!(events_of(&host, "broken").is_empty());
-    // ... and it is in the audit log.
-    std::thread::sleep(Duration::from_millis(200));
-    let audit = host.get("/api/v1/audit?action=event.dead_letter").json();
+    // ... and it is in the audit log (written after the dead letter: wait for it).
+    let until = Instant::now() + Duration::from_secs(5);
+    let audit = loop {
+        let audit = host.get("/api/v1/audit?action=event.dead_letter").json();
+        if !audit.as_array().unwrap().is_empty() {
+            break audit;
+        }
+        assert!(
+            Instant::now() < until,
+            "no event.dead_letter audit entry after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
     assert_eq!(audit[0]["module"], "broken", "{audit}");
 }
 
@@ -257,14 +268,45 @@ fn cache_is_namespaced_per_module_and_expires() {
         "nor delete it"
     );
 
+    // A 150 ms TTL: there at first, gone once it has passed (and not before), well
+    // before the default TTL (5 min).
+    let set_at = Instant::now();
     assert_eq!(
         host.request("PUT", "/api/v1/one/cache/brief?ttl_ms=150", b"soon gone")
             .status,
         204
     );
-    assert_eq!(host.get("/api/v1/one/cache/brief").status, 200);
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(host.get("/api/v1/one/cache/brief").status, 404, "expired");
+    let first = host.get("/api/v1/one/cache/brief");
+    if first.status == 200 {
+        assert_eq!(first.text(), "soon gone");
+    } else {
+        assert!(
+            set_at.elapsed() >= Duration::from_millis(150),
+            "gone before its TTL: {} {}",
+            first.status,
+            first.text()
+        );
+    }
+    let until = set_at + Duration::from_secs(5);
+    loop {
+        let r = host.get("/api/v1/one/cache/brief");
+        if r.status == 404 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(Instant::now() < until, "not expired 5 s after a 150 ms TTL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        set_at.elapsed() >= Duration::from_millis(150),
+        "expired after {:?}, before its 150 ms TTL",
+        set_at.elapsed()
+    );
+    assert_eq!(
+        host.get("/api/v1/one/cache/shared").text(),
+        "from one",
+        "an entry without a TTL stays"
+    );
 }
 
 #[test]

@@ -285,6 +285,7 @@ fn twenty_reloads_under_load_lose_no_request() {
             failures
         })
     };
+    let mut after_last_reload = 0;
     for i in 0..20 {
         let (version, reply) = if i % 2 == 0 {
             ("2.0.0", "v2")
@@ -298,8 +299,17 @@ fn twenty_reloads_under_load_lose_no_request() {
         let r = host.request("POST", "/admin/modules/svc/reload", b"");
         assert_eq!(r.status, 200, "reload {i}: {}", r.text());
         assert_eq!(r.json()["version"], version);
+        after_last_reload = ok.load(Ordering::SeqCst);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // The load keeps going after the last switch: wait for requests served by it.
+    let until = Instant::now() + Duration::from_secs(10);
+    while ok.load(Ordering::SeqCst) < after_last_reload + 20 {
+        assert!(
+            Instant::now() < until,
+            "no requests answered after the last reload"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stop.store(true, Ordering::SeqCst);
     let failures = load.join().unwrap();
     assert!(
