@@ -8,15 +8,16 @@ use serde_json::json;
 
 use super::{audit::AuditFilter, AuthUser, Core, CoreError};
 
-/// Who may call an endpoint.
+/// Who may call an endpoint (a core endpoint, a module route or an operations
+/// endpoint alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub enum Access<'a> {
     /// Anyone.
     Public,
     /// Any valid token.
     Authenticated,
     /// A valid token holding this permission.
-    Permission(&'static str),
+    Permission(&'a str),
 }
 
 /// The operations behind the endpoints.
@@ -46,7 +47,7 @@ pub enum Op {
 pub struct Endpoint {
     pub method: &'static str,
     pub path: &'static str,
-    pub access: Access,
+    pub access: Access<'static>,
     pub summary: &'static str,
     /// JSON body fields (name, type, required), for the OpenAPI document.
     pub body: &'static [(&'static str, &'static str, bool)],
@@ -58,7 +59,7 @@ pub struct Endpoint {
 const fn ep(
     method: &'static str,
     path: &'static str,
-    access: Access,
+    access: Access<'static>,
     summary: &'static str,
     body: &'static [(&'static str, &'static str, bool)],
     query: &'static [(&'static str, &'static str)],

@@ -1,92 +1,35 @@
-//! Operations endpoints: `/healthz`, `/readyz`, `/metrics` (open) and `/admin/modules`
-//! (needs `core.admin.read`).
+//! Operations endpoints: `/healthz`, `/readyz`, `/metrics`, `/openapi.json` (open) and
+//! `/admin/...` (`core.admin.read` to read, `core.admin.write` to change; checked by
+//! the pipeline before [`answer`] runs).
 
 use std::{fmt::Write as _, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{
-    body::{Bytes, Incoming},
-    header::HeaderValue,
-    header::CONTENT_TYPE,
-    Method, Request, Response, StatusCode,
+    body::Bytes,
+    header::{HeaderValue, CONTENT_TYPE},
+    Response, StatusCode,
 };
 
-use crate::core::api::Access;
-use crate::http::enforce::{authorize, Target};
-use crate::http::respond::{json_error, json_response, Body};
+use crate::http::openapi;
+use crate::http::respond::{json_error, json_response, method_not_allowed, Body};
+use crate::http::routing::Ops;
 use crate::routes::metrics::escape;
 use crate::runtime::lifecycle::{Host, ModuleState};
 use crate::runtime::reload::ReloadError;
 
-/// Answers a request outside `/api/v1/`. `/admin/*` needs `core.admin.read` (reads)
-/// or `core.admin.write` (changes); `/healthz`, `/readyz` and `/metrics` are open.
-pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> {
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let known = [
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/admin/modules",
-        "/admin/services",
-        "/admin/dead-letters",
-    ];
-    if known.contains(&path.as_str()) && method != Method::GET {
-        return json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("{path} answers GET only"),
-        );
-    }
-    if path.starts_with("/admin/") {
-        let permission = if method == Method::GET {
-            "core.admin.read"
-        } else {
-            "core.admin.write"
-        };
-        let target = Target {
-            module: "core",
-            method: method.as_str(),
-            path: &path,
-        };
-        let access = Access::Permission(permission);
-        if let Err(resp) = authorize(&host.core, access, req.headers(), target).await {
-            return resp;
-        }
-    }
-    if let Some(name) = path
-        .strip_prefix("/admin/modules/")
-        .and_then(|rest| rest.strip_suffix("/reload"))
-    {
-        if method != Method::POST {
-            return json_error(StatusCode::METHOD_NOT_ALLOWED, "reload answers POST only");
-        }
-        return match host.reload_module(name).await {
-            Ok(version) => json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "module": name, "version": version, "reloaded": true }),
-            ),
-            Err(e @ ReloadError::NotFound(_)) => json_error(StatusCode::NOT_FOUND, &e.to_string()),
-            Err(e @ ReloadError::ShuttingDown) => {
-                json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
-            }
-            Err(e @ ReloadError::Refused(_)) => json_error(StatusCode::CONFLICT, &e.to_string()),
-        };
-    }
-    match path.as_str() {
-        "/healthz" => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
-        "/readyz" if host.is_ready() => {
+/// Answers an operations endpoint; the caller was already authorized for it.
+pub async fn answer(host: &Arc<Host>, op: Ops) -> Response<Body> {
+    match op {
+        Ops::Health => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        Ops::Ready if host.is_ready() => {
             json_response(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
         }
-        "/readyz" => json_response(
+        Ops::Ready => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "status": "not ready" }),
         ),
-        "/admin/modules" => json_response(StatusCode::OK, &host.report()),
-        "/admin/services" => json_response(
-            StatusCode::OK,
-            &host.services.report(|m| host.is_running(m)),
-        ),
-        "/admin/dead-letters" => json_response(StatusCode::OK, &host.bus.dead_letters()),
-        "/metrics" => {
+        Ops::Metrics => {
             let mut resp = Response::new(Full::new(Bytes::from(render_metrics(host))));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
@@ -94,7 +37,30 @@ pub async fn handle(host: &Arc<Host>, req: Request<Incoming>) -> Response<Body> 
             );
             resp
         }
-        _ => json_error(StatusCode::NOT_FOUND, "no such route"),
+        Ops::OpenApi => json_response(StatusCode::OK, &openapi::document(&host.routes())),
+        Ops::Modules => json_response(StatusCode::OK, &host.report()),
+        Ops::Services => json_response(
+            StatusCode::OK,
+            &host.services.report(|m| host.is_running(m)),
+        ),
+        Ops::DeadLetters => json_response(StatusCode::OK, &host.bus.dead_letters()),
+        Ops::Reload(name) => reload(host, &name).await,
+        Ops::UnknownAdmin => json_error(StatusCode::NOT_FOUND, "no such route"),
+        Ops::AdminMethod { method, allow } => method_not_allowed(method.as_str(), &[allow]),
+    }
+}
+
+async fn reload(host: &Arc<Host>, name: &str) -> Response<Body> {
+    match host.reload_module(name).await {
+        Ok(version) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "module": name, "version": version, "reloaded": true }),
+        ),
+        Err(e @ ReloadError::NotFound(_)) => json_error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ ReloadError::ShuttingDown) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        Err(e @ ReloadError::Refused(_)) => json_error(StatusCode::CONFLICT, &e.to_string()),
     }
 }
 

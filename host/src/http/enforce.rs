@@ -1,5 +1,5 @@
-//! Authorization middleware: every module and core route passes through [`authorize`]
-//! before its handler runs. Deny by default: no or a bad token gives 401, a valid token
+//! Authorization: every request passes through [`authorize`] with the access its
+//! destination needs (`routing.rs`) before its handler runs. Deny by default: no or a bad token gives 401, a valid token
 //! without the route's permission gives 403, and both are audited.
 
 use hyper::{
@@ -31,7 +31,7 @@ pub struct Target<'a> {
 /// Checks a request against `access`; returns the caller, or the response to send.
 pub async fn authorize(
     core: &Core,
-    access: Access,
+    access: Access<'_>,
     headers: &HeaderMap,
     target: Target<'_>,
 ) -> Result<Option<AuthUser>, Response<Body>> {
@@ -73,27 +73,6 @@ pub async fn authorize(
         }
     }
     Ok(Some(user))
-}
-
-/// Checks a module route's permission (a `String`, unlike the core's static ones).
-pub async fn authorize_module(
-    core: &Core,
-    permission: &str,
-    public: bool,
-    headers: &HeaderMap,
-    target: Target<'_>,
-) -> Result<Option<AuthUser>, Response<Body>> {
-    if public {
-        return authorize(core, Access::Public, headers, target).await;
-    }
-    let user = authorize(core, Access::Authenticated, headers, target).await?;
-    match user {
-        Some(u) if u.allows(permission) => Ok(Some(u)),
-        u => {
-            let why = format!("permission `{permission}` required");
-            Err(deny(core, &target, u.as_ref(), StatusCode::FORBIDDEN, &why).await)
-        }
-    }
 }
 
 async fn deny(

@@ -1,4 +1,5 @@
-//! The route table: route patterns, their validation and request matching.
+//! The route table: module routes, their validation and request matching (patterns
+//! themselves are `pattern.rs`).
 //!
 //! Routes live under `/api/v1/<module>/...`; a pattern segment `{name}` captures one path
 //! segment. The table is immutable once built; the host swaps in a new table when the
@@ -9,17 +10,11 @@ use std::{collections::HashMap, sync::Arc};
 use modhost_plugin_api::ffi::FfiHandlerBox;
 use serde::Serialize;
 
-use crate::routes::metrics::RouteMetrics;
+use crate::routes::metrics::{Histogram, RouteMetrics};
+use crate::routes::pattern::{split_path, Params, Pattern};
 
 /// HTTP methods a module route may use.
 pub const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
-
-/// One segment of a route pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Segment {
-    Static(String),
-    Param(String),
-}
 
 /// A validated route pattern with its method and permission.
 #[derive(Debug, Clone, Serialize)]
@@ -35,11 +30,11 @@ pub struct Route {
     pub info: RouteInfo,
     /// Declared public in the module's manifest: no token needed.
     pub public: bool,
-    segments: Vec<Segment>,
+    pattern: Pattern,
     pub handler: Arc<FfiHandlerBox>,
     pub metrics: Arc<RouteMetrics>,
     /// The module's latency histogram (shared by its routes).
-    pub latency: Arc<crate::routes::metrics::Histogram>,
+    pub latency: Arc<Histogram>,
     /// Requests running in this route's handler now (for draining on reload).
     pub inflight: std::sync::atomic::AtomicUsize,
 }
@@ -52,14 +47,14 @@ impl Route {
         public: bool,
         handler: FfiHandlerBox,
         metrics: Arc<RouteMetrics>,
-        latency: Arc<crate::routes::metrics::Histogram>,
+        latency: Arc<Histogram>,
     ) -> Result<Self, RouteError> {
-        let segments = parse_pattern(&module, &info.method, &info.path)?;
+        let pattern = parse_pattern(&module, &info.method, &info.path)?;
         Ok(Self {
             module,
             info,
             public,
-            segments,
+            pattern,
             handler: Arc::new(handler),
             metrics,
             latency,
@@ -67,19 +62,9 @@ impl Route {
         })
     }
 
-    fn shape(&self) -> Vec<Option<&str>> {
-        self.segments
-            .iter()
-            .map(|s| match s {
-                Segment::Static(s) => Some(s.as_str()),
-                Segment::Param(_) => None,
-            })
-            .collect()
-    }
-
     /// Whether `other` would answer exactly the same requests.
     pub fn conflicts_with(&self, other: &Route) -> bool {
-        self.info.method == other.info.method && self.shape() == other.shape()
+        self.info.method == other.info.method && self.pattern.same_shape(&other.pattern)
     }
 }
 
@@ -118,8 +103,8 @@ pub enum RouteError {
     PublicNotRegistered { method: String, path: String },
 }
 
-/// Validates `path` for `module` and splits it into segments.
-pub fn parse_pattern(module: &str, method: &str, path: &str) -> Result<Vec<Segment>, RouteError> {
+/// Validates a module route: its method, its namespace and its pattern.
+pub fn parse_pattern(module: &str, method: &str, path: &str) -> Result<Pattern, RouteError> {
     if !METHODS.contains(&method) {
         return Err(RouteError::Method {
             method: method.into(),
@@ -135,45 +120,18 @@ pub fn parse_pattern(module: &str, method: &str, path: &str) -> Result<Vec<Segme
             path: path.into(),
         });
     }
-    let bad = |why: String| RouteError::Pattern {
+    Pattern::parse(path).map_err(|why| RouteError::Pattern {
         method: method.into(),
         path: path.into(),
         why,
-    };
-    let mut segments = Vec::new();
-    let mut names = Vec::new();
-    for seg in path[1..].split('/') {
-        if seg.is_empty() {
-            return Err(bad("empty path segment (double or trailing `/`)".into()));
-        }
-        if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(bad(format!("invalid parameter name `{name}`")));
-            }
-            if names.contains(&name) {
-                return Err(bad(format!("parameter `{name}` appears twice")));
-            }
-            names.push(name);
-            segments.push(Segment::Param(name.to_string()));
-        } else if seg.contains(['{', '}', '?', '#', '%']) {
-            return Err(bad(format!("invalid characters in segment `{seg}`")));
-        } else {
-            segments.push(Segment::Static(seg.to_string()));
-        }
-    }
-    Ok(segments)
+    })
 }
 
 /// Result of matching a request against the table.
 pub enum Lookup<'a> {
     Found {
         route: &'a Arc<Route>,
-        params: Vec<(String, String)>,
+        params: Params,
     },
     /// The path exists, not for this method.
     MethodNotAllowed {
@@ -205,11 +163,11 @@ impl RouteTable {
         let Some(routes) = self.by_module.get(module) else {
             return Lookup::NotFound;
         };
-        let parts: Vec<&str> = path[1..].split('/').collect();
+        let parts = split_path(path);
         let mut best: Option<(usize, &Arc<Route>)> = None;
         let mut allowed = Vec::new();
         for route in routes {
-            let Some(param_count) = match_segments(&route.segments, &parts) else {
+            let Some(param_count) = route.pattern.matches(&parts) else {
                 continue;
             };
             if route.info.method != method {
@@ -222,18 +180,10 @@ impl RouteTable {
             }
         }
         match best {
-            Some((_, route)) => {
-                let params = route
-                    .segments
-                    .iter()
-                    .zip(&parts)
-                    .filter_map(|(seg, part)| match seg {
-                        Segment::Param(name) => Some((name.clone(), percent_decode(part))),
-                        Segment::Static(_) => None,
-                    })
-                    .collect();
-                Lookup::Found { route, params }
-            }
+            Some((_, route)) => Lookup::Found {
+                route,
+                params: route.pattern.params(&parts),
+            },
             None if !allowed.is_empty() => {
                 allowed.sort();
                 allowed.dedup();
@@ -249,64 +199,6 @@ impl RouteTable {
         modules.sort();
         modules.into_iter().flat_map(|m| self.by_module[m].iter())
     }
-}
-
-/// Matches `path` against a pattern such as `/api/v1/authz/roles/{name}`; returns the
-/// parameters.
-pub fn match_pattern(pattern: &str, path: &str) -> Option<Vec<(String, String)>> {
-    let pat: Vec<&str> = pattern.split('/').collect();
-    let parts: Vec<&str> = path.split('/').collect();
-    if pat.len() != parts.len() {
-        return None;
-    }
-    let mut params = Vec::new();
-    for (p, part) in pat.iter().zip(&parts) {
-        match p.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
-            Some(_) if part.is_empty() => return None,
-            Some(name) => params.push((name.to_string(), percent_decode(part))),
-            None if p == part => {}
-            None => return None,
-        }
-    }
-    Some(params)
-}
-
-fn match_segments(segments: &[Segment], parts: &[&str]) -> Option<usize> {
-    if segments.len() != parts.len() {
-        return None;
-    }
-    let mut params = 0;
-    for (seg, part) in segments.iter().zip(parts) {
-        match seg {
-            Segment::Static(s) if s == part => {}
-            Segment::Static(_) => return None,
-            Segment::Param(_) if part.is_empty() => return None,
-            Segment::Param(_) => params += 1,
-        }
-    }
-    Some(params)
-}
-
-/// Decodes `%XX` escapes in a path segment (invalid escapes are kept as they are).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -333,13 +225,5 @@ mod tests {
             parse_pattern("blog", "BREW", "/api/v1/blog/x"),
             Err(RouteError::Method { .. })
         ));
-    }
-
-    #[test]
-    fn percent_decoding_of_params() {
-        assert_eq!(percent_decode("a%20b"), "a b");
-        assert_eq!(percent_decode("..%2F..%2Fetc"), "../../etc");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

@@ -1,0 +1,85 @@
+//! The request pipeline: the order in which every request meets the host's concerns,
+//! written once for the core API, module routes and operations endpoints alike.
+//!
+//! route (404/405) → count it in its module route (in flight, metrics) → authorize
+//! (401/403, audited) → read the body (413/408) → run the handler → answer.
+
+use std::sync::Arc;
+
+use hyper::{body::Incoming, Request, Response, StatusCode};
+
+use crate::core;
+use crate::http::module_call::{self, RouteVisit};
+use crate::http::respond::{json_response, Body};
+use crate::http::routing::{self, Destination};
+use crate::http::{admin, body, enforce};
+use crate::runtime::lifecycle::Host;
+
+/// Answers one request.
+pub async fn handle(host: Arc<Host>, req: Request<Incoming>) -> Response<Body> {
+    let destination = match routing::route(&host.routes(), req.method(), req.uri().path()) {
+        Ok(destination) => destination,
+        Err(unrouted) => return unrouted.response(),
+    };
+    let visit = match &destination {
+        Destination::Module { route, .. } => Some(RouteVisit::enter(route)),
+        _ => None,
+    };
+    let response = guarded(&host, destination, req).await;
+    if let Some(visit) = visit {
+        visit.finish(response.status());
+    }
+    response
+}
+
+/// Authorizes the request for its destination, then runs it.
+async fn guarded(
+    host: &Arc<Host>,
+    destination: Destination,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let target = enforce::Target {
+        module: destination.module(),
+        method: req.method().as_str(),
+        path: req.uri().path(),
+    };
+    let access = destination.access(req.method());
+    let user = match enforce::authorize(&host.core, access, req.headers(), target).await {
+        Ok(user) => user,
+        Err(denied) => return denied,
+    };
+    match destination {
+        Destination::Ops(op) => admin::answer(host, op).await,
+        Destination::Core { endpoint, params } => {
+            let bearer = enforce::bearer(req.headers()).map(str::to_string);
+            let (parts, bytes) = match body::read(&host.config, req).await {
+                Ok(read) => read,
+                Err(refused) => return refused,
+            };
+            let query = modhost_plugin_api::Request {
+                query: parts.uri.query().unwrap_or("").to_string(),
+                ..Default::default()
+            }
+            .query_pairs();
+            let (status, value) = core::api::run(
+                &host.core,
+                endpoint.op,
+                &params,
+                &query,
+                &bytes,
+                user.as_ref(),
+                bearer.as_deref(),
+            )
+            .await;
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            json_response(status, &value)
+        }
+        Destination::Module { route, params } => {
+            let (parts, bytes) = match body::read(&host.config, req).await {
+                Ok(read) => read,
+                Err(refused) => return refused,
+            };
+            module_call::call(&host.config, &route, parts, bytes, params, user).await
+        }
+    }
+}
