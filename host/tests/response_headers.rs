@@ -65,10 +65,22 @@ fn framing_headers_from_a_module_are_dropped() {
         assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
         assert_eq!(body, b"short body", "round {round}");
         let lower = head.to_ascii_lowercase();
-        assert!(lower.contains("content-length: 10"), "round {round}: {head}");
-        assert!(!lower.contains("content-length: 999"), "round {round}: {head}");
-        assert!(!lower.contains("transfer-encoding"), "round {round}: {head}");
-        assert!(!lower.contains("connection: close"), "round {round}: {head}");
+        assert!(
+            lower.contains("content-length: 10"),
+            "round {round}: {head}"
+        );
+        assert!(
+            !lower.contains("content-length: 999"),
+            "round {round}: {head}"
+        );
+        assert!(
+            !lower.contains("transfer-encoding"),
+            "round {round}: {head}"
+        );
+        assert!(
+            !lower.contains("connection: close"),
+            "round {round}: {head}"
+        );
         assert!(lower.contains("x-kept: yes"), "round {round}: {head}");
     }
 }
