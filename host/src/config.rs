@@ -1,40 +1,9 @@
 //! Host configuration: defaults, an optional TOML file, then `MODHOST_*` environment
 //! variables; command-line flags are applied on top by `cli.rs`.
 //!
-//! ```toml
-//! listen = "127.0.0.1:8080"
-//! modules_dir = "modules"
-//! data_dir = "data"
-//! strict = false
-//! log_format = "text"          # or "json"
-//! shutdown_timeout = "30s"     # drain deadline on SIGINT/SIGTERM
-//! init_timeout = "30s"         # per module init/start/stop
-//! request_timeout = "30s"      # per request; 504 after it
-//! header_read_timeout = "10s"
-//! max_body_bytes = 1048576     # 413 above it
-//! max_response_bytes = 16777216 # a bigger module response becomes a 500
-//! trusted_keys = ["<vendor public key hex>"]  # from `modhost keygen`
-//! require_signatures = false    # true: refuse modules without a trusted module.sig
-//! database_url = "postgres://postgres@127.0.0.1:5432/app"  # default: SQLite files in data_dir
-//! database_connect_timeout = "30s"   # keep retrying an unreachable database this long
-//! database_max_connections = 5       # per module
-//! postgres_role_prefix = "modhost_"  # each module's role is <prefix><module>
-//! auth_signing_key = "<64+ hex chars>"  # default: generated once, kept in the core area
-//! auth_token_ttl = "15m"             # access tokens
-//! auth_refresh_ttl = "7d"            # refresh tokens
-//! event_queue_capacity = 1024        # per subscription; beyond it events are dead-lettered
-//! event_max_retries = 3              # then the event is dead-lettered
-//! event_retry_backoff = "100ms"      # doubles per retry
-//! event_handler_timeout = "30s"
-//! cache_max_bytes = 67108864         # embedded cache bound
-//! cache_default_ttl = "5m"
-//! watch = false                      # apply module folder changes live (default: on in
-//!                                    # debug builds, off in release builds)
-//! watch_interval = "250ms"
-//!
-//! [modules.hello]              # merged over the `config:` of hello's module.yaml
-//! greeting = "Howdy"
-//! ```
+//! [`SETTINGS`] is the one list of settings, each with its parser; the file, the
+//! environment and the flags all go through it. README's "Configuration" section shows
+//! every setting with its default (a test checks that the two agree).
 
 use std::{
     collections::BTreeMap,
@@ -121,73 +90,149 @@ impl Default for HostConfig {
     }
 }
 
-/// The config file's shape.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    modules_dir: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    strict: Option<bool>,
-    log_format: Option<LogFormat>,
-    shutdown_timeout: Option<String>,
-    init_timeout: Option<String>,
-    request_timeout: Option<String>,
-    header_read_timeout: Option<String>,
-    max_body_bytes: Option<u64>,
-    max_response_bytes: Option<u64>,
-    trusted_keys: Option<Vec<String>>,
-    require_signatures: Option<bool>,
-    database_url: Option<String>,
-    database_connect_timeout: Option<String>,
-    database_max_connections: Option<u32>,
-    postgres_role_prefix: Option<String>,
-    auth_signing_key: Option<String>,
-    auth_token_ttl: Option<String>,
-    auth_refresh_ttl: Option<String>,
-    event_queue_capacity: Option<usize>,
-    event_max_retries: Option<u32>,
-    event_retry_backoff: Option<String>,
-    event_handler_timeout: Option<String>,
-    cache_max_bytes: Option<u64>,
-    cache_default_ttl: Option<String>,
-    watch: Option<bool>,
-    watch_interval: Option<String>,
-    #[serde(default)]
-    modules: BTreeMap<String, toml::Table>,
-}
+/// How one setting is read from text (a file value, an environment variable, a flag).
+type Setter = fn(&mut HostConfig, &str) -> Result<(), String>;
 
-const FILE_FIELDS: &[&str] = &[
-    "listen",
-    "modules_dir",
-    "data_dir",
-    "strict",
-    "log_format",
-    "shutdown_timeout",
-    "init_timeout",
-    "request_timeout",
-    "header_read_timeout",
-    "max_body_bytes",
-    "max_response_bytes",
-    "trusted_keys",
-    "require_signatures",
-    "database_url",
-    "database_connect_timeout",
-    "database_max_connections",
-    "postgres_role_prefix",
-    "auth_signing_key",
-    "auth_token_ttl",
-    "auth_refresh_ttl",
-    "event_queue_capacity",
-    "event_max_retries",
-    "event_retry_backoff",
-    "event_handler_timeout",
-    "cache_max_bytes",
-    "cache_default_ttl",
-    "watch",
-    "watch_interval",
-    "modules",
+/// Every setting, by the name it has in the file; its environment variable is
+/// `MODHOST_<NAME>`. The one list of settings: the file, the environment and the
+/// command line all go through it.
+const SETTINGS: &[(&str, Setter)] = &[
+    ("listen", |c, v| {
+        c.listen = v
+            .parse()
+            .map_err(|_| "expected an address such as 127.0.0.1:8080".to_string())?;
+        Ok(())
+    }),
+    ("modules_dir", |c, v| {
+        c.modules_dir = PathBuf::from(v);
+        Ok(())
+    }),
+    ("data_dir", |c, v| {
+        c.data_dir = PathBuf::from(v);
+        Ok(())
+    }),
+    ("strict", |c, v| {
+        c.strict = parse_bool(v)?;
+        Ok(())
+    }),
+    ("log_format", |c, v| {
+        c.log_format = match v {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err("expected text or json".into()),
+        };
+        Ok(())
+    }),
+    ("shutdown_timeout", |c, v| {
+        c.shutdown_timeout = parse_duration(v)?;
+        Ok(())
+    }),
+    ("init_timeout", |c, v| {
+        c.init_timeout = parse_duration(v)?;
+        Ok(())
+    }),
+    ("request_timeout", |c, v| {
+        c.request_timeout = parse_duration(v)?;
+        Ok(())
+    }),
+    ("header_read_timeout", |c, v| {
+        c.header_read_timeout = parse_duration(v)?;
+        Ok(())
+    }),
+    ("max_body_bytes", |c, v| {
+        c.max_body_bytes = parse_bytes(v)?;
+        Ok(())
+    }),
+    ("max_response_bytes", |c, v| {
+        c.max_response_bytes = parse_bytes(v)?;
+        Ok(())
+    }),
+    ("trusted_keys", |c, v| {
+        c.trusted_keys = parse_keys(v)?;
+        Ok(())
+    }),
+    ("require_signatures", |c, v| {
+        c.require_signatures = parse_bool(v)?;
+        Ok(())
+    }),
+    ("database_url", |c, v| {
+        c.database_url = Some(v.trim().to_string()).filter(|url| !url.is_empty());
+        Ok(())
+    }),
+    ("database_connect_timeout", |c, v| {
+        c.database_connect_timeout = parse_duration(v)?;
+        Ok(())
+    }),
+    ("database_max_connections", |c, v| {
+        c.database_max_connections = parse_positive(v)?;
+        Ok(())
+    }),
+    ("postgres_role_prefix", |c, v| {
+        let ok = v
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+        if !ok || v.is_empty() {
+            return Err("use a-z, 0-9 and _ only".into());
+        }
+        c.postgres_role_prefix = v.to_string();
+        Ok(())
+    }),
+    ("auth_signing_key", |c, v| {
+        crate::core::tokens::SigningKey::from_hex(v)?;
+        c.auth.signing_key = Some(v.trim().to_string());
+        Ok(())
+    }),
+    ("auth_token_ttl", |c, v| {
+        c.auth.access_ttl = parse_duration(v)?;
+        Ok(())
+    }),
+    ("auth_refresh_ttl", |c, v| {
+        c.auth.refresh_ttl = parse_duration(v)?;
+        Ok(())
+    }),
+    ("event_queue_capacity", |c, v| {
+        c.events.queue_capacity = parse_positive(v)?;
+        Ok(())
+    }),
+    ("event_max_retries", |c, v| {
+        c.events.max_retries = v.parse().map_err(|_| "expected a number".to_string())?;
+        Ok(())
+    }),
+    ("event_retry_backoff", |c, v| {
+        c.events.retry_backoff = parse_duration(v)?;
+        Ok(())
+    }),
+    ("event_handler_timeout", |c, v| {
+        c.events.handler_timeout = parse_duration(v)?;
+        Ok(())
+    }),
+    ("cache_max_bytes", |c, v| {
+        c.cache_max_bytes = parse_bytes(v)?;
+        Ok(())
+    }),
+    ("cache_default_ttl", |c, v| {
+        c.cache_default_ttl = parse_duration(v)?;
+        Ok(())
+    }),
+    ("watch", |c, v| {
+        c.watch = parse_bool(v)?;
+        Ok(())
+    }),
+    ("watch_interval", |c, v| {
+        c.watch_interval = parse_duration(v)?;
+        Ok(())
+    }),
 ];
+
+/// The file's table of per-module overrides.
+const MODULES_TABLE: &str = "modules";
+
+/// Every name a config file may use at its top level.
+fn file_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&str> = SETTINGS.iter().map(|(name, _)| *name).collect();
+    keys.push(MODULES_TABLE);
+    keys
+}
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -220,95 +265,83 @@ impl HostConfig {
                 path: path.to_path_buf(),
                 source,
             })?;
-            let parsed: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
                 path: path.to_path_buf(),
                 message: describe_toml_error(&e, &text),
             })?;
-            cfg.apply_file(parsed, &path.display().to_string())?;
+            cfg.apply_file(table, &text, path)?;
         }
         cfg.apply_env(env)?;
         Ok(cfg)
     }
 
-    fn apply_file(&mut self, f: FileConfig, origin: &str) -> Result<(), ConfigError> {
-        let set = |field: &str, value: Option<String>| -> Option<(String, String)> {
-            value.map(|v| (field.to_string(), v))
+    fn apply_file(
+        &mut self,
+        table: toml::Table,
+        text_of_file: &str,
+        path: &Path,
+    ) -> Result<(), ConfigError> {
+        let origin = path.display().to_string();
+        for (key, value) in table {
+            if key == MODULES_TABLE {
+                self.apply_module_tables(value, &origin)?;
+                continue;
+            }
+            if !SETTINGS.iter().any(|(name, _)| *name == key) {
+                let hint = crate::module::manifest::did_you_mean(&key, &file_keys())
+                    .map(|best| format!(" (did you mean `{best}`?)"))
+                    .unwrap_or_default();
+                let at = key_position(&text_of_file, &key)
+                    .map(|(line, column)| format!("line {line}, column {column}: "))
+                    .unwrap_or_default();
+                return Err(ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: format!("{at}unknown field `{key}`{hint}"),
+                });
+            }
+            let Some(text) = setting_text(&value) else {
+                return Err(ConfigError::Value {
+                    origin,
+                    field: key,
+                    value: value.type_str().to_string(),
+                    why: "expected a string, number, boolean or a list of them".into(),
+                });
+            };
+            let origin = match key_position(&text_of_file, &key) {
+                Some((line, column)) => format!("{origin}, line {line}, column {column}"),
+                None => origin.clone(),
+            };
+            self.set(&key, &text, &origin)?;
+        }
+        Ok(())
+    }
+
+    fn apply_module_tables(&mut self, value: toml::Value, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: String, why: String| ConfigError::Value {
+            origin: origin.to_string(),
+            field,
+            value: String::new(),
+            why,
         };
-        for (field, value) in [
-            set("listen", f.listen),
-            set("shutdown_timeout", f.shutdown_timeout),
-            set("init_timeout", f.init_timeout),
-            set("request_timeout", f.request_timeout),
-            set("header_read_timeout", f.header_read_timeout),
-            set("database_url", f.database_url),
-            set(
-                "max_response_bytes",
-                f.max_response_bytes.map(|n| n.to_string()),
-            ),
-            set("trusted_keys", f.trusted_keys.map(|k| k.join(","))),
-            set(
-                "require_signatures",
-                f.require_signatures.map(|b| b.to_string()),
-            ),
-            set("database_connect_timeout", f.database_connect_timeout),
-            set(
-                "database_max_connections",
-                f.database_max_connections.map(|n| n.to_string()),
-            ),
-            set("postgres_role_prefix", f.postgres_role_prefix),
-            set("auth_signing_key", f.auth_signing_key),
-            set("auth_token_ttl", f.auth_token_ttl),
-            set("auth_refresh_ttl", f.auth_refresh_ttl),
-            set(
-                "event_queue_capacity",
-                f.event_queue_capacity.map(|n| n.to_string()),
-            ),
-            set(
-                "event_max_retries",
-                f.event_max_retries.map(|n| n.to_string()),
-            ),
-            set("event_retry_backoff", f.event_retry_backoff),
-            set("event_handler_timeout", f.event_handler_timeout),
-            set("cache_max_bytes", f.cache_max_bytes.map(|n| n.to_string())),
-            set("cache_default_ttl", f.cache_default_ttl),
-            set("watch", f.watch.map(|w| w.to_string())),
-            set("watch_interval", f.watch_interval),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            self.set(&field, &value, origin)?;
-        }
-        if let Some(v) = f.modules_dir {
-            self.modules_dir = v;
-        }
-        if let Some(v) = f.data_dir {
-            self.data_dir = v;
-        }
-        if let Some(v) = f.strict {
-            self.strict = v;
-        }
-        if let Some(v) = f.log_format {
-            self.log_format = v;
-        }
-        if let Some(v) = f.max_body_bytes {
-            self.max_body_bytes = v;
-        }
-        for (module, table) in f.modules {
-            let value = serde_json::to_value(&table).map_err(|e| ConfigError::Value {
-                origin: origin.to_string(),
-                field: format!("modules.{module}"),
-                value: String::new(),
-                why: e.to_string(),
-            })?;
+        let toml::Value::Table(modules) = value else {
+            return Err(invalid(
+                MODULES_TABLE.into(),
+                "expected tables such as [modules.hello]".into(),
+            ));
+        };
+        for (module, table) in modules {
+            let field = format!("{MODULES_TABLE}.{module}");
+            if !table.is_table() {
+                return Err(invalid(field, "expected a table".into()));
+            }
+            let value = serde_json::to_value(&table).map_err(|e| invalid(field, e.to_string()))?;
             self.module_overrides.insert(module, value);
         }
         Ok(())
     }
 
     fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        // Every setting of the file except the per-module tables has a variable.
-        for field in FILE_FIELDS.iter().copied().filter(|f| *f != "modules") {
+        for (field, _) in SETTINGS {
             let var = format!("MODHOST_{}", field.to_uppercase());
             if let Some(value) = env(&var) {
                 self.set(field, &value, &format!("environment variable {var}"))?;
@@ -317,7 +350,8 @@ impl HostConfig {
         Ok(())
     }
 
-    /// Sets one field from text (env var or flag), naming `origin` in errors.
+    /// Sets one setting from text (file value, env var or flag), naming `origin` in
+    /// errors.
     pub fn set(&mut self, field: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
         let shown = if field == "auth_signing_key" {
             "<hidden>"
@@ -330,114 +364,10 @@ impl HostConfig {
             value: shown.to_string(),
             why,
         };
-        match field {
-            "listen" => {
-                self.listen = value
-                    .parse()
-                    .map_err(|_| bad("expected an address such as 127.0.0.1:8080".into()))?
-            }
-            "modules_dir" => self.modules_dir = PathBuf::from(value),
-            "data_dir" => self.data_dir = PathBuf::from(value),
-            "strict" => self.strict = parse_bool(value).map_err(bad)?,
-            "log_format" => {
-                self.log_format = match value {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    _ => return Err(bad("expected text or json".into())),
-                }
-            }
-            "shutdown_timeout" => self.shutdown_timeout = parse_duration(value).map_err(bad)?,
-            "init_timeout" => self.init_timeout = parse_duration(value).map_err(bad)?,
-            "request_timeout" => self.request_timeout = parse_duration(value).map_err(bad)?,
-            "header_read_timeout" => {
-                self.header_read_timeout = parse_duration(value).map_err(bad)?
-            }
-            "max_body_bytes" => {
-                self.max_body_bytes = value
-                    .parse()
-                    .map_err(|_| bad("expected a number of bytes".into()))?
-            }
-            "trusted_keys" => {
-                let keys: Vec<String> = value
-                    .split(',')
-                    .map(|k| k.trim().to_lowercase())
-                    .filter(|k| !k.is_empty())
-                    .collect();
-                if let Some(bad_key) = keys
-                    .iter()
-                    .find(|k| k.len() != 64 || !k.chars().all(|c| c.is_ascii_hexdigit()))
-                {
-                    return Err(bad(format!(
-                        "`{bad_key}` is not a public key (64 hex characters from `modhost keygen`)"
-                    )));
-                }
-                self.trusted_keys = keys
-            }
-            "require_signatures" => self.require_signatures = parse_bool(value).map_err(bad)?,
-            "max_response_bytes" => {
-                self.max_response_bytes = value
-                    .parse()
-                    .map_err(|_| bad("expected a number of bytes".into()))?
-            }
-            "database_url" => {
-                self.database_url = match value.trim() {
-                    "" => None,
-                    url => Some(url.to_string()),
-                }
-            }
-            "database_connect_timeout" => {
-                self.database_connect_timeout = parse_duration(value).map_err(bad)?
-            }
-            "database_max_connections" => {
-                self.database_max_connections = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| bad("expected a positive number".into()))?
-            }
-            "postgres_role_prefix" => {
-                let ok = value
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-                if !ok || value.is_empty() {
-                    return Err(bad("use a-z, 0-9 and _ only".into()));
-                }
-                self.postgres_role_prefix = value.to_string()
-            }
-            "auth_signing_key" => {
-                crate::core::tokens::SigningKey::from_hex(value).map_err(bad)?;
-                self.auth.signing_key = Some(value.trim().to_string())
-            }
-            "auth_token_ttl" => self.auth.access_ttl = parse_duration(value).map_err(bad)?,
-            "auth_refresh_ttl" => self.auth.refresh_ttl = parse_duration(value).map_err(bad)?,
-            "event_queue_capacity" => {
-                self.events.queue_capacity = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| bad("expected a positive number".into()))?
-            }
-            "event_max_retries" => {
-                self.events.max_retries =
-                    value.parse().map_err(|_| bad("expected a number".into()))?
-            }
-            "event_retry_backoff" => {
-                self.events.retry_backoff = parse_duration(value).map_err(bad)?
-            }
-            "event_handler_timeout" => {
-                self.events.handler_timeout = parse_duration(value).map_err(bad)?
-            }
-            "cache_max_bytes" => {
-                self.cache_max_bytes = value
-                    .parse()
-                    .map_err(|_| bad("expected a number of bytes".into()))?
-            }
-            "cache_default_ttl" => self.cache_default_ttl = parse_duration(value).map_err(bad)?,
-            "watch" => self.watch = parse_bool(value).map_err(bad)?,
-            "watch_interval" => self.watch_interval = parse_duration(value).map_err(bad)?,
-            _ => return Err(bad("unknown setting".into())),
-        }
-        Ok(())
+        let Some((_, setter)) = SETTINGS.iter().find(|(name, _)| *name == field) else {
+            return Err(bad("unknown setting".into()));
+        };
+        setter(self, value).map_err(bad)
     }
 
     /// Which vendors' modules this host loads.
@@ -485,6 +415,71 @@ fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
     }
 }
 
+/// Where top-level `key` is written in the file (1-based line and column), for errors.
+fn key_position(text: &str, key: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let rest = line.trim_start();
+        let after = rest.strip_prefix(key)?.trim_start();
+        after
+            .starts_with('=')
+            .then(|| (i + 1, line.len() - rest.len() + 1))
+    })
+}
+
+/// A file value as the text its setting parses: scalars as written, lists joined with
+/// commas (as in `MODHOST_TRUSTED_KEYS`). `None` for tables and dates.
+fn setting_text(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(n) => Some(n.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                toml::Value::Array(_) => None,
+                scalar => setting_text(scalar),
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|items| items.join(",")),
+        _ => None,
+    }
+}
+
+fn parse_bytes(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of bytes".to_string())
+}
+
+fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(value: &str) -> Result<T, String> {
+    value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > T::default())
+        .ok_or_else(|| "expected a positive number".to_string())
+}
+
+/// Trusted vendor keys, comma-separated: each 64 hex characters.
+fn parse_keys(value: &str) -> Result<Vec<String>, String> {
+    let keys: Vec<String> = value
+        .split(',')
+        .map(|k| k.trim().to_lowercase())
+        .filter(|k| !k.is_empty())
+        .collect();
+    match keys
+        .iter()
+        .find(|k| crate::hex::decode_array::<32>(k).is_none())
+    {
+        Some(bad) => Err(format!(
+            "`{bad}` is not a public key (64 hex characters from `modhost keygen`)"
+        )),
+        None => Ok(keys),
+    }
+}
+
 fn parse_bool(value: &str) -> Result<bool, String> {
     match value {
         "1" | "true" | "yes" => Ok(true),
@@ -524,7 +519,7 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     }
     if let Some(rest) = message.split("unknown field `").nth(1) {
         if let Some(field) = rest.split('`').next() {
-            if let Some(best) = crate::module::manifest::did_you_mean(field, FILE_FIELDS) {
+            if let Some(best) = crate::module::manifest::did_you_mean(field, &file_keys()) {
                 message.push_str(&format!(" (did you mean `{best}`?)"));
             }
         }
@@ -577,6 +572,56 @@ mod tests {
             .to_string();
         assert!(err.contains("line 1, column 1"), "{err}");
         assert!(err.contains("did you mean `listen`?"), "{err}");
+    }
+
+    /// README's configuration block names every setting, and nothing else.
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\nlisten =")
+            .expect("README has the configuration block");
+        let block = &readme[start + 8..];
+        let block = &block[..block.find("```").expect("the block ends")];
+        let documented: Vec<&str> = block
+            .lines()
+            .take_while(|l| !l.starts_with('['))
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim()))
+            .collect();
+        let names: Vec<&str> = SETTINGS.iter().map(|(name, _)| *name).collect();
+        for name in &names {
+            assert!(
+                documented.contains(name),
+                "README does not document `{name}`"
+            );
+        }
+        for name in &documented {
+            assert!(
+                names.contains(name),
+                "README documents `{name}`, which is no setting"
+            );
+        }
+        for name in &names {
+            let env = format!("MODHOST_{}", name.to_uppercase());
+            assert!(block.contains(&env), "README does not name {env}");
+        }
+    }
+
+    #[test]
+    fn a_file_value_of_the_wrong_kind_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("modhost.toml");
+        std::fs::write(&path, "# comment\n  strict = \"maybe\"\n").unwrap();
+        let err = HostConfig::load(Some(&path), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2, column 3"), "{err}");
+        assert!(err.contains("`strict`"), "{err}");
+        std::fs::write(&path, "trusted_keys = [\"nothex\"]\n").unwrap();
+        let err = HostConfig::load(Some(&path), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a public key"), "{err}");
     }
 
     #[test]
