@@ -291,7 +291,7 @@ impl HostConfig {
                 let hint = crate::module::manifest::did_you_mean(&key, &file_keys())
                     .map(|best| format!(" (did you mean `{best}`?)"))
                     .unwrap_or_default();
-                let at = key_position(&text_of_file, &key)
+                let at = key_position(text_of_file, &key)
                     .map(|(line, column)| format!("line {line}, column {column}: "))
                     .unwrap_or_default();
                 return Err(ConfigError::Parse {
@@ -307,7 +307,7 @@ impl HostConfig {
                     why: "expected a string, number, boolean or a list of them".into(),
                 });
             };
-            let origin = match key_position(&text_of_file, &key) {
+            let origin = match key_position(text_of_file, &key) {
                 Some((line, column)) => format!("{origin}, line {line}, column {column}"),
                 None => origin.clone(),
             };
