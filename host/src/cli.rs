@@ -1,19 +1,14 @@
-//! The command line: `modhost run | check | list | graph`, and the one top-level error
-//! report.
+//! The command line of the `modhost` binary: its arguments (clap), the configuration
+//! they build, the one top-level error report and the exit code. What each command does
+//! is library code (`modhost::app`).
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::config::{ConfigError, HostConfig, LogFormat};
-use crate::http::server;
-use crate::logging;
-use crate::module::inspect::Inspection;
-use crate::module::loader::RuntimeDir;
-use crate::runtime::lifecycle::{BootError, Host};
+use modhost::app::{self, AppError};
+use modhost::config::{HostConfig, LogFormat};
+use modhost::logging;
+use modhost::module::inspect::Inspection;
 
 /// modhost: a host for modules shipped as native shared libraries.
 #[derive(Debug, Parser)]
@@ -21,7 +16,7 @@ use crate::runtime::lifecycle::{BootError, Host};
 pub struct Cli {
     /// Log format (also MODHOST_LOG_FORMAT); filter with RUST_LOG, e.g. RUST_LOG=debug.
     #[arg(long, global = true, value_enum)]
-    log_format: Option<LogFormat>,
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
 }
@@ -177,61 +172,36 @@ struct GraphArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum GraphFormat {
     Dot,
     Mermaid,
-}
-
-/// Everything that can end a command with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Boot(#[from] BootError),
-    #[error(transparent)]
-    Discovery(#[from] crate::module::discovery::DiscoveryError),
-    #[error("cannot listen on {addr}: {source}; is another process using it? pass --listen ADDR")]
-    Listen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
-    #[error("{0} problem(s) found")]
-    CheckFailed(usize),
-    #[error("cannot create a scratch directory for loading libraries: {0}")]
-    Scratch(std::io::Error),
-    #[error(transparent)]
-    Database(#[from] crate::data::database::DbSetupError),
-    #[error(transparent)]
-    CoreSetup(#[from] crate::core::CoreSetupError),
-    #[error("{0}")]
-    Core(#[from] crate::core::CoreError),
-    #[error("{0}")]
-    Usage(String),
 }
 
 /// Runs the command line; the binary's `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = |k: &str| std::env::var(k).ok();
-    let format = cli
-        .log_format
-        .or_else(|| match env("MODHOST_LOG_FORMAT").as_deref() {
-            Some("json") => Some(LogFormat::Json),
-            _ => None,
-        })
-        .unwrap_or(LogFormat::Text);
+    let format = match cli.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None if env("MODHOST_LOG_FORMAT").as_deref() == Some("json") => LogFormat::Json,
+        None => LogFormat::Text,
+    };
     let target = match cli.command {
         Command::Run(_) => logging::LogTarget::Stdout,
         _ => logging::LogTarget::Stderr,
     };
     logging::init(format, target);
     match run_command(cli.command, &env) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
         // `check` has already listed the problems.
-        Err(CliError::CheckFailed(_)) => ExitCode::FAILURE,
+        Ok(Outcome::ProblemsFound) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("modhost: error: {e}");
             ExitCode::FAILURE
@@ -239,34 +209,62 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run_command(command: Command, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+/// How a command that did not fail ended.
+enum Outcome {
+    Done,
+    /// `check` found and printed problems: exit 1.
+    ProblemsFound,
+}
+
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn run_command(command: Command, env: Env) -> Result<Outcome, AppError> {
     match command {
-        Command::Run(args) => run(args, env),
+        Command::Run(args) => app::run(run_config(args, env)?).map(|()| Outcome::Done),
         Command::Check(args) => check(args, env),
         Command::List(args) => {
             print!("{}", Inspection::of(&args.dir)?.table());
-            Ok(())
+            Ok(Outcome::Done)
         }
-        Command::Admin(cmd) => admin(cmd, env),
-        Command::Keygen(args) => keygen(&args.out),
-        Command::Sign(args) => sign(&args.dir, &args.key),
         Command::Graph(args) => {
             let inspection = Inspection::of(&args.dir)?;
             match args.format {
                 GraphFormat::Dot => print!("{}", inspection.dot()),
                 GraphFormat::Mermaid => print!("{}", inspection.mermaid()),
             }
-            Ok(())
+            Ok(Outcome::Done)
+        }
+        Command::Admin(cmd) => admin(cmd, env).map(|()| Outcome::Done),
+        Command::Keygen(args) => {
+            let keys = app::keygen(&args.out)?;
+            println!("secret key: {} (keep it private)", keys.secret.display());
+            println!("public key: {}", keys.public_key);
+            println!("operators add the public key to trusted_keys in their modhost config");
+            Ok(Outcome::Done)
+        }
+        Command::Sign(args) => {
+            let signed = app::sign(&args.dir, &args.key)?;
+            println!(
+                "signed {} ({} and {}) with key {}",
+                signed.module,
+                signed.manifest.display(),
+                signed.library.display(),
+                signed.public_key
+            );
+            Ok(Outcome::Done)
         }
     }
 }
 
-fn run(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
-    let file = args
-        .config
-        .clone()
-        .or_else(|| env("MODHOST_CONFIG").map(PathBuf::from));
-    let mut config = HostConfig::load(file.as_deref(), env)?;
+/// The config file (flag, else `MODHOST_CONFIG`), then the environment.
+fn load_config(file: Option<PathBuf>, env: Env) -> Result<HostConfig, AppError> {
+    let file = file.or_else(|| env("MODHOST_CONFIG").map(PathBuf::from));
+    Ok(HostConfig::load(file.as_deref(), env)?)
+}
+
+/// `modhost run`'s configuration: file, environment, then its flags.
+fn run_config(args: RunArgs, env: Env) -> Result<HostConfig, AppError> {
+    let mut config = load_config(args.config, env)?;
     if let Some(dir) = args.modules {
         config.modules_dir = dir;
     }
@@ -279,190 +277,79 @@ fn run(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliErr
     if let Some(url) = &args.database_url {
         config.set("database_url", url, "--database-url")?;
     }
-    if args.strict {
-        config.strict = true;
-    }
+    config.strict |= args.strict;
     if args.watch {
         config.watch = true;
     }
     if args.no_watch {
         config.watch = false;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::Runtime)?;
-    runtime.block_on(async move {
-        let addr = config.listen;
-        tracing::info!(
-            modules = %config.modules_dir.display(),
-            data = %config.data_dir.display(),
-            "modhost {} starting (plugin-api {})",
-            env!("CARGO_PKG_VERSION"),
-            modhost_plugin_api::PLUGIN_API_VERSION
-        );
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| CliError::Listen { addr, source })?;
-        let host = Host::boot(config).await?;
-        let local = listener.local_addr().unwrap_or(addr);
-        let report = host.report();
-        let running = report.iter().filter(|m| m.state == "started").count();
-        tracing::info!(%local, running, failed = report.len() - running, "modhost ready on http://{local}");
-        if host.config.watch {
-            tracing::info!(interval = ?host.config.watch_interval, "watching the modules directory for changes");
-            crate::runtime::watch::spawn(host.clone(), host.config.watch_interval);
-        }
-        server::serve(host, listener, server::shutdown_signal())
-            .await
-            .map_err(|source| CliError::Listen { addr, source })
-    })
+    Ok(config)
 }
 
-fn admin(cmd: AdminCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+fn admin(cmd: AdminCommand, env: Env) -> Result<(), AppError> {
     let data = match &cmd {
         AdminCommand::CreateUser(a) => &a.data,
         AdminCommand::Token(a) => &a.data,
     };
-    let file = data
-        .config
-        .clone()
-        .or_else(|| env("MODHOST_CONFIG").map(PathBuf::from));
-    let mut config = HostConfig::load(file.as_deref(), env)?;
+    let mut config = load_config(data.config.clone(), env)?;
     if let Some(dir) = &data.data_dir {
         config.data_dir = dir.clone();
     }
     if let Some(url) = &data.database_url {
         config.set("database_url", url, "--database-url")?;
     }
-    let password = match &cmd {
-        AdminCommand::CreateUser(a) if a.password_stdin => {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map_err(|e| {
-                CliError::Usage(format!("cannot read the password from stdin: {e}"))
-            })?;
-            Some(line.trim_end_matches(['\r', '\n']).to_string())
-        }
-        _ => None,
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::Runtime)?;
-    runtime.block_on(async move {
-        let databases = crate::data::database::Databases::connect(&config.database()).await?;
-        let core = crate::core::Core::open(databases.core(), config.auth.clone()).await?;
-        match cmd {
-            AdminCommand::CreateUser(a) => {
-                let generated = password.is_none();
-                let password = password.unwrap_or_else(|| crate::random::random_hex(10));
-                let user = core
-                    .create_user("console", &a.email, &password, &a.display_name)
-                    .await?;
-                for role in &a.roles {
-                    core.assign_role("console", &user.id, role).await?;
-                }
-                println!(
-                    "created user {} ({}) with roles [{}]",
-                    user.email,
-                    user.id,
-                    a.roles.join(", ")
-                );
-                if generated {
-                    println!("password: {password}");
-                }
-                Ok(())
+    match cmd {
+        AdminCommand::CreateUser(a) => {
+            let password = match a.password_stdin {
+                true => Some(read_password()?),
+                false => None,
+            };
+            let created = app::create_user(&config, &a.email, &a.roles, password, &a.display_name)?;
+            println!(
+                "created user {} ({}) with roles [{}]",
+                created.user.email,
+                created.user.id,
+                a.roles.join(", ")
+            );
+            if let Some(password) = created.generated_password {
+                println!("password: {password}");
             }
-            AdminCommand::Token(a) => {
-                let ttl = crate::config::parse_duration(&a.ttl)
-                    .map_err(|e| CliError::Usage(format!("--ttl {}: {e}", a.ttl)))?;
-                println!("{}", core.console_token(ttl));
-                Ok(())
-            }
+            Ok(())
         }
-    })
-}
-
-fn keygen(out: &Path) -> Result<(), CliError> {
-    let (secret, public) = crate::module::signing::keygen();
-    let io =
-        |e: std::io::Error| CliError::Usage(format!("cannot write keys to {}: {e}", out.display()));
-    std::fs::create_dir_all(out).map_err(io)?;
-    let secret_path = out.join("vendor.key");
-    write_secret(&secret_path, &format!("{secret}\n")).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => CliError::Usage(format!(
-            "{} exists; refusing to overwrite a key (move it away or pick another --out)",
-            secret_path.display()
-        )),
-        _ => io(e),
-    })?;
-    std::fs::write(out.join("vendor.pub"), format!("{public}\n")).map_err(io)?;
-    println!("secret key: {} (keep it private)", secret_path.display());
-    println!("public key: {public}");
-    println!("operators add the public key to trusted_keys in their modhost config");
-    Ok(())
-}
-
-/// Creates `path` holding `text`, readable by its owner only from the first byte, and
-/// never over an existing file.
-fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+        AdminCommand::Token(a) => {
+            let ttl = modhost::config::parse_duration(&a.ttl)
+                .map_err(|e| AppError::Usage(format!("--ttl {}: {e}", a.ttl)))?;
+            println!("{}", app::console_token(&config, ttl)?);
+            Ok(())
+        }
     }
-    let mut file = options.open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
 }
 
-fn sign(dir: &Path, key: &Path) -> Result<(), CliError> {
-    let found = crate::module::discovery::discover_one(dir)
-        .map_err(|(_, e)| CliError::Usage(e.to_string()))?
-        .ok_or_else(|| CliError::Usage(format!("{} has no module.yaml", dir.display())))?;
-    let public = crate::module::signing::sign(dir, &found.manifest_path, &found.library, key)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-    println!(
-        "signed {} ({} and {}) with key {public}",
-        found.manifest.name,
-        found.manifest_path.display(),
-        found.library.display()
-    );
-    Ok(())
+/// One line from standard input, without its line ending.
+fn read_password() -> Result<String, AppError> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| AppError::Usage(format!("cannot read the password from stdin: {e}")))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-fn check(args: CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
-    let file = args
-        .config
-        .clone()
-        .or_else(|| env("MODHOST_CONFIG").map(PathBuf::from));
-    let config = HostConfig::load(file.as_deref(), env)?;
+fn check(args: CheckArgs, env: Env) -> Result<Outcome, AppError> {
+    let config = load_config(args.config, env)?;
     let mut policy = config.trust_policy();
     policy.trusted_keys.extend(args.trusted_keys);
     policy.require_signatures |= args.require_signatures;
-    let dir = args.dir.as_path();
-    let inspection = Inspection::of(dir)?;
-    let scratch = std::env::temp_dir().join(format!("modhost-check-{}", std::process::id()));
-    let runtime = RuntimeDir::create(&scratch).map_err(CliError::Scratch)?;
-    let problems = inspection.problems(Some((&runtime, &policy)));
-    runtime.remove();
-    let _ = std::fs::remove_dir_all(&scratch);
-    let modules = inspection.discovery.modules.len() + inspection.discovery.problems.len();
-    for p in &problems {
-        println!("error: {p}");
+    let report = app::check(&args.dir, &policy)?;
+    let (dir, modules) = (args.dir.display(), report.modules);
+    for problem in &report.problems {
+        println!("error: {problem}");
     }
-    if problems.is_empty() {
-        println!("ok: {modules} module(s) in {}, no problems", dir.display());
-        Ok(())
-    } else {
-        println!(
-            "{} problem(s) in {modules} module(s) in {}",
-            problems.len(),
-            dir.display()
-        );
-        Err(CliError::CheckFailed(problems.len()))
+    if report.problems.is_empty() {
+        println!("ok: {modules} module(s) in {dir}, no problems");
+        return Ok(Outcome::Done);
     }
+    let count = report.problems.len();
+    println!("{count} problem(s) in {modules} module(s) in {dir}");
+    Ok(Outcome::ProblemsFound)
 }

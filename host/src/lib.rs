@@ -1,7 +1,8 @@
 //! # modhost
 //!
 //! The host that loads modules shipped as native shared libraries. The `modhost` binary
-//! is a thin shell over [`cli`]. The folders follow the pipeline a module goes through:
+//! parses its command line and calls [`app`], which holds what each command does. The
+//! folders follow the pipeline a module goes through:
 //!
 //! - [`module`]: **find → check → resolve → load** (manifests, discovery, library
 //!   checks, signatures, dependency order, abi_stable loading);
@@ -19,17 +20,17 @@
 //! Dependencies point one way: `http` → `runtime` → `module`, `data`, `routes` and the
 //! ports; none of those uses `runtime` or `http`. `docs/architecture.md` draws it.
 
-pub mod cache;
-pub mod cli;
+pub mod app;
+pub(crate) mod cache;
 pub mod config;
 pub mod core;
-pub mod data;
+pub(crate) mod data;
 pub mod events;
-pub mod hex;
-pub mod http;
+pub(crate) mod hex;
+pub(crate) mod http;
 pub mod logging;
 pub mod module;
-pub mod random;
+pub(crate) mod random;
 pub mod routes;
 pub mod runtime;
 pub mod services;

@@ -1,5 +1,7 @@
-//! The `modhost` binary: a thin shell over the library's CLI.
+//! The `modhost` binary: the command line (`cli.rs`) over the library's `app` calls.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    modhost::cli::main()
+    cli::main()
 }

@@ -8,12 +8,12 @@
 //! `tokens.rs` (JWT), `identity.rs`, `authz.rs`, `audit.rs`, `auth.rs` (login, refresh,
 //! revoke, authenticate), `api.rs` (HTTP), `calls.rs` (the handles modules get).
 
-pub mod api;
+pub(crate) mod api;
 pub mod audit;
-pub mod audit_limit;
+pub(crate) mod audit_limit;
 pub mod auth;
 pub mod authz;
-pub mod calls;
+pub(crate) mod calls;
 pub mod identity;
 pub mod tokens;
 

@@ -219,14 +219,6 @@ impl Databases {
         }
     }
 
-    /// Which backend is in use.
-    pub fn backend(&self) -> BackendKind {
-        match self {
-            Databases::Sqlite { .. } => BackendKind::Sqlite,
-            Databases::Postgres { .. } => BackendKind::Postgres,
-        }
-    }
-
     /// A description for the startup log (no passwords).
     pub fn describe(&self) -> String {
         match self {

@@ -12,9 +12,9 @@
 
 pub mod discovery;
 pub mod inspect;
-pub mod library_file;
+pub(crate) mod library_file;
 pub mod loader;
 pub mod manifest;
-pub mod permissions;
+pub(crate) mod permissions;
 pub mod resolve;
-pub mod signing;
+pub(crate) mod signing;

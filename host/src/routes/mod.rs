@@ -7,6 +7,6 @@
 //!
 //! May use: the plugin API's handler type. Must not use `runtime/` or `http/`.
 
-pub mod metrics;
-pub mod pattern;
+pub(crate) mod metrics;
+pub(crate) mod pattern;
 pub mod table;

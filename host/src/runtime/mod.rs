@@ -14,7 +14,7 @@
 //! never the reverse.
 
 pub mod lifecycle;
-pub mod module_handle;
-pub mod platform;
+pub(crate) mod module_handle;
+pub(crate) mod platform;
 pub mod reload;
-pub mod watch;
+pub(crate) mod watch;

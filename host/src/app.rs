@@ -1,0 +1,234 @@
+//! What each `modhost` command does, as library calls. The binary (`main.rs` and its
+//! `cli.rs`) parses the command line, builds a [`HostConfig`], calls one of these and
+//! prints the result; everything else happens here.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use modhost_plugin_api::UserInfo;
+
+use crate::config::{ConfigError, HostConfig};
+use crate::core::{Core, CoreError, CoreSetupError};
+use crate::data::database::{Databases, DbSetupError};
+use crate::http::server;
+use crate::module::discovery::{discover_one, DiscoveryError};
+use crate::module::inspect::Inspection;
+use crate::module::loader::RuntimeDir;
+use crate::module::signing::{self, TrustPolicy};
+use crate::runtime::lifecycle::{BootError, Host};
+
+/// Everything that can end a command with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("cannot listen on {addr}: {source}; is another process using it? pass --listen ADDR")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot create a scratch directory for loading libraries: {0}")]
+    Scratch(std::io::Error),
+    #[error(transparent)]
+    Database(#[from] DbSetupError),
+    #[error(transparent)]
+    CoreSetup(#[from] CoreSetupError),
+    #[error("{0}")]
+    Core(#[from] CoreError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Loads the modules and serves HTTP until SIGINT or SIGTERM (`modhost run`).
+pub fn run(config: HostConfig) -> Result<(), AppError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)?;
+    runtime.block_on(async move {
+        let addr = config.listen;
+        tracing::info!(
+            modules = %config.modules_dir.display(),
+            data = %config.data_dir.display(),
+            "modhost {} starting (plugin-api {})",
+            env!("CARGO_PKG_VERSION"),
+            modhost_plugin_api::PLUGIN_API_VERSION
+        );
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Listen { addr, source })?;
+        let host = Host::boot(config).await?;
+        let local = listener.local_addr().unwrap_or(addr);
+        let report = host.report();
+        let running = report.iter().filter(|m| m.state == "started").count();
+        tracing::info!(%local, running, failed = report.len() - running, "modhost ready on http://{local}");
+        if host.config.watch {
+            tracing::info!(interval = ?host.config.watch_interval, "watching the modules directory for changes");
+            crate::runtime::watch::spawn(host.clone(), host.config.watch_interval);
+        }
+        server::serve(host, listener, server::shutdown_signal())
+            .await
+            .map_err(|source| AppError::Listen { addr, source })
+    })
+}
+
+/// What `modhost check` found.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// Module folders seen (valid or not).
+    pub modules: usize,
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+/// Checks a modules directory: manifests, the dependency graph, and each library's
+/// signature and integrity under `policy`, then its ABI (`modhost check`). No module
+/// code runs: a library is loaded only once it passed the checks, and no entry point
+/// is called.
+pub fn check(dir: &Path, policy: &TrustPolicy) -> Result<CheckReport, AppError> {
+    let inspection = Inspection::of(dir)?;
+    let scratch = std::env::temp_dir().join(format!("modhost-check-{}", std::process::id()));
+    let runtime = RuntimeDir::create(&scratch).map_err(AppError::Scratch)?;
+    let problems = inspection.problems(Some((&runtime, policy)));
+    runtime.remove();
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(CheckReport {
+        modules: inspection.discovery.modules.len() + inspection.discovery.problems.len(),
+        problems,
+    })
+}
+
+/// A user made by [`create_user`].
+#[derive(Debug)]
+pub struct CreatedUser {
+    pub user: UserInfo,
+    /// The password, when it was generated rather than given.
+    pub generated_password: Option<String>,
+}
+
+/// Creates a user with `roles` in the host's data (`modhost admin create-user`).
+/// Without `password`, a random one is generated and returned.
+pub fn create_user(
+    config: &HostConfig,
+    email: &str,
+    roles: &[String],
+    password: Option<String>,
+    display_name: &str,
+) -> Result<CreatedUser, AppError> {
+    with_core(config, |core| async move {
+        let generated_password = password.is_none().then(|| crate::random::random_hex(10));
+        let password = password.or_else(|| generated_password.clone());
+        let password = password.unwrap_or_default();
+        let user = core
+            .create_user("console", email, &password, display_name)
+            .await?;
+        for role in roles {
+            core.assign_role("console", &user.id, role).await?;
+        }
+        Ok(CreatedUser {
+            user,
+            generated_password,
+        })
+    })
+}
+
+/// A token holding every permission, valid for `ttl` (`modhost admin token`).
+pub fn console_token(config: &HostConfig, ttl: Duration) -> Result<String, AppError> {
+    with_core(config, |core| async move { Ok(core.console_token(ttl)) })
+}
+
+/// Opens the host's core area on a small runtime of its own and runs `work` on it.
+fn with_core<T, F, Fut>(config: &HostConfig, work: F) -> Result<T, AppError>
+where
+    F: FnOnce(std::sync::Arc<Core>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, AppError>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)?;
+    runtime.block_on(async move {
+        let databases = Databases::connect(&config.database()).await?;
+        let core = Core::open(databases.core(), config.auth.clone()).await?;
+        work(std::sync::Arc::new(core)).await
+    })
+}
+
+/// The files [`keygen`] wrote.
+#[derive(Debug)]
+pub struct KeyFiles {
+    /// The secret key file (mode 0600).
+    pub secret: PathBuf,
+    /// The public key, hex (also written to `vendor.pub`).
+    pub public_key: String,
+}
+
+/// Creates a vendor key pair in `out`: `vendor.key` (secret, readable by its owner only
+/// from its first byte, never over an existing file) and `vendor.pub`.
+pub fn keygen(out: &Path) -> Result<KeyFiles, AppError> {
+    let (secret, public_key) = signing::keygen();
+    let io =
+        |e: std::io::Error| AppError::Usage(format!("cannot write keys to {}: {e}", out.display()));
+    std::fs::create_dir_all(out).map_err(io)?;
+    let secret_path = out.join("vendor.key");
+    write_secret(&secret_path, &format!("{secret}\n")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => AppError::Usage(format!(
+            "{} exists; refusing to overwrite a key (move it away or pick another --out)",
+            secret_path.display()
+        )),
+        _ => io(e),
+    })?;
+    std::fs::write(out.join("vendor.pub"), format!("{public_key}\n")).map_err(io)?;
+    Ok(KeyFiles {
+        secret: secret_path,
+        public_key,
+    })
+}
+
+/// Creates `path` holding `text`, readable by its owner only from the first byte, and
+/// never over an existing file.
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+/// A module signed by [`sign`].
+#[derive(Debug)]
+pub struct Signed {
+    pub module: String,
+    pub manifest: PathBuf,
+    pub library: PathBuf,
+    pub public_key: String,
+}
+
+/// Signs the module folder `dir` with the secret key in `key` (writes `module.sig`).
+pub fn sign(dir: &Path, key: &Path) -> Result<Signed, AppError> {
+    let found = discover_one(dir)
+        .map_err(|(_, e)| AppError::Usage(e.to_string()))?
+        .ok_or_else(|| AppError::Usage(format!("{} has no module.yaml", dir.display())))?;
+    let public_key = signing::sign(dir, &found.manifest_path, &found.library, key)
+        .map_err(|e| AppError::Usage(e.to_string()))?;
+    Ok(Signed {
+        module: found.manifest.name.to_string(),
+        manifest: found.manifest_path,
+        library: found.library,
+        public_key,
+    })
+}
