@@ -56,7 +56,7 @@ pub struct Endpoint {
     pub op: Op,
 }
 
-const fn ep(
+const fn endpoint(
     method: &'static str,
     path: &'static str,
     access: Access<'static>,
@@ -80,7 +80,7 @@ use Access::{Authenticated, Permission, Public};
 
 /// Every core endpoint.
 pub const ENDPOINTS: &[Endpoint] = &[
-    ep(
+    endpoint(
         "POST",
         "/api/v1/auth/login",
         Public,
@@ -89,7 +89,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::Login,
     ),
-    ep(
+    endpoint(
         "POST",
         "/api/v1/auth/refresh",
         Public,
@@ -98,7 +98,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::Refresh,
     ),
-    ep(
+    endpoint(
         "POST",
         "/api/v1/auth/revoke",
         Authenticated,
@@ -107,7 +107,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::Revoke,
     ),
-    ep(
+    endpoint(
         "GET",
         "/api/v1/auth/me",
         Authenticated,
@@ -116,7 +116,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::Me,
     ),
-    ep(
+    endpoint(
         "POST",
         "/api/v1/identity/users",
         Permission("core.user.create"),
@@ -129,7 +129,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::CreateUser,
     ),
-    ep(
+    endpoint(
         "GET",
         "/api/v1/identity/users",
         Permission("core.user.read"),
@@ -142,7 +142,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         ],
         Op::ListUsers,
     ),
-    ep(
+    endpoint(
         "GET",
         "/api/v1/identity/users/{id}",
         Permission("core.user.read"),
@@ -151,7 +151,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::GetUser,
     ),
-    ep(
+    endpoint(
         "POST",
         "/api/v1/identity/users/{id}/disable",
         Permission("core.user.disable"),
@@ -160,7 +160,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::DisableUser,
     ),
-    ep(
+    endpoint(
         "GET",
         "/api/v1/authz/roles",
         Permission("core.role.read"),
@@ -169,7 +169,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::ListRoles,
     ),
-    ep(
+    endpoint(
         "POST",
         "/api/v1/authz/roles",
         Permission("core.role.write"),
@@ -182,7 +182,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::CreateRole,
     ),
-    ep(
+    endpoint(
         "PUT",
         "/api/v1/authz/roles/{name}",
         Permission("core.role.write"),
@@ -191,7 +191,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::UpdateRole,
     ),
-    ep(
+    endpoint(
         "DELETE",
         "/api/v1/authz/roles/{name}",
         Permission("core.role.write"),
@@ -200,7 +200,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::DeleteRole,
     ),
-    ep(
+    endpoint(
         "POST",
         "/api/v1/authz/users/{id}/roles",
         Permission("core.role.assign"),
@@ -209,7 +209,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::AssignRole,
     ),
-    ep(
+    endpoint(
         "DELETE",
         "/api/v1/authz/users/{id}/roles/{role}",
         Permission("core.role.assign"),
@@ -218,7 +218,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::UnassignRole,
     ),
-    ep(
+    endpoint(
         "GET",
         "/api/v1/authz/check",
         Permission("core.role.read"),
@@ -227,7 +227,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[("user_id", "string"), ("permission", "string")],
         Op::Check,
     ),
-    ep(
+    endpoint(
         "GET",
         "/api/v1/authz/permissions",
         Permission("core.role.read"),
@@ -236,7 +236,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         Op::Permissions,
     ),
-    ep(
+    endpoint(
         "GET",
         "/api/v1/audit",
         Permission("core.audit.read"),
@@ -262,44 +262,69 @@ pub const CORE_NAMESPACES: &[&str] = &["auth", "identity", "authz", "audit"];
 /// A status and JSON body.
 pub type Reply = (u16, serde_json::Value);
 
-fn err(e: CoreError) -> Reply {
+fn error_reply(e: CoreError) -> Reply {
     (e.status(), json!({ "error": e.to_string() }))
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Reply> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| (400, json!({ "error": format!("invalid JSON body: {e}") })))
+fn bad_request(message: &str) -> Reply {
+    (400, json!({ "error": message }))
 }
 
-fn j<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> &'a str {
-    params
-        .iter()
-        .find(|(k, _)| k == name)
-        .map_or("", |(_, v)| v.as_str())
+/// What an endpoint's operation gets from its request.
+pub struct CoreRequest<'a> {
+    /// Path parameters.
+    pub params: &'a [(String, String)],
+    /// Decoded query pairs.
+    pub query: &'a [(String, String)],
+    pub body: &'a [u8],
+    /// The authenticated caller, if any.
+    pub user: Option<&'a AuthUser>,
+    /// The token presented, if any.
+    pub bearer: Option<&'a str>,
 }
 
-fn query(pairs: &[(String, String)], name: &str) -> Option<String> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-}
+impl CoreRequest<'_> {
+    fn param(&self, name: &str) -> &str {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
 
-fn query_int(pairs: &[(String, String)], name: &str) -> Result<Option<i64>, Reply> {
-    query(pairs, name)
-        .map(|v| {
-            v.parse::<i64>().map_err(|_| {
-                (
-                    400,
-                    json!({ "error": format!("{name} must be an integer") }),
-                )
+    fn query(&self, name: &str) -> Option<String> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn query_int(&self, name: &str) -> Result<Option<i64>, Reply> {
+        self.query(name)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| bad_request(&format!("{name} must be an integer")))
             })
-        })
-        .transpose()
+            .transpose()
+    }
+
+    fn body<T: serde::de::DeserializeOwned>(&self) -> Result<T, Reply> {
+        serde_json::from_slice(self.body)
+            .map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
+    }
+
+    /// Who acts, for the audit log.
+    fn actor(&self) -> &str {
+        self.user.map_or("anonymous", |u| u.id.as_str())
+    }
+
+    fn caller(&self) -> Result<&AuthUser, Reply> {
+        self.user
+            .ok_or_else(|| error_reply(CoreError::Unauthorized("authentication required".into())))
+    }
 }
 
 #[derive(Deserialize)]
@@ -345,158 +370,159 @@ struct Assign {
     role: String,
 }
 
-/// Runs an endpoint's operation. `user` is the authenticated caller (if any),
-/// `bearer` the token presented.
-pub async fn run(
-    core: &Core,
-    op: Op,
-    params: &[(String, String)],
-    query_pairs: &[(String, String)],
-    bytes: &[u8],
-    user: Option<&AuthUser>,
-    bearer: Option<&str>,
-) -> Reply {
-    match run_inner(core, op, params, query_pairs, bytes, user, bearer).await {
-        Ok(reply) => reply,
-        Err(reply) => reply,
+/// Runs an endpoint's operation.
+pub async fn run(core: &Core, op: Op, req: &CoreRequest<'_>) -> Reply {
+    let result = match op {
+        Op::Login | Op::Refresh | Op::Revoke | Op::Me => auth(core, op, req).await,
+        Op::CreateUser | Op::ListUsers | Op::GetUser | Op::DisableUser => {
+            identity(core, op, req).await
+        }
+        Op::ListRoles
+        | Op::CreateRole
+        | Op::UpdateRole
+        | Op::DeleteRole
+        | Op::AssignRole
+        | Op::UnassignRole
+        | Op::Check
+        | Op::Permissions => authz(core, op, req).await,
+        Op::Audit => audit(core, req).await,
+    };
+    result.unwrap_or_else(|reply| reply)
+}
+
+async fn auth(core: &Core, op: Op, req: &CoreRequest<'_>) -> Result<Reply, Reply> {
+    match op {
+        Op::Login => {
+            let login: Login = req.body()?;
+            let pair = core.login(&login.email, &login.password).await;
+            Ok((200, to_json(&pair.map_err(error_reply)?)))
+        }
+        Op::Refresh => {
+            let refresh: Refresh = req.body()?;
+            let pair = core.refresh(&refresh.refresh_token).await;
+            Ok((200, to_json(&pair.map_err(error_reply)?)))
+        }
+        Op::Revoke => {
+            let revoke: Revoke = match req.body.is_empty() {
+                true => Revoke::default(),
+                false => req.body()?,
+            };
+            let caller = req.caller()?;
+            let token = revoke.token.as_deref().or(req.bearer).unwrap_or_default();
+            core.revoke(caller, token).await.map_err(error_reply)?;
+            Ok((200, json!({ "revoked": true })))
+        }
+        _ => {
+            let u = req.caller()?;
+            Ok((
+                200,
+                json!({ "id": u.id, "email": u.email, "permissions": u.permissions, "expires_at": u.expires_at }),
+            ))
+        }
     }
 }
 
-async fn run_inner(
-    core: &Core,
-    op: Op,
-    params: &[(String, String)],
-    q: &[(String, String)],
-    bytes: &[u8],
-    user: Option<&AuthUser>,
-    bearer: Option<&str>,
-) -> Result<Reply, Reply> {
-    let actor = user.map_or("anonymous", |u| u.id.as_str());
-    let ok = |v: serde_json::Value| Ok((200, v));
-    match op {
-        Op::Login => {
-            let b: Login = body(bytes)?;
-            ok(j(&core.login(&b.email, &b.password).await.map_err(err)?))
-        }
-        Op::Refresh => {
-            let b: Refresh = body(bytes)?;
-            ok(j(&core.refresh(&b.refresh_token).await.map_err(err)?))
-        }
-        Op::Revoke => {
-            let b: Revoke = if bytes.is_empty() {
-                Revoke::default()
-            } else {
-                body(bytes)?
-            };
-            let Some(caller) = user else {
-                return Err(err(CoreError::Unauthorized(
-                    "authentication required".into(),
-                )));
-            };
-            let token = b.token.as_deref().or(bearer).unwrap_or_default();
-            core.revoke(caller, token).await.map_err(err)?;
-            ok(json!({ "revoked": true }))
-        }
-        Op::Me => {
-            let Some(u) = user else {
-                return Err(err(CoreError::Unauthorized(
-                    "authentication required".into(),
-                )));
-            };
-            ok(
-                json!({ "id": u.id, "email": u.email, "permissions": u.permissions, "expires_at": u.expires_at }),
-            )
-        }
+async fn identity(core: &Core, op: Op, req: &CoreRequest<'_>) -> Result<Reply, Reply> {
+    let id = req.param("id");
+    let found = match op {
         Op::CreateUser => {
-            let b: NewUser = body(bytes)?;
+            let user: NewUser = req.body()?;
             let created = core
-                .create_user(actor, &b.email, &b.password, &b.display_name)
+                .create_user(req.actor(), &user.email, &user.password, &user.display_name)
                 .await
-                .map_err(err)?;
-            Ok((201, j(&created)))
+                .map_err(error_reply)?;
+            return Ok((201, to_json(&created)));
         }
-        Op::ListUsers => {
-            if let Some(email) = query(q, "email") {
-                return ok(j(&vec![core.find_by_email(&email).await.map_err(err)?]));
+        Op::ListUsers => match req.query("email") {
+            Some(email) => core.find_by_email(&email).await.map(|u| vec![u]),
+            None => {
+                let limit = req.query_int("limit")?.unwrap_or(100);
+                let after = req.query("after");
+                core.list_users(limit, after.as_deref()).await
             }
-            let limit = query_int(q, "limit")?.unwrap_or(100);
-            ok(j(&core
-                .list_users(limit, query(q, "after").as_deref())
-                .await
-                .map_err(err)?))
         }
-        Op::GetUser => ok(j(&core.get_user(param(params, "id")).await.map_err(err)?)),
-        Op::DisableUser => ok(j(&core
-            .disable_user(actor, param(params, "id"))
+        .map(|users| to_json(&users)),
+        Op::GetUser => core.get_user(id).await.map(|u| to_json(&u)),
+        _ => core
+            .disable_user(req.actor(), id)
             .await
-            .map_err(err)?)),
-        Op::ListRoles => ok(j(&core.roles().await.map_err(err)?)),
+            .map(|u| to_json(&u)),
+    };
+    Ok((200, found.map_err(error_reply)?))
+}
+
+async fn authz(core: &Core, op: Op, req: &CoreRequest<'_>) -> Result<Reply, Reply> {
+    let actor = req.actor();
+    let value = match op {
+        Op::ListRoles => to_json(&core.roles().await.map_err(error_reply)?),
         Op::CreateRole => {
-            let b: NewRole = body(bytes)?;
-            let role = core
-                .create_role(actor, &b.name, &b.description, &b.permissions)
+            let role: NewRole = req.body()?;
+            let created = core
+                .create_role(actor, &role.name, &role.description, &role.permissions)
                 .await
-                .map_err(err)?;
-            Ok((201, j(&role)))
+                .map_err(error_reply)?;
+            return Ok((201, to_json(&created)));
         }
         Op::UpdateRole => {
-            let b: RolePermissions = body(bytes)?;
-            ok(j(&core
-                .set_role_permissions(actor, param(params, "name"), &b.permissions)
-                .await
-                .map_err(err)?))
+            let update: RolePermissions = req.body()?;
+            let name = req.param("name");
+            let role = core
+                .set_role_permissions(actor, name, &update.permissions)
+                .await;
+            to_json(&role.map_err(error_reply)?)
         }
         Op::DeleteRole => {
-            core.delete_role(actor, param(params, "name"))
-                .await
-                .map_err(err)?;
-            ok(json!({ "deleted": param(params, "name") }))
+            let name = req.param("name");
+            core.delete_role(actor, name).await.map_err(error_reply)?;
+            json!({ "deleted": name })
         }
         Op::AssignRole => {
-            let b: Assign = body(bytes)?;
-            core.assign_role(actor, param(params, "id"), &b.role)
+            let assign: Assign = req.body()?;
+            let user_id = req.param("id");
+            core.assign_role(actor, user_id, &assign.role)
                 .await
-                .map_err(err)?;
-            ok(json!({ "user_id": param(params, "id"), "role": b.role }))
+                .map_err(error_reply)?;
+            json!({ "user_id": user_id, "role": assign.role })
         }
         Op::UnassignRole => {
-            core.unassign_role(actor, param(params, "id"), param(params, "role"))
+            let (user_id, role) = (req.param("id"), req.param("role"));
+            core.unassign_role(actor, user_id, role)
                 .await
-                .map_err(err)?;
-            ok(json!({ "user_id": param(params, "id"), "removed": param(params, "role") }))
+                .map_err(error_reply)?;
+            json!({ "user_id": user_id, "removed": role })
         }
         Op::Check => {
-            let (Some(user_id), Some(permission)) = (query(q, "user_id"), query(q, "permission"))
+            let (Some(user_id), Some(permission)) = (req.query("user_id"), req.query("permission"))
             else {
-                return Err((
-                    400,
-                    json!({ "error": "user_id and permission are required query parameters" }),
+                return Err(bad_request(
+                    "user_id and permission are required query parameters",
                 ));
             };
-            ok(
-                json!({ "user_id": user_id, "permission": permission, "allowed": core.check(&user_id, &permission).await.map_err(err)? }),
-            )
+            let allowed = core
+                .check(&user_id, &permission)
+                .await
+                .map_err(error_reply)?;
+            json!({ "user_id": user_id, "permission": permission, "allowed": allowed })
         }
-        Op::Permissions => {
-            let by_module = core
-                .permissions
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .by_module();
-            ok(j(&by_module))
+        _ => {
+            let registry = core.permissions.read().unwrap_or_else(|p| p.into_inner());
+            to_json(&registry.by_module())
         }
-        Op::Audit => {
-            let filter = AuditFilter {
-                actor: query(q, "actor"),
-                module: query(q, "module"),
-                action: query(q, "action"),
-                outcome: query(q, "outcome"),
-                since: query(q, "since"),
-                until: query(q, "until"),
-                before: query_int(q, "before")?,
-                limit: query_int(q, "limit")?,
-            };
-            ok(j(&core.audit_query(&filter).await.map_err(err)?))
-        }
-    }
+    };
+    Ok((200, value))
+}
+
+async fn audit(core: &Core, req: &CoreRequest<'_>) -> Result<Reply, Reply> {
+    let filter = AuditFilter {
+        actor: req.query("actor"),
+        module: req.query("module"),
+        action: req.query("action"),
+        outcome: req.query("outcome"),
+        since: req.query("since"),
+        until: req.query("until"),
+        before: req.query_int("before")?,
+        limit: req.query_int("limit")?,
+    };
+    let entries = core.audit_query(&filter).await.map_err(error_reply)?;
+    Ok((200, to_json(&entries)))
 }

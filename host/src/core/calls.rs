@@ -13,7 +13,7 @@ use super::{
 };
 
 /// A failed call: a kind from `call_error` and a message.
-pub type CallFailure = (u8, String);
+pub use crate::services::CallFailure;
 
 fn parse<T: DeserializeOwned>(service: &str, request: &str) -> Result<T, CallFailure> {
     serde_json::from_str(request).map_err(|e| {

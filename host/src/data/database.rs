@@ -259,13 +259,6 @@ impl Databases {
                     module: module.to_string(),
                     why,
                 };
-                if matches!(module, "public" | "core" | "information_schema")
-                    || module.starts_with("pg_")
-                {
-                    return Err(fail(format!(
-                        "`{module}` is reserved in PostgreSQL; rename the module"
-                    )));
-                }
                 let role = format!("{role_prefix}{module}");
                 if role.len() > 63 {
                     return Err(fail(format!(

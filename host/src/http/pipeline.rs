@@ -61,16 +61,14 @@ async fn guarded(
                 ..Default::default()
             }
             .query_pairs();
-            let (status, value) = core::api::run(
-                &host.core,
-                endpoint.op,
-                &params,
-                &query,
-                &bytes,
-                user.as_ref(),
-                bearer.as_deref(),
-            )
-            .await;
+            let request = core::api::CoreRequest {
+                params: &params,
+                query: &query,
+                body: &bytes,
+                user: user.as_ref(),
+                bearer: bearer.as_deref(),
+            };
+            let (status, value) = core::api::run(&host.core, endpoint.op, &request).await;
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             json_response(status, &value)
         }

@@ -65,9 +65,17 @@ pub struct Manifest {
     pub source_sha256: String,
 }
 
-/// Module names the host keeps for itself (its API namespaces and database areas).
+/// Module names the host keeps for itself (its API namespaces and database areas) or
+/// that PostgreSQL keeps (schema names; `pg_*` too, see [`ModuleName::parse`]).
 pub const RESERVED_NAMES: &[&str] = &[
-    "core", "auth", "identity", "authz", "audit", "admin", "public",
+    "core",
+    "auth",
+    "identity",
+    "authz",
+    "audit",
+    "admin",
+    "public",
+    "information_schema",
 ];
 
 /// The fields a manifest may have, for "did you mean" hints.
@@ -93,9 +101,9 @@ pub struct ModuleName(String);
 impl ModuleName {
     /// Validates `name`.
     pub fn parse(name: &str) -> Result<Self, String> {
-        if RESERVED_NAMES.contains(&name) {
+        if RESERVED_NAMES.contains(&name) || name.starts_with("pg_") {
             return Err(format!(
-                "module name `{name}` is reserved for the host ({}); pick another name",
+                "module name `{name}` is reserved for the host or its database ({}, pg_*); pick another name",
                 RESERVED_NAMES.join(", ")
             ));
         }

@@ -59,36 +59,93 @@ pub struct Resolution {
     pub failed: BTreeMap<usize, ResolveError>,
 }
 
+/// Whether a dependency edge must be satisfied for its dependent to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Need {
+    Required,
+    Optional,
+}
+
+/// Nodes are indices into the modules; an edge runs from a dependency to its dependent.
+type DependencyGraph = Graph<usize, Need>;
+
 /// Resolves `modules`: see the file's doc comment.
 pub fn resolve(modules: &[ModuleSpec<'_>]) -> Resolution {
     let mut failed: BTreeMap<usize, ResolveError> = BTreeMap::new();
+    let by_name = index_by_name(modules);
+    fail_duplicates(modules, &by_name, &mut failed);
+    let (graph, nodes) = dependency_graph(modules, &by_name, &mut failed);
+    let on_cycle = fail_cycles(&graph, modules, &mut failed);
+    let (order, reached) = load_order(&graph, &nodes, modules, &on_cycle, &mut failed);
+    // Dependents of modules on a cycle were never reached by the ordering.
+    for (i, m) in modules.iter().enumerate() {
+        if !on_cycle[i] && !failed.contains_key(&i) && !reached[i] {
+            let dep = m
+                .dependencies
+                .keys()
+                .find(|d| {
+                    by_name
+                        .get(d.as_str())
+                        .is_some_and(|t| t.iter().any(|&t| failed.contains_key(&t)))
+                })
+                .map(|d| d.to_string())
+                .unwrap_or_default();
+            failed.insert(
+                i,
+                ResolveError::DependencyFailed {
+                    module: m.name.to_string(),
+                    dependency: dep,
+                },
+            );
+        }
+    }
+    Resolution { order, failed }
+}
 
-    // Duplicates: every module sharing a name fails, naming all their folders.
+/// Module indices by name (several for a duplicated name).
+fn index_by_name<'a>(modules: &[ModuleSpec<'a>]) -> HashMap<&'a str, Vec<usize>> {
     let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, m) in modules.iter().enumerate() {
         by_name.entry(m.name).or_default().push(i);
     }
-    for (name, idxs) in &by_name {
-        if idxs.len() > 1 {
-            let mut paths: Vec<PathBuf> = idxs
-                .iter()
-                .map(|&i| modules[i].origin.to_path_buf())
-                .collect();
-            paths.sort();
-            for &i in idxs {
-                failed.insert(
-                    i,
-                    ResolveError::Duplicate {
-                        name: name.to_string(),
-                        paths: paths.clone(),
-                    },
-                );
-            }
+    by_name
+}
+
+/// Every module sharing a name fails, naming all their folders.
+fn fail_duplicates(
+    modules: &[ModuleSpec<'_>],
+    by_name: &HashMap<&str, Vec<usize>>,
+    failed: &mut BTreeMap<usize, ResolveError>,
+) {
+    for (name, idxs) in by_name {
+        if idxs.len() < 2 {
+            continue;
+        }
+        let mut paths: Vec<PathBuf> = idxs
+            .iter()
+            .map(|&i| modules[i].origin.to_path_buf())
+            .collect();
+        paths.sort();
+        for &i in idxs {
+            failed.insert(
+                i,
+                ResolveError::Duplicate {
+                    name: name.to_string(),
+                    paths: paths.clone(),
+                },
+            );
         }
     }
+}
 
-    // The graph: an edge dependency -> dependent for every present, matching dependency.
-    let mut graph: Graph<usize, bool> = Graph::with_capacity(modules.len(), modules.len());
+/// An edge dependency → dependent for every present, matching dependency; a missing
+/// (required), ambiguous or mismatched one fails its dependent instead.
+fn dependency_graph(
+    modules: &[ModuleSpec<'_>],
+    by_name: &HashMap<&str, Vec<usize>>,
+    failed: &mut BTreeMap<usize, ResolveError>,
+) -> (DependencyGraph, Vec<NodeIndex>) {
+    let mut graph = DependencyGraph::with_capacity(modules.len(), modules.len());
     let nodes: Vec<NodeIndex> = (0..modules.len()).map(|i| graph.add_node(i)).collect();
     for (i, m) in modules.iter().enumerate() {
         for (dep_name, dep) in m.dependencies {
@@ -120,26 +177,48 @@ pub fn resolve(modules: &[ModuleSpec<'_>]) -> Resolution {
                 });
                 continue;
             }
-            graph.add_edge(nodes[target], nodes[i], dep.optional);
+            let need = match dep.optional {
+                true => Need::Optional,
+                false => Need::Required,
+            };
+            graph.add_edge(nodes[target], nodes[i], need);
         }
     }
+    (graph, nodes)
+}
 
-    // Cycles: every module on a cycle fails, with the cycle spelled out.
+/// Every module on a cycle fails, with the cycle spelled out; returns who is on one.
+fn fail_cycles(
+    graph: &DependencyGraph,
+    modules: &[ModuleSpec<'_>],
+    failed: &mut BTreeMap<usize, ResolveError>,
+) -> Vec<bool> {
     let mut on_cycle = vec![false; modules.len()];
-    for scc in tarjan_scc(&graph) {
+    for scc in tarjan_scc(graph) {
         let is_cycle = scc.len() > 1 || graph.contains_edge(scc[0], scc[0]);
         if !is_cycle {
             continue;
         }
-        let path = cycle_path(&graph, &scc, modules);
+        let path = cycle_path(graph, &scc, modules);
         for n in scc {
             let i = graph[n];
             on_cycle[i] = true;
             failed.insert(i, ResolveError::Cycle { path: path.clone() });
         }
     }
+    on_cycle
+}
 
-    // Kahn's algorithm over the rest, smallest name first among the ready ones.
+/// Kahn's algorithm over the modules off cycles, smallest name first among the ready
+/// ones, so the order is the same on every run. A module whose required dependency
+/// failed fails too. Returns the order and which modules were reached.
+fn load_order(
+    graph: &DependencyGraph,
+    nodes: &[NodeIndex],
+    modules: &[ModuleSpec<'_>],
+    on_cycle: &[bool],
+    failed: &mut BTreeMap<usize, ResolveError>,
+) -> (Vec<usize>, Vec<bool>) {
     let mut indegree: Vec<usize> = vec![0; modules.len()];
     for e in graph.edge_indices() {
         if let Some((from, to)) = graph.edge_endpoints(e) {
@@ -159,70 +238,53 @@ pub fn resolve(modules: &[ModuleSpec<'_>]) -> Resolution {
     while let Some(Reverse((name, i))) = ready.pop() {
         reached[i] = true;
         if !failed.contains_key(&i) {
-            // A required dependency that failed fails this module too.
-            let mut deps: Vec<(&str, bool)> = graph
-                .edges_directed(nodes[i], Direction::Incoming)
-                .filter(|e| failed.contains_key(&graph[petgraph::visit::EdgeRef::source(e)]))
-                .map(|e| {
-                    (
-                        modules[graph[petgraph::visit::EdgeRef::source(&e)]].name,
-                        *e.weight(),
-                    )
-                })
-                .collect();
-            deps.sort();
-            if let Some((dep, _)) = deps.iter().find(|(_, optional)| !optional) {
-                failed.insert(
-                    i,
-                    ResolveError::DependencyFailed {
-                        module: name.to_string(),
-                        dependency: dep.to_string(),
-                    },
-                );
-            } else {
-                order.push(i);
+            match failed_requirement(graph, nodes[i], modules, failed) {
+                Some(dependency) => {
+                    failed.insert(
+                        i,
+                        ResolveError::DependencyFailed {
+                            module: name.to_string(),
+                            dependency,
+                        },
+                    );
+                }
+                None => order.push(i),
             }
         }
         for next in graph.neighbors_directed(nodes[i], Direction::Outgoing) {
-            let j = graph[next];
-            if on_cycle[j] {
+            let dependent = graph[next];
+            if on_cycle[dependent] {
                 continue;
             }
-            indegree[j] -= 1;
-            if indegree[j] == 0 {
-                ready.push(Reverse((modules[j].name, j)));
+            indegree[dependent] -= 1;
+            if indegree[dependent] == 0 {
+                ready.push(Reverse((modules[dependent].name, dependent)));
             }
         }
     }
-    // Dependents of modules on a cycle were never reached above.
-    for (i, m) in modules.iter().enumerate() {
-        if !on_cycle[i] && !failed.contains_key(&i) && !reached[i] {
-            let dep = m
-                .dependencies
-                .keys()
-                .find(|d| {
-                    by_name
-                        .get(d.as_str())
-                        .is_some_and(|t| t.iter().any(|&t| failed.contains_key(&t)))
-                })
-                .map(|d| d.to_string())
-                .unwrap_or_default();
-            failed.insert(
-                i,
-                ResolveError::DependencyFailed {
-                    module: m.name.to_string(),
-                    dependency: dep,
-                },
-            );
-        }
-    }
-    Resolution { order, failed }
+    (order, reached)
+}
+
+/// The first (by name) required dependency of `node` that failed.
+fn failed_requirement(
+    graph: &DependencyGraph,
+    node: NodeIndex,
+    modules: &[ModuleSpec<'_>],
+    failed: &BTreeMap<usize, ResolveError>,
+) -> Option<String> {
+    use petgraph::visit::EdgeRef as _;
+    graph
+        .edges_directed(node, Direction::Incoming)
+        .filter(|e| *e.weight() == Need::Required && failed.contains_key(&graph[e.source()]))
+        .map(|e| modules[graph[e.source()]].name)
+        .min()
+        .map(str::to_string)
 }
 
 /// One cycle through `scc`, as module names from the smallest name back to itself,
 /// following "depends on" edges: `a -> b -> a` means a depends on b and b on a.
 fn cycle_path(
-    graph: &Graph<usize, bool>,
+    graph: &DependencyGraph,
     scc: &[NodeIndex],
     modules: &[ModuleSpec<'_>],
 ) -> Vec<String> {

@@ -29,12 +29,12 @@ use crate::core::{audit::Audit, Core, CoreSetupError};
 use crate::data::database::{Databases, DbSetupError};
 use crate::data::db_handle::AreaDatabase;
 use crate::data::migrations;
-use crate::events::{memory::InProcessBus, DeadLetter, EventBus};
-use crate::module::discovery::DiscoveryError;
+use crate::events::{memory::InProcessBus, DeadLetter, DeadLetterSink, EventBus};
+use crate::module::discovery::{Discovery, DiscoveryError};
 use crate::module::inspect::Inspection;
-use crate::module::loader::{load_verified, RuntimeDir};
+use crate::module::loader::{load_verified, LoadedLibrary, RuntimeDir};
 use crate::module::manifest::{Dependency, Manifest, ModuleName};
-use crate::module::resolve::ResolveError;
+use crate::module::resolve::{Resolution, ResolveError};
 use crate::routes::metrics::Metrics;
 use crate::routes::table::{Route, RouteError, RouteInfo, RouteTable};
 use crate::runtime::module_handle::{ModuleHandle, ModuleRules, Registrations};
@@ -234,40 +234,7 @@ impl Host {
             resolution,
         } = Inspection::of(&config.modules_dir)?;
 
-        let mut ordered = Vec::new();
-        let mut failed = Vec::new();
-        for problem in discovery.problems {
-            let mut e = ModuleEntry::new(problem.label, problem.dir);
-            e.state = ModuleState::Failed(problem.error.to_string());
-            failed.push(e);
-        }
-        let mut by_index: BTreeMap<usize, ModuleEntry> = BTreeMap::new();
-        for (i, m) in discovery.modules.into_iter().enumerate() {
-            let mut e = ModuleEntry::new(m.manifest.name.to_string(), m.dir);
-            e.version = Some(m.manifest.version.clone());
-            e.library = Some(m.library);
-            e.manifest = Some(m.manifest);
-            e.state = ModuleState::Resolved;
-            by_index.insert(i, e);
-        }
-        for (i, err) in &resolution.failed {
-            if let Some(mut e) = by_index.remove(i) {
-                e.waiting_for = match err {
-                    ResolveError::Missing { dependency, .. }
-                    | ResolveError::DependencyFailed { dependency, .. } => Some(dependency.clone()),
-                    _ => None,
-                };
-                e.state = ModuleState::Failed(err.to_string());
-                failed.push(e);
-            }
-        }
-        for (pos, i) in resolution.order.iter().enumerate() {
-            if let Some(mut e) = by_index.remove(i) {
-                e.load_order = Some(pos);
-                ordered.push(e);
-            }
-        }
-        failed.sort_by(|a, b| a.name.cmp(&b.name));
+        let (mut entries, failed) = module_entries(discovery, resolution);
         for e in &failed {
             if let ModuleState::Failed(reason) = &e.state {
                 tracing::error!(module = %e.name, dir = %e.dir.display(), "module failed: {reason}");
@@ -275,25 +242,16 @@ impl Host {
                 core.record(entry.outcome("failure").detail(reason)).await;
             }
         }
-        let count = ordered.len();
-        ordered.extend(failed);
-        let audit_core = core.clone();
-        let sink = Arc::new(move |d: DeadLetter| {
-            let core = audit_core.clone();
-            tokio::spawn(async move {
-                let target = format!("{} #{}", d.topic, d.event_id);
-                let detail = format!("{} attempt(s): {}", d.attempts, d.error);
-                let entry = Audit::new("system", "event.dead_letter", &target).module(&d.module);
-                core.record(entry.outcome("failure").detail(&detail)).await;
-            });
-        });
+        let count = entries.len();
+        entries.extend(failed);
+        let sink = audit_dead_letters(core.clone());
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(config.events.clone(), sink));
         let (cache_max_bytes, cache_ttl) = (config.cache_max_bytes, config.cache_default_ttl);
         let host = Arc::new(Host {
             config,
             core,
             metrics: Arc::new(Metrics::default()),
-            modules: Mutex::new(ordered),
+            modules: Mutex::new(entries),
             routes: RwLock::new(Arc::new(RouteTable::default())),
             runtime,
             databases,
@@ -435,62 +393,17 @@ impl Host {
         manifest: &Manifest,
     ) -> Result<Prepared, String> {
         let name = manifest.name.to_string();
-        let declared: Vec<String> = manifest
-            .permissions
-            .iter()
-            .map(|p| p.as_str().to_string())
-            .collect();
+        let rules = ModuleRules::of(manifest);
         self.core
             .permissions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .register(&name, declared.clone())
+            .register(&name, rules.permissions.iter().cloned())
             .map_err(|e| e.to_string())?;
-        let rules = ModuleRules {
-            permissions: declared.into_iter().collect(),
-            public: manifest
-                .public_routes
-                .iter()
-                .filter_map(|r| r.split_once(' '))
-                .map(|(m, p)| (m.to_string(), p.to_string()))
-                .collect(),
-            publishes: manifest
-                .events
-                .publishes
-                .iter()
-                .map(|t| t.as_str().to_string())
-                .collect(),
-            subscribes: manifest
-                .events
-                .subscribes
-                .iter()
-                .map(|t| t.as_str().to_string())
-                .collect(),
-            provides: manifest
-                .services
-                .iter()
-                .map(|s| s.as_str().to_string())
-                .collect(),
-            dependencies: manifest
-                .dependencies
-                .keys()
-                .map(|d| d.to_string())
-                .collect(),
-        };
         let started = Instant::now();
-        let loaded = {
-            let (host, dir, manifest) = (self.clone(), dir.to_path_buf(), manifest.clone());
-            let (library, policy) = (library.to_path_buf(), self.config.trust_policy());
-            // Reading, hashing and copying the library and dlopen block: keep them off
-            // the runtime's workers, which serve requests meanwhile.
-            tokio::task::spawn_blocking(move || {
-                load_verified(&dir, &manifest, &library, &policy, &host.runtime)
-            })
-            .await
-            .map_err(|e| format!("loading the library failed: {e}"))?
-            .map_err(|e| e.to_string())?
-        };
-        let forget_copy = |why: String| {
+        let loaded = self.load_off_runtime(dir, library, manifest).await?;
+        // From here on, a failure also deletes the runtime copy just made.
+        let discard_copy = |why: String| {
             let _ = std::fs::remove_file(&loaded.runtime_path);
             why
         };
@@ -498,15 +411,15 @@ impl Host {
             .databases
             .for_module(&name)
             .await
-            .map_err(|e| forget_copy(e.to_string()))?;
+            .map_err(|e| discard_copy(e.to_string()))?;
         match migrations::apply(&pool, dir).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(module = %name, applied = n, "migrations applied"),
-            Err(e) => return Err(forget_copy(e.to_string())),
+            Err(e) => return Err(discard_copy(e.to_string())),
         }
         let module = match (loaded.root.new_module())() {
             RResult::ROk(m) => Arc::new(m),
-            RResult::RErr(e) => return Err(forget_copy(e.into_string())),
+            RResult::RErr(e) => return Err(discard_copy(e.into_string())),
         };
         let handle = ModuleHandle::new(
             &name,
@@ -514,46 +427,10 @@ impl Host {
             rules.clone(),
             Arc::downgrade(self) as Weak<dyn Platform>,
         );
-        let config = self.config.module_config(&name, &manifest.config);
-        let ctx = FfiInitContext {
-            module_name: name.as_str().into(),
-            config_json: config.to_string().into(),
-            host: handle.to_ffi(),
-        };
-        let result = call_plugin(module.init(ctx), self.config.init_timeout, &handle).await;
-        let registrations = handle.take_registrations();
-        if let Err(why) = result {
-            return Err(forget_copy(format!("init failed: {why}")));
-        }
-        if !registrations.errors.is_empty() {
-            return Err(forget_copy(format!(
-                "init failed: {}",
-                registrations.errors.join("; ")
-            )));
-        }
-        let unregistered: Vec<String> = rules
-            .public
-            .iter()
-            .filter(|(m, p)| {
-                !registrations
-                    .routes
-                    .iter()
-                    .any(|r| &r.info.method == m && &r.info.path == p)
-            })
-            .map(|(m, p)| {
-                RouteError::PublicNotRegistered {
-                    method: m.clone(),
-                    path: p.clone(),
-                }
-                .to_string()
-            })
-            .collect();
-        if !unregistered.is_empty() {
-            return Err(forget_copy(format!(
-                "init failed: {}",
-                unregistered.join("; ")
-            )));
-        }
+        let registrations = self
+            .init_instance(&module, &handle, manifest)
+            .await
+            .map_err(|why| discard_copy(format!("init failed: {why}")))?;
         Ok(Prepared {
             manifest: manifest.clone(),
             library: library.to_path_buf(),
@@ -564,6 +441,70 @@ impl Host {
             plugin_api_version: loaded.plugin_api_version,
             load_time: started.elapsed(),
         })
+    }
+
+    /// Verifies and loads the library on a blocking thread: reading, hashing and
+    /// copying it and dlopen block, and the runtime's workers serve requests meanwhile.
+    async fn load_off_runtime(
+        self: &Arc<Self>,
+        dir: &Path,
+        library: &Path,
+        manifest: &Manifest,
+    ) -> Result<LoadedLibrary, String> {
+        let (host, dir, manifest) = (self.clone(), dir.to_path_buf(), manifest.clone());
+        let (library, policy) = (library.to_path_buf(), self.config.trust_policy());
+        tokio::task::spawn_blocking(move || {
+            load_verified(&dir, &manifest, &library, &policy, &host.runtime)
+        })
+        .await
+        .map_err(|e| format!("loading the library failed: {e}"))?
+        .map_err(|e| e.to_string())
+    }
+
+    /// Runs the module's `init` and checks what it registered against its manifest.
+    async fn init_instance(
+        &self,
+        module: &FfiModuleBox,
+        handle: &ModuleHandle,
+        manifest: &Manifest,
+    ) -> Result<Registrations, String> {
+        let name = manifest.name.as_str();
+        let ctx = FfiInitContext {
+            module_name: name.into(),
+            config_json: self
+                .config
+                .module_config(name, &manifest.config)
+                .to_string()
+                .into(),
+            host: handle.to_ffi(),
+        };
+        let result = call_plugin(module.init(ctx), self.config.init_timeout, handle).await;
+        let registrations = handle.take_registrations();
+        result?;
+        let mut errors = registrations.errors.clone();
+        errors.extend(
+            handle
+                .rules()
+                .public
+                .iter()
+                .filter(|(m, p)| {
+                    !registrations
+                        .routes
+                        .iter()
+                        .any(|r| &r.info.method == m && &r.info.path == p)
+                })
+                .map(|(m, p)| {
+                    RouteError::PublicNotRegistered {
+                        method: m.clone(),
+                        path: p.clone(),
+                    }
+                    .to_string()
+                }),
+        );
+        match errors.is_empty() {
+            true => Ok(registrations),
+            false => Err(errors.join("; ")),
+        }
     }
 
     /// Makes a prepared instance the entry's current one (state `initialized`) and
@@ -691,23 +632,7 @@ impl Host {
         let mut stopped = Vec::new();
         for (idx, name, instance, handle) in running {
             self.entries()[idx].state = ModuleState::Stopping;
-            let outcome =
-                match call_plugin(instance.stop(), self.config.init_timeout, &handle).await {
-                    Ok(()) => {
-                        tracing::info!(module = %name, "module stopped");
-                        Audit::new("system", "module.stop", &name).module(&name)
-                    }
-                    Err(why) => {
-                        tracing::warn!(module = %name, "module stopped with an error: {why}");
-                        Audit::new("system", "module.stop", &name)
-                            .module(&name)
-                            .outcome("failure")
-                            .detail(&why)
-                    }
-                };
-            self.core.record(outcome).await;
-            self.bus.unsubscribe_module(&name);
-            self.services.unregister_module(&name);
+            self.stop_instance(&name, &instance, &handle).await;
             let mut entries = self.entries();
             entries[idx].state = ModuleState::Stopped;
             entries[idx].routes.clear();
@@ -715,6 +640,30 @@ impl Host {
         }
         self.runtime.remove();
         stopped
+    }
+
+    /// Runs `instance`'s `stop` (within `init_timeout`), records how it went, and takes
+    /// its subscriptions and services away. Its routes are the caller's business.
+    pub(crate) async fn stop_instance(
+        &self,
+        name: &str,
+        instance: &FfiModuleBox,
+        handle: &ModuleHandle,
+    ) {
+        let entry = Audit::new("system", "module.stop", name).module(name);
+        let entry = match call_plugin(instance.stop(), self.config.init_timeout, handle).await {
+            Ok(()) => {
+                tracing::info!(module = %name, "module stopped");
+                entry
+            }
+            Err(why) => {
+                tracing::warn!(module = %name, "module stopped with an error: {why}");
+                entry.outcome("failure").detail(&why)
+            }
+        };
+        self.core.record(entry).await;
+        self.bus.unsubscribe_module(name);
+        self.services.unregister_module(name);
     }
 
     /// Marks the host as not ready (shutdown has begun); `/readyz` turns 503.
@@ -807,6 +756,62 @@ impl Platform for Host {
     fn service_provider(&self, service: &str) -> Option<String> {
         Host::service_provider(self, service)
     }
+}
+
+/// The host's module list from a discovery and its resolution: the resolved modules in
+/// load order, and (second) those that failed, by name.
+fn module_entries(
+    discovery: Discovery,
+    resolution: Resolution,
+) -> (Vec<ModuleEntry>, Vec<ModuleEntry>) {
+    let mut failed = Vec::new();
+    for problem in discovery.problems {
+        let mut e = ModuleEntry::new(problem.label, problem.dir);
+        e.state = ModuleState::Failed(problem.error.to_string());
+        failed.push(e);
+    }
+    let mut by_index: BTreeMap<usize, ModuleEntry> = BTreeMap::new();
+    for (i, m) in discovery.modules.into_iter().enumerate() {
+        let mut e = ModuleEntry::new(m.manifest.name.to_string(), m.dir);
+        e.version = Some(m.manifest.version.clone());
+        e.library = Some(m.library);
+        e.manifest = Some(m.manifest);
+        e.state = ModuleState::Resolved;
+        by_index.insert(i, e);
+    }
+    for (i, err) in &resolution.failed {
+        if let Some(mut e) = by_index.remove(i) {
+            e.waiting_for = match err {
+                ResolveError::Missing { dependency, .. }
+                | ResolveError::DependencyFailed { dependency, .. } => Some(dependency.clone()),
+                _ => None,
+            };
+            e.state = ModuleState::Failed(err.to_string());
+            failed.push(e);
+        }
+    }
+    let mut ordered = Vec::new();
+    for (pos, i) in resolution.order.iter().enumerate() {
+        if let Some(mut e) = by_index.remove(i) {
+            e.load_order = Some(pos);
+            ordered.push(e);
+        }
+    }
+    failed.sort_by(|a, b| a.name.cmp(&b.name));
+    (ordered, failed)
+}
+
+/// Writes each dead letter to the audit log.
+fn audit_dead_letters(core: Arc<Core>) -> DeadLetterSink {
+    Arc::new(move |d: DeadLetter| {
+        let core = core.clone();
+        tokio::spawn(async move {
+            let target = format!("{} #{}", d.topic, d.event_id);
+            let detail = format!("{} attempt(s): {}", d.attempts, d.error);
+            let entry = Audit::new("system", "event.dead_letter", &target).module(&d.module);
+            core.record(entry.outcome("failure").detail(&detail)).await;
+        });
+    })
 }
 
 /// Awaits a plugin entry point with a deadline, turning errors, panics and timeouts

@@ -22,6 +22,7 @@ use modhost_plugin_api::ffi::{
 use tracing::level_filters::LevelFilter;
 
 use crate::data::db_handle::AreaDatabase;
+use crate::module::manifest::Manifest;
 use crate::routes::table::{Route, RouteError, RouteInfo};
 use crate::runtime::platform::Platform;
 
@@ -48,6 +49,42 @@ pub struct ModuleRules {
     pub dependencies: HashSet<String>,
 }
 
+impl ModuleRules {
+    /// What `manifest` allows.
+    pub fn of(manifest: &Manifest) -> Self {
+        let names = |items: &[crate::module::manifest::Permission]| {
+            items.iter().map(|p| p.as_str().to_string()).collect()
+        };
+        Self {
+            permissions: names(&manifest.permissions),
+            public: manifest
+                .public_routes
+                .iter()
+                .filter_map(|r| r.split_once(' '))
+                .map(|(m, p)| (m.to_string(), p.to_string()))
+                .collect(),
+            publishes: manifest
+                .events
+                .publishes
+                .iter()
+                .map(|t| t.as_str().to_string())
+                .collect(),
+            subscribes: manifest
+                .events
+                .subscribes
+                .iter()
+                .map(|t| t.as_str().to_string())
+                .collect(),
+            provides: names(&manifest.services),
+            dependencies: manifest
+                .dependencies
+                .keys()
+                .map(|d| d.to_string())
+                .collect(),
+        }
+    }
+}
+
 /// One module's handle.
 #[derive(Clone)]
 pub struct ModuleHandle {
@@ -62,7 +99,7 @@ pub struct ModuleHandle {
 }
 
 /// An already computed answer; `None` means the host is shutting down.
-fn answered<T: Send + 'static>(value: Option<T>) -> FfiFuture<RResult<T, FfiCallError>> {
+fn already_answered<T: Send + 'static>(value: Option<T>) -> FfiFuture<RResult<T, FfiCallError>> {
     let result = match value {
         Some(v) => RResult::ROk(v),
         None => RResult::RErr(shutting_down()),
@@ -114,6 +151,11 @@ impl ModuleHandle {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .unwrap_or_default()
+    }
+
+    /// What the module's manifest allows it.
+    pub fn rules(&self) -> &ModuleRules {
+        &self.rules
     }
 
     /// Takes the last panic message forwarded by the module, if any.
@@ -308,7 +350,7 @@ impl FfiHost for ModuleHandle {
             .host
             .upgrade()
             .map(|h| h.cache().get(&self.module, key.as_str()));
-        answered(found.map(|v| v.map(RVec::from).into()))
+        already_answered(found.map(|v| v.map(RVec::from).into()))
     }
 
     fn cache_set(
@@ -319,7 +361,7 @@ impl FfiHost for ModuleHandle {
     ) -> FfiFuture<RResult<(), FfiCallError>> {
         let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
         let host = self.host.upgrade();
-        answered(host.map(|h| {
+        already_answered(host.map(|h| {
             h.cache()
                 .set(&self.module, key.as_str(), value.into_vec(), ttl)
         }))
@@ -327,7 +369,7 @@ impl FfiHost for ModuleHandle {
 
     fn cache_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), FfiCallError>> {
         let host = self.host.upgrade();
-        answered(host.map(|h| h.cache().delete(&self.module, key.as_str())))
+        already_answered(host.map(|h| h.cache().delete(&self.module, key.as_str())))
     }
 
     fn sleep(&self, ms: u64) -> FfiFuture<()> {

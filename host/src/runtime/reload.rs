@@ -17,10 +17,13 @@ use std::{
 
 use abi_stable::std_types::{ROption, RResult};
 
+use modhost_plugin_api::ffi::FfiModuleBox;
+
 use crate::core::audit::Audit;
 use crate::module::discovery::discover_one;
 use crate::routes::table::Route;
 use crate::runtime::lifecycle::{call_plugin, Host, ModuleEntry, ModuleState};
+use crate::runtime::module_handle::ModuleHandle;
 
 /// Extra wait after a drained instance reached zero in-flight requests, for requests
 /// that looked the old route up just before the switch.
@@ -134,7 +137,7 @@ impl Host {
         }
         let prepared = self.prepare(&dir, &found.library, &manifest).await?;
         let new_runtime = prepared.runtime_path.clone();
-        let fail_new = |why: String| {
+        let refuse_new = |why: String| {
             let _ = std::fs::remove_file(&new_runtime);
             why
         };
@@ -144,7 +147,7 @@ impl Host {
             &prepared.handle,
         )
         .await
-        .map_err(|why| fail_new(format!("start failed: {why}")))?;
+        .map_err(|why| refuse_new(format!("start failed: {why}")))?;
         let (old_instance, old_handle, old_routes, old_runtime) = {
             let entries = self.entries();
             let e = &entries[idx];
@@ -156,32 +159,9 @@ impl Host {
             )
         };
         if let (Some(old), Some(old_handle)) = (&old_instance, &old_handle) {
-            let exported = tokio::time::timeout(self.config.init_timeout, old.export_state()).await;
-            let state = match exported {
-                Ok(RResult::ROk(ROption::RSome(bytes))) => Some(bytes),
-                Ok(RResult::ROk(ROption::RNone)) => None,
-                Ok(RResult::RErr(e)) => {
-                    return Err(fail_new(format!(
-                        "the running version could not export its state: {e}"
-                    )))
-                }
-                Err(_) => {
-                    return Err(fail_new(
-                        "the running version did not export its state in time".into(),
-                    ))
-                }
-            };
-            if let Some(bytes) = state {
-                call_plugin(
-                    prepared.instance.import_state(bytes),
-                    self.config.init_timeout,
-                    old_handle,
-                )
+            self.hand_over_state(old, old_handle, &prepared.instance)
                 .await
-                .map_err(|why| {
-                    fail_new(format!("the new version refused the state hand-off: {why}"))
-                })?;
-            }
+                .map_err(refuse_new)?;
         }
 
         // The switch: new subscriptions and services first, then routes, then retire the old.
@@ -211,6 +191,29 @@ impl Host {
         }
         self.revive().await;
         Ok(version)
+    }
+
+    /// Moves the running version's exported state (if it exports any) into the new one.
+    async fn hand_over_state(
+        &self,
+        old: &FfiModuleBox,
+        old_handle: &ModuleHandle,
+        new: &FfiModuleBox,
+    ) -> Result<(), String> {
+        let deadline = self.config.init_timeout;
+        let state = match tokio::time::timeout(deadline, old.export_state()).await {
+            Ok(RResult::ROk(ROption::RSome(bytes))) => bytes,
+            Ok(RResult::ROk(ROption::RNone)) => return Ok(()),
+            Ok(RResult::RErr(e)) => {
+                return Err(format!(
+                    "the running version could not export its state: {e}"
+                ))
+            }
+            Err(_) => return Err("the running version did not export its state in time".into()),
+        };
+        call_plugin(new.import_state(state), deadline, old_handle)
+            .await
+            .map_err(|why| format!("the new version refused the state hand-off: {why}"))
     }
 
     /// Waits until no request runs in `routes` (or the shutdown deadline passes).
@@ -443,14 +446,13 @@ impl Host {
         };
         self.publish_routes();
         self.drain(&routes).await;
-        if let (Some(instance), Some(handle)) = (instance, handle) {
-            if let Err(why) = call_plugin(instance.stop(), self.config.init_timeout, &handle).await
-            {
-                tracing::warn!(module = %name, "module stopped with an error: {why}");
+        match (instance, handle) {
+            (Some(instance), Some(handle)) => self.stop_instance(name, &instance, &handle).await,
+            _ => {
+                self.bus.unsubscribe_module(name);
+                self.services.unregister_module(name);
             }
         }
-        self.bus.unsubscribe_module(name);
-        self.services.unregister_module(name);
         let runtime = {
             let mut entries = self.entries();
             let e = &mut entries[idx];
@@ -465,9 +467,6 @@ impl Host {
         if let Some(path) = runtime {
             let _ = std::fs::remove_file(path);
         }
-        tracing::info!(module = %name, "module stopped");
-        let entry = Audit::new("system", "module.stop", name).module(name);
-        self.core.record(entry).await;
     }
 
     /// Starts modules that wait for a dependency that now runs, until none is left.
