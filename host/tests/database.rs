@@ -186,14 +186,8 @@ fn backends() -> Vec<Backend> {
 }
 
 fn state(host: &HostProcess, module: &str) -> (String, String) {
-    let modules = host.get("/admin/modules").json();
-    let m = modules
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == module)
-        .unwrap_or_else(|| panic!("{module} missing: {modules}"))
-        .clone();
+    let m = host.module(module);
+    assert!(!m.is_null(), "{module} is not in /admin/modules");
     (
         m["state"].as_str().unwrap_or_default().to_string(),
         m["reason"].as_str().unwrap_or_default().to_string(),

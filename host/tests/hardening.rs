@@ -9,16 +9,6 @@ use common::{lib_file, plugins, HostProcess, Modules};
 use modhost::module::loader::sha256_hex;
 use modhost::module::manifest::Manifest;
 
-fn state(host: &HostProcess, name: &str) -> serde_json::Value {
-    let all = host.get("/admin/modules").json();
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == name)
-        .cloned()
-        .unwrap()
-}
-
 #[test]
 fn library_checksum_is_enforced() {
     let m = Modules::new();
@@ -35,10 +25,10 @@ fn library_checksum_is_enforced() {
     std::fs::write(tampered.join(lib_file("faulty")), &bytes).unwrap();
 
     let host = HostProcess::start(&m, &[], &[]);
-    assert_eq!(state(&host, "pinned")["state"], "started");
+    assert_eq!(host.module("pinned")["state"], "started");
     assert_eq!(host.get("/api/v1/pinned/ok").status, 200);
     for name in ["mismatch", "tampered"] {
-        let s = state(&host, name);
+        let s = host.module(name);
         assert_eq!(s["state"], "failed", "{s}");
         let reason = s["reason"].as_str().unwrap();
         assert!(reason.contains("but module.yaml says"), "{reason}");
@@ -55,7 +45,7 @@ fn library_checksum_is_enforced() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    let pinned_copy = state(&host, "pinned")["runtime_path"]
+    let pinned_copy = host.module("pinned")["runtime_path"]
         .as_str()
         .unwrap()
         .to_string();
@@ -316,7 +306,7 @@ fn signatures_are_required_and_checked() {
         ("MODHOST_REQUIRE_SIGNATURES", "true"),
     ];
     let host = HostProcess::start(&m, &env, &[]);
-    assert_eq!(state(&host, "signed")["state"], "started");
+    assert_eq!(host.module("signed")["state"], "started");
     assert_eq!(host.get("/api/v1/signed/ok").status, 200);
     let expect = [
         (
@@ -334,7 +324,7 @@ fn signatures_are_required_and_checked() {
         ("stranger", "which this host does not trust"),
     ];
     for (name, why) in expect {
-        let s = state(&host, name);
+        let s = host.module(name);
         assert_eq!(s["state"], "failed", "{name}: {s}");
         assert!(s["reason"].as_str().unwrap().contains(why), "{name}: {s}");
     }

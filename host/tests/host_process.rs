@@ -15,17 +15,6 @@ fn examples() -> Modules {
     m
 }
 
-fn state_of(host: &HostProcess, module: &str) -> serde_json::Value {
-    let modules = host.get("/admin/modules").json();
-    modules
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|m| m["name"] == module)
-        .cloned()
-        .unwrap_or_else(|| panic!("module {module} not in /admin/modules: {modules}"))
-}
-
 #[test]
 fn example_modules_load_in_order_and_serve_routes() {
     let m = examples();
@@ -65,7 +54,7 @@ fn example_modules_load_in_order_and_serve_routes() {
             ("notifications", 3)
         ]
     );
-    let notif = state_of(&host, "notifications");
+    let notif = host.module("notifications");
     assert_eq!(notif["state"], "started");
     assert_eq!(notif["dependencies"]["blog"]["requirement"], ">=1.0, <2");
     assert!(notif["routes"]
@@ -184,12 +173,12 @@ fn failing_inits_fail_only_their_module_and_dependents() {
 
     assert_eq!(host.get("/api/v1/good/ok").status, 200);
     let reason = |name: &str| {
-        state_of(&host, name)["reason"]
+        host.module(name)["reason"]
             .as_str()
             .unwrap_or_default()
             .to_string()
     };
-    assert_eq!(state_of(&host, "good")["state"], "started");
+    assert_eq!(host.module("good")["state"], "started");
     assert!(
         reason("erring").contains("configured to fail in init"),
         "{}",
@@ -344,7 +333,7 @@ fn incompatible_plugin_api_is_refused_with_a_short_message() {
     .unwrap();
     m.add_example("hello");
     let host = HostProcess::start(&m, &[], &[]);
-    let reason = state_of(&host, "mismatch")["reason"]
+    let reason = host.module("mismatch")["reason"]
         .as_str()
         .unwrap()
         .to_string();
@@ -389,7 +378,7 @@ fn older_plugin_api_version_is_refused_naming_both_versions() {
     let expected = format!(
         "module `old_api` was built against plugin-api 0.4.0; this host uses {ours}; rebuild it against plugin-api {ours}"
     );
-    let state = state_of(&host, "old_api");
+    let state = host.module("old_api");
     assert_eq!(state["state"], "failed", "{state}");
     assert_eq!(state["reason"], expected.as_str(), "{state}");
     assert_eq!(host.get("/api/v1/hello/greet/x").status, 200);

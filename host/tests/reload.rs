@@ -59,16 +59,6 @@ fn eventually(
     }
 }
 
-fn module_state(host: &HostProcess, name: &str) -> Value {
-    let all = host.get("/admin/modules").json();
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 #[test]
 fn dropping_a_folder_in_starts_the_module() {
     let m = Modules::new();
@@ -98,7 +88,7 @@ fn dropping_a_folder_in_starts_the_module() {
     );
     let took = dropped.elapsed();
     assert!(took < Duration::from_secs(5), "drop-in took {took:?}");
-    assert_eq!(module_state(&host, "late")["state"], "started");
+    assert_eq!(host.module("late")["state"], "started");
 }
 
 #[test]
@@ -109,7 +99,7 @@ fn replacing_v1_with_v2_switches_and_hands_over_state() {
     for _ in 0..3 {
         assert_eq!(host.get("/api/v1/svc/ok").json()["reply"], "v1");
     }
-    let old_runtime = module_state(&host, "svc")["runtime_path"]
+    let old_runtime = host.module("svc")["runtime_path"]
         .as_str()
         .unwrap()
         .to_string();
@@ -127,7 +117,7 @@ fn replacing_v1_with_v2_switches_and_hands_over_state() {
         v["hits"].as_u64().unwrap() >= 4,
         "the hit count was handed over: {v}"
     );
-    let state = module_state(&host, "svc");
+    let state = host.module("svc");
     assert_eq!(state["version"], "2.0.0");
     assert!(state["last_reload_error"].is_null());
     // Removed once the old instance has drained and stopped, just after the switch.
@@ -162,7 +152,7 @@ fn a_bad_v2_leaves_v1_serving() {
         .unwrap()
         .contains("not a loadable shared library"));
     assert_eq!(host.get("/api/v1/svc/ok").json()["reply"], "v1");
-    let state = module_state(&host, "svc");
+    let state = host.module("svc");
     assert_eq!(state["state"], "started");
     assert!(
         state["last_reload_error"]
@@ -228,7 +218,7 @@ fn removing_a_dependency_stops_dependents_until_it_returns() {
     eventually(&host, "/api/v1/top/ok", "top stopped with it", |s, _| {
         s == 404
     });
-    let top = module_state(&host, "top");
+    let top = host.module("top");
     assert_eq!(top["state"], "stopped");
     assert!(
         top["reason"]
@@ -238,7 +228,7 @@ fn removing_a_dependency_stops_dependents_until_it_returns() {
         "{top}"
     );
     let until = Instant::now() + Duration::from_secs(5);
-    while !module_state(&host, "base").is_null() {
+    while !host.module("base").is_null() {
         assert!(Instant::now() < until, "base left /admin/modules");
         std::thread::sleep(Duration::from_millis(25));
     }

@@ -166,16 +166,6 @@ fn install(m: &Modules, folder: &str, lib: &Path, manifest: &str, migrations: &[
     }
 }
 
-fn module_state(host: &HostProcess, name: &str) -> serde_json::Value {
-    let all = host.get("/admin/modules").json();
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("{name} not in /admin/modules: {all}"))
-}
-
 /// Rows of `sql` on a module's SQLite file, read beside the running host.
 fn sqlite_rows(file: &Path, sql: &str) -> Vec<(i64, String)> {
     use sqlx::{Connection, Row};
@@ -322,7 +312,7 @@ fn guide_modules_run_in_the_real_host() {
             && l.contains("limit=20")),
         "the config type with its default: {configured:?}"
     );
-    let failed = module_state(&host, "misconfigured");
+    let failed = host.module("misconfigured");
     assert_eq!(failed["state"], "failed", "{failed}");
     let reason = failed["reason"].as_str().unwrap();
     assert!(
@@ -377,7 +367,7 @@ fn guide_modules_run_in_the_real_host() {
     );
     m.add_faulty("caller", "ok", "dependencies:\n  greeter: \"0.1\"\n");
     let host = HostProcess::start(&m, &[], &[]);
-    assert_eq!(module_state(&host, "greeter")["state"], "started");
+    assert_eq!(host.module("greeter")["state"], "started");
     // The subscription: a blog post lands in greeter_seen.
     let post = host.request(
         "POST",

@@ -404,6 +404,16 @@ impl HostProcess {
     }
 
     /// GET with the operator token.
+    /// The entry for module `name` in `/admin/modules`, or `Null` when the host does
+    /// not list it.
+    pub fn module(&self, name: &str) -> serde_json::Value {
+        let all = self.get("/admin/modules").json();
+        all.as_array()
+            .and_then(|modules| modules.iter().find(|m| m["name"] == name))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    }
+
     pub fn get(&self, path: &str) -> HttpResponse {
         self.request("GET", path, b"")
     }
