@@ -71,8 +71,8 @@ pub fn run(config: HostConfig) -> Result<(), AppError> {
         let running = report.iter().filter(|m| m.state == "started").count();
         tracing::info!(%local, running, failed = report.len() - running, "modhost ready on http://{local}");
         if host.config.watch {
-            tracing::info!(interval = ?host.config.watch_interval, "watching the modules directory for changes");
-            crate::runtime::watch::spawn(host.clone(), host.config.watch_interval);
+            tracing::info!(mode = ?host.config.watch_mode, settle = ?host.config.watch_settle, interval = ?host.config.watch_interval, "watching the modules directory for changes");
+            crate::runtime::watch::spawn(host.clone());
         }
         server::serve(host, listener, server::shutdown_signal())
             .await

@@ -22,6 +22,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the modules directory is watched (see `runtime/watch.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchMode {
+    /// File-system events (inotify on Linux), acted on after `watch_settle`.
+    Events,
+    /// Listing the directory every `watch_interval`; for file systems without events.
+    Poll,
+}
+
 /// The effective host configuration.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -53,6 +62,10 @@ pub struct HostConfig {
     pub cache_default_ttl: Duration,
     /// Watch the modules directory and apply changes live.
     pub watch: bool,
+    pub watch_mode: WatchMode,
+    /// Events mode: how long a folder must be quiet before it is looked at.
+    pub watch_settle: Duration,
+    /// Poll mode: how often the directory is listed.
     pub watch_interval: Duration,
     /// Per-module config overrides, merged over each manifest's `config:`.
     pub module_overrides: BTreeMap<String, serde_json::Value>,
@@ -84,6 +97,8 @@ impl Default for HostConfig {
             cache_default_ttl: Duration::from_secs(300),
             // On in development builds, off in release builds.
             watch: cfg!(debug_assertions),
+            watch_mode: WatchMode::Events,
+            watch_settle: Duration::from_millis(50),
             watch_interval: Duration::from_millis(250),
             module_overrides: BTreeMap::new(),
         }
@@ -216,6 +231,18 @@ const SETTINGS: &[(&str, Setter)] = &[
     }),
     ("watch", |c, v| {
         c.watch = parse_bool(v)?;
+        Ok(())
+    }),
+    ("watch_mode", |c, v| {
+        c.watch_mode = match v {
+            "events" => WatchMode::Events,
+            "poll" => WatchMode::Poll,
+            _ => return Err("expected events or poll".into()),
+        };
+        Ok(())
+    }),
+    ("watch_settle", |c, v| {
+        c.watch_settle = parse_duration(v)?;
         Ok(())
     }),
     ("watch_interval", |c, v| {
