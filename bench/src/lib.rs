@@ -5,3 +5,5 @@ pub fn greeting_body(greeting: &str, name: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "message": format!("{greeting}, {name}!") }))
         .unwrap_or_default()
 }
+
+pub mod instructions;

@@ -2,6 +2,10 @@
 //! same token check modhost does on `/private` (HS256 signature, expiry, revocation set,
 //! permission match), so the comparison isolates the cost of the plugin boundary.
 //!
+//! Built with the `jwt` feature (as `scripts/bench.sh` does), the token is checked with
+//! the `jsonwebtoken` crate; without it, with modhost's own HS256 code. It exits cleanly
+//! on SIGINT/SIGTERM, so a profiler wrapping it can write its report.
+//!
 //!   baseline ADDR SIGNING_KEY_HEX
 
 use std::{collections::HashSet, convert::Infallible, sync::Arc};
@@ -21,8 +25,51 @@ fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     r
 }
 
+/// Checks a bearer token: signature, expiry; returns (subject, token id).
+#[cfg(feature = "jwt")]
+fn verify(key: &Key, token: &str) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        sub: String,
+        jti: String,
+    }
+    let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation).ok()?;
+    Some((data.claims.sub, data.claims.jti))
+}
+
+#[cfg(not(feature = "jwt"))]
+fn verify(key: &Key, token: &str) -> Option<(String, String)> {
+    let claims = key.verify(token, modhost::core::now_secs()).ok()?;
+    Some((claims.sub, claims.jti))
+}
+
+#[cfg(feature = "jwt")]
+struct Key {
+    decoding: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+}
+
+#[cfg(feature = "jwt")]
+fn key_from_hex(hex: &str) -> Result<Key, String> {
+    let secret = SigningKey::from_hex(hex)?.secret().to_vec();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.validate_aud = false;
+    Ok(Key {
+        decoding: jsonwebtoken::DecodingKey::from_secret(&secret),
+        validation,
+    })
+}
+
+#[cfg(not(feature = "jwt"))]
+type Key = SigningKey;
+
+#[cfg(not(feature = "jwt"))]
+fn key_from_hex(hex: &str) -> Result<Key, String> {
+    SigningKey::from_hex(hex)
+}
+
 fn handle(
-    key: &SigningKey,
+    key: &Key,
     revoked: &HashSet<String>,
     req: &Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -47,12 +94,11 @@ fn handle(
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let now = modhost::core::now_secs();
         let allowed = token
-            .and_then(|t| key.verify(t, now).ok())
-            .is_some_and(|claims| {
-                let permissions: &[&str] = if claims.sub == "console" { &["*"] } else { &[] };
-                !revoked.contains(&claims.jti)
+            .and_then(|t| verify(key, t))
+            .is_some_and(|(sub, jti)| {
+                let permissions: &[&str] = if sub == "console" { &["*"] } else { &[] };
+                !revoked.contains(&jti)
                     && permissions
                         .iter()
                         .any(|p| modhost_plugin_api::permission_matches(p, "hello.greeting.read"))
@@ -79,11 +125,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("usage: baseline ADDR SIGNING_KEY_HEX");
         std::process::exit(2);
     };
-    let key = Arc::new(SigningKey::from_hex(&hex)?);
+    let key = Arc::new(key_from_hex(&hex)?);
     let revoked = Arc::new(HashSet::<String>::new());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+        };
         let (key, revoked) = (key.clone(), revoked.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {

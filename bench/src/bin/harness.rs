@@ -2,7 +2,12 @@
 //!
 //!   harness http BASELINE_ADDR MODHOST_ADDR TOKEN SECONDS ROUNDS CONNECTIONS
 //!   harness startup MODHOST_BIN LIBHELLO COUNT[,COUNT...]
-//!   harness reload MODHOST_BIN LIBHELLO RELOADS WATCH_INTERVAL_MS
+//!   harness reload MODHOST_BIN LIBHELLO RELOADS default|poll:MS
+//!   harness instructions MODHOST_BIN BASELINE_BIN MODULES_DIR KEY_HEX TOKEN N
+//!
+//! `reload` runs the host with the default watcher (file-system events) or the polling
+//! fallback every MS milliseconds. `instructions` counts instructions per request with
+//! callgrind (see `modhost_bench::instructions`).
 //!
 //! `http` runs wrk (it must be on PATH) against both servers, alternating, with the same
 //! connections and duration. Every loop here is bounded and targets 127.0.0.1 only.
@@ -255,8 +260,8 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn reload(args: &[String]) {
-    let [bin, lib, reloads, interval] = args else {
-        panic!("usage: harness reload MODHOST_BIN LIBHELLO RELOADS WATCH_INTERVAL_MS");
+    let [bin, lib, reloads, mode] = args else {
+        panic!("usage: harness reload MODHOST_BIN LIBHELLO RELOADS default|poll:MS");
     };
     let reloads: usize = reloads.parse().expect("reloads");
     let tmp = std::env::temp_dir().join(format!("modhost-reload-{}", std::process::id()));
@@ -265,10 +270,15 @@ fn reload(args: &[String]) {
     let dir: PathBuf = modules.join("svc");
     hello_copy(&dir, "svc", Path::new(lib), &[], "v0");
     let addr = free_port();
-    let env = [
-        ("MODHOST_WATCH", "true".to_string()),
-        ("MODHOST_WATCH_INTERVAL", format!("{interval}ms")),
-    ];
+    let mut env = vec![("MODHOST_WATCH", "true".to_string())];
+    let label = match mode.strip_prefix("poll:") {
+        Some(ms) => {
+            env.push(("MODHOST_WATCH_MODE", "poll".to_string()));
+            env.push(("MODHOST_WATCH_INTERVAL", format!("{ms}ms")));
+            format!("polling every {ms} ms")
+        }
+        None => "default settings (events, 50 ms settle)".to_string(),
+    };
     let mut child = spawn_host(bin, &modules, &tmp.join("data"), addr, &env);
     wait_ready(addr, Duration::from_secs(60)).expect("modhost ready");
     // Warm up: the first response.
@@ -315,7 +325,7 @@ fn reload(args: &[String]) {
     latencies.sort_by(f64::total_cmp);
     let growth = (rss_after.saturating_sub(rss_before)) as f64 / reloads as f64 / 1024.0;
     println!(
-        "| {reloads} reloads, watch interval {interval} ms | {:.0} | {:.0} | {:.0} | {:.2} MiB | {:.2} MiB | {:.1} → {:.1} MiB |",
+        "| {reloads} reloads, {label} | {:.0} | {:.0} | {:.0} | {:.2} MiB | {:.2} MiB | {:.1} → {:.1} MiB |",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(f64::NAN),
@@ -327,12 +337,60 @@ fn reload(args: &[String]) {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+fn instructions(args: &[String]) {
+    use modhost_bench::instructions::{per_request, Server};
+    let [modhost, baseline, modules, key, token, n] = args else {
+        panic!("usage: harness instructions MODHOST_BIN BASELINE_BIN MODULES_DIR KEY_HEX TOKEN N");
+    };
+    let n: usize = n.parse().expect("N");
+    let data = std::env::temp_dir().join(format!("modhost-instr-data-{}", std::process::id()));
+    let host = Server {
+        label: "modhost",
+        command: [modhost.as_str(), "run", "--modules", modules, "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                data.display().to_string(),
+                "--listen".into(),
+                "{addr}".into(),
+            ])
+            .collect(),
+        env: vec![
+            ("MODHOST_AUTH_SIGNING_KEY".into(), key.clone()),
+            ("MODHOST_WATCH".into(), "false".into()),
+            ("RUST_LOG".into(), "warn".into()),
+        ],
+    };
+    let plain = Server {
+        label: "baseline",
+        command: vec![baseline.clone(), "{addr}".into(), key.clone()],
+        env: Vec::new(),
+    };
+    for (label, path, auth, target) in [
+        ("public route", "/api/v1/hello/greet/ada", None, 1.25),
+        (
+            "private route, console token",
+            "/api/v1/hello/private/ada",
+            Some(token.as_str()),
+            1.10,
+        ),
+    ] {
+        let b = per_request(&plain, path, auth, n);
+        let h = per_request(&host, path, auth, n);
+        let ratio = h / b;
+        let verdict = if ratio <= target { "met" } else { "missed" };
+        println!("| {label} | {h:.0} | {b:.0} | **{ratio:.2}×** | ≤ {target:.2}× | {verdict} |");
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("http") => http(&args[1..]),
         Some("startup") => startup(&args[1..]),
         Some("reload") => reload(&args[1..]),
+        Some("instructions") => instructions(&args[1..]),
         _ => {
             eprintln!("usage: harness http|startup|reload ... (see the source's doc comment)");
             std::process::exit(2);

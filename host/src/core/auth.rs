@@ -1,7 +1,7 @@
 //! Auth: login (email and password to a token pair), refresh, revocation, and
 //! authenticating a request's bearer token.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use modhost_plugin_api::ffi::FfiValue;
 use serde::Serialize;
@@ -124,6 +124,7 @@ impl Core {
             return Err(CoreError::Unauthorized("this user is disabled".into()));
         }
         self.revoke_claims(&claims).await?;
+        self.verified.invalidate(refresh_token);
         self.record(Audit::new(&claims.sub, "auth.refresh", &claims.sub))
             .await;
         Ok(self.pair(&claims.sub, &grants.email))
@@ -144,6 +145,7 @@ impl Core {
             ));
         }
         self.revoke_claims(&claims).await?;
+        self.verified.invalidate(token);
         self.record(Audit::new(&actor.id, "auth.revoke", &claims.sub).detail(&claims.jti))
             .await;
         Ok(())
@@ -170,11 +172,22 @@ impl Core {
         Ok(())
     }
 
-    fn verify(&self, token: &str, typ: &str) -> Result<Claims, CoreError> {
-        let claims = self
-            .key
-            .verify(token, now_secs())
-            .map_err(|e| CoreError::Unauthorized(e.to_string()))?;
+    fn verify(&self, token: &str, typ: &str) -> Result<Arc<Claims>, CoreError> {
+        let now = now_secs();
+        let claims = match self.verified.get(token) {
+            // A token whose signature was checked already: only its expiry can change.
+            Some(claims) if claims.exp > now => claims,
+            Some(_) => return Err(CoreError::Unauthorized(TokenError::Expired.to_string())),
+            None => {
+                let claims = self
+                    .key
+                    .verify(token, now)
+                    .map_err(|e| CoreError::Unauthorized(e.to_string()))?;
+                let claims = Arc::new(claims);
+                self.verified.insert(token.to_string(), claims.clone());
+                claims
+            }
+        };
         if claims.typ != typ {
             return Err(CoreError::Unauthorized(format!("expected an {typ} token")));
         }
@@ -199,7 +212,7 @@ impl Core {
                 email: CONSOLE_SUBJECT.into(),
                 permissions: vec!["*".into()],
                 expires_at: claims.exp,
-                jti: claims.jti,
+                jti: claims.jti.clone(),
             });
         }
         let grants = match self.grants(&claims.sub).await {
@@ -213,11 +226,11 @@ impl Core {
             return Err(CoreError::Unauthorized("this user is disabled".into()));
         }
         Ok(AuthUser {
-            id: claims.sub,
+            id: claims.sub.clone(),
             email: grants.email.clone(),
             permissions: grants.permissions.clone(),
             expires_at: claims.exp,
-            jti: claims.jti,
+            jti: claims.jti.clone(),
         })
     }
 

@@ -47,6 +47,9 @@ pub const CORE_PERMISSIONS: &[&str] = &[
     "core.admin.write",
 ];
 
+/// Verified tokens kept in memory (see `Core::verified`).
+const VERIFIED_TOKENS: u64 = 10_000;
+
 /// Token lifetimes and key, from the host config.
 #[derive(Clone, Debug)]
 pub struct AuthSettings {
@@ -127,6 +130,9 @@ pub struct Core {
     #[cfg(test)]
     grants_pause: Mutex<Option<Arc<authz::tests::Pause>>>,
     revoked: RwLock<HashSet<String>>,
+    /// Tokens whose signature was verified, by token: bounded, each kept a minute, and
+    /// dropped when revoked. Expiry and revocation are still checked on every use.
+    verified: moka::sync::Cache<String, Arc<tokens::Claims>>,
     /// Denied requests audited in the current window (see `audit_limit.rs`).
     denials: audit_limit::SharedBudget,
 }
@@ -180,6 +186,10 @@ impl Core {
             grants_pause: Mutex::new(None),
             revoked: RwLock::new(revoked),
             denials: Default::default(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
         })
     }
 

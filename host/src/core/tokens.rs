@@ -50,6 +50,11 @@ impl SigningKey {
             .ok_or_else(|| "the signing key must be hex".into())
     }
 
+    /// The key's bytes (for tools that check modhost's tokens with another library).
+    pub fn secret(&self) -> &[u8] {
+        &self.0
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length.
         match Hmac::<Sha256>::new_from_slice(&self.0) {

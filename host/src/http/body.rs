@@ -16,6 +16,10 @@ pub async fn read(
     config: &HostConfig,
     req: Request<Incoming>,
 ) -> Result<(Parts, Bytes), Response<Body>> {
+    if hyper::body::Body::is_end_stream(req.body()) {
+        // No body (a GET, say): nothing to read, no timer to arm.
+        return Ok((req.into_parts().0, Bytes::new()));
+    }
     let deadline = config.request_timeout;
     match tokio::time::timeout(deadline, read_limited(req, config.max_body_bytes)).await {
         Ok(read) => read,

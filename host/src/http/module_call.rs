@@ -168,7 +168,9 @@ fn http_response(config: &HostConfig, route: &Route, response: FfiResponse) -> R
             "the module returned an invalid status",
         );
     };
-    let mut resp = Response::new(Full::new(Bytes::from(response.body.into_vec())));
+    // The body the module allocated is handed to hyper as it is, and freed through its
+    // own vtable once sent: no copy.
+    let mut resp = Response::new(Full::new(Bytes::from_owner(response.body)));
     *resp.status_mut() = status;
     for Tuple2(name, value) in response.headers {
         match (
