@@ -17,12 +17,42 @@ use std::{
 use abi_stable::{
     sabi_trait,
     sabi_trait::TD_Opaque,
-    std_types::{RBox, RStr, RVec},
+    std_types::{RBox, ROption, RSlice, RStr, RVec, Tuple2},
 };
 use modhost::config::HostConfig;
 use modhost::routes::table::Lookup;
 use modhost::Host;
-use modhost_plugin_api::ffi::FfiRequest;
+use modhost_plugin_api::ffi::{FfiRequestView, FfiRequestView_TO, FfiUser};
+
+/// `GET /api/v1/hello/greet/ada`, as the host would lend it to the handler.
+struct GreetRequest;
+
+impl FfiRequestView for GreetRequest {
+    fn method(&self) -> RStr<'_> {
+        "GET".into()
+    }
+    fn path(&self) -> RStr<'_> {
+        "/api/v1/hello/greet/ada".into()
+    }
+    fn query(&self) -> RStr<'_> {
+        "".into()
+    }
+    fn param(&self, index: usize) -> ROption<Tuple2<RStr<'_>, RStr<'_>>> {
+        match index {
+            0 => ROption::RSome(Tuple2("name".into(), "ada".into())),
+            _ => ROption::RNone,
+        }
+    }
+    fn header(&self, _index: usize) -> ROption<Tuple2<RStr<'_>, RSlice<'_, u8>>> {
+        ROption::RNone
+    }
+    fn body(&self) -> RSlice<'_, u8> {
+        RSlice::default()
+    }
+    fn user(&self) -> ROption<FfiUser> {
+        ROption::RNone
+    }
+}
 
 fn main() {
     divan::main();
@@ -114,15 +144,7 @@ fn plugin_handler_ffi_future(bencher: divan::Bencher) {
     };
     let handler = route.handler.clone();
     bencher.bench_local(|| {
-        let req = FfiRequest {
-            method: "GET".into(),
-            path: "/api/v1/hello/greet/ada".into(),
-            params: vec![abi_stable::std_types::Tuple2("name".into(), "ada".into())].into(),
-            query: "".into(),
-            headers: RVec::new(),
-            body: RVec::new(),
-            user: abi_stable::std_types::ROption::RNone,
-        };
+        let req = FfiRequestView_TO::from_value(GreetRequest, TD_Opaque);
         rt.block_on(handler.call(req)).body.len()
     });
     let _ = std::fs::remove_dir_all(&tmp);

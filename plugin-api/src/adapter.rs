@@ -95,27 +95,7 @@ where
     fn call(&self, request: FfiRequest) -> FfiFuture<FfiResponse> {
         let handler = Arc::clone(&self.handler);
         async move {
-            let request = Request {
-                method: request.method.into_string(),
-                path: request.path.into_string(),
-                params: request
-                    .params
-                    .into_iter()
-                    .map(|Tuple2(k, v)| (k.into_string(), v.into_string()))
-                    .collect(),
-                query: request.query.into_string(),
-                headers: request
-                    .headers
-                    .into_iter()
-                    .map(|Tuple2(k, v)| (k.into_string(), v.into_string()))
-                    .collect(),
-                body: request.body.into_vec(),
-                user: request.user.into_option().map(|u| crate::User {
-                    id: u.id.into_string(),
-                    email: u.email.into_string(),
-                    permissions: u.permissions.into_iter().map(|p| p.into_string()).collect(),
-                }),
-            };
+            let request = Request::from_host(request);
             let response = handler(request).await.into_response();
             FfiResponse {
                 status: response.status,
@@ -125,6 +105,8 @@ where
                     .map(|(k, v)| Tuple2(k.into(), v.into()))
                     .collect(),
                 body: response.body.into(),
+                #[cfg(feature = "__abi_mismatch_for_tests")]
+                mismatch: 0,
             }
         }
         .into_ffi()

@@ -14,7 +14,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RArc, RBox, ROption, RResult, RStr, RString, RVec, Tuple2},
+    std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
     StableAbi,
 };
 use async_ffi::FfiFuture;
@@ -25,22 +25,27 @@ pub type FfiPair = Tuple2<RString, RString>;
 /// Result of a module entry point: `Err` carries a human-readable reason.
 pub type FfiUnitResult = RResult<(), RString>;
 
-/// An HTTP request as handed to a module's handler.
-#[repr(C)]
-#[derive(StableAbi)]
-pub struct FfiRequest {
-    pub method: RString,
-    pub path: RString,
-    pub params: RVec<FfiPair>,
-    pub query: RString,
-    pub headers: RVec<FfiPair>,
-    pub body: RVec<u8>,
+/// An HTTP request as handed to a module's handler: an object the host made for this
+/// call, owning the request as the host received it. Its accessors borrow from it, so
+/// nothing is copied across the boundary unless the module asks for it (`user` copies).
+#[sabi_trait]
+pub trait FfiRequestView: Send + Sync {
+    fn method(&self) -> RStr<'_>;
+    fn path(&self) -> RStr<'_>;
+    /// The raw query string, without `?`.
+    fn query(&self) -> RStr<'_>;
+    /// The path parameter at `index` (pattern order), percent-decoded.
+    fn param(&self, index: usize) -> ROption<Tuple2<RStr<'_>, RStr<'_>>>;
+    /// The header at `index`, in the order received: lower-case name, raw value.
+    fn header(&self, index: usize) -> ROption<Tuple2<RStr<'_>, RSlice<'_, u8>>>;
+    fn body(&self) -> RSlice<'_, u8>;
     /// The authenticated caller; `None` on a public route without a token.
-    pub user: ROption<FfiUser>,
-    /// Exists only in the test build that checks layout mismatches are refused.
-    #[cfg(feature = "__abi_mismatch_for_tests")]
-    pub mismatch: u64,
+    #[sabi(last_prefix_field)]
+    fn user(&self) -> ROption<FfiUser>;
 }
+
+/// A request object, owned by the handler for the call.
+pub type FfiRequest = FfiRequestView_TO<'static, RBox<()>>;
 
 /// The authenticated caller of a request.
 #[repr(C)]
@@ -67,6 +72,9 @@ pub struct FfiResponse {
     pub status: u16,
     pub headers: RVec<FfiPair>,
     pub body: RVec<u8>,
+    /// Exists only in the test build that checks layout mismatches are refused.
+    #[cfg(feature = "__abi_mismatch_for_tests")]
+    pub mismatch: u64,
 }
 
 /// A route handler living in a module library.

@@ -1,10 +1,11 @@
 //! Plain-Rust HTTP types a handler sees: [`Method`], [`Request`], [`Response`].
 
-use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
+use abi_stable::std_types::Tuple2;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{Error, User};
+use crate::{ffi::FfiRequest, Error, User};
 
 /// HTTP methods a route can be registered for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,47 +31,199 @@ impl Method {
 }
 
 /// A request routed to a module's handler.
-#[derive(Debug, Clone, Default)]
+///
+/// Its parts are read through methods that borrow from the request as the host received
+/// it: nothing is copied unless you copy it. For tests, build one with [`Request::new`]
+/// and the `with_*` methods.
 pub struct Request {
-    /// `GET`, `POST`, ...
-    pub method: String,
-    /// The full path, e.g. `/api/v1/blog/posts/7`.
-    pub path: String,
-    /// Path parameters by name: for `/posts/{id}`, `params["id"]`.
-    pub params: BTreeMap<String, String>,
-    /// The raw query string, without `?` (empty when absent).
-    pub query: String,
-    /// Headers with lower-case names, in the order received.
-    pub headers: Vec<(String, String)>,
-    /// The request body.
-    pub body: Vec<u8>,
-    /// The authenticated caller; `None` only on routes the manifest declares public
-    /// when no valid token was sent.
-    pub user: Option<User>,
+    source: Source,
+    /// The caller, converted on first use.
+    user: OnceLock<Option<User>>,
+}
+
+enum Source {
+    Host(FfiRequest),
+    Local(Local),
+}
+
+/// A request built in plain Rust (tests, examples).
+#[derive(Debug, Clone, Default)]
+struct Local {
+    method: String,
+    path: String,
+    query: String,
+    params: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    user: Option<User>,
+}
+
+impl Default for Request {
+    /// `GET /` with nothing else.
+    fn default() -> Self {
+        Request::new("GET", "/")
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method())
+            .field("path", &self.path())
+            .field("query", &self.query())
+            .field("body_bytes", &self.body().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request {
-    /// The authenticated caller, if any.
+    /// A request for tests and examples: `method` and `path`, nothing else.
+    pub fn new(method: &str, path: &str) -> Self {
+        Self::local(Local {
+            method: method.to_string(),
+            path: path.to_string(),
+            ..Local::default()
+        })
+    }
+
+    fn local(local: Local) -> Self {
+        Request {
+            source: Source::Local(local),
+            user: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn from_host(request: FfiRequest) -> Self {
+        Request {
+            source: Source::Host(request),
+            user: OnceLock::new(),
+        }
+    }
+
+    fn edit(mut self, change: impl FnOnce(&mut Local)) -> Self {
+        if let Source::Local(local) = &mut self.source {
+            change(local);
+        }
+        self
+    }
+
+    /// With this raw query string (without `?`).
+    pub fn with_query(self, query: &str) -> Self {
+        self.edit(|l| l.query = query.to_string())
+    }
+
+    /// With a path parameter.
+    pub fn with_param(self, name: &str, value: &str) -> Self {
+        self.edit(|l| l.params.push((name.to_string(), value.to_string())))
+    }
+
+    /// With a header (name in lower case).
+    pub fn with_header(self, name: &str, value: &str) -> Self {
+        self.edit(|l| {
+            l.headers
+                .push((name.to_ascii_lowercase(), value.to_string()))
+        })
+    }
+
+    /// With this body.
+    pub fn with_body(self, body: impl Into<Vec<u8>>) -> Self {
+        self.edit(|l| l.body = body.into())
+    }
+
+    /// With an authenticated caller.
+    pub fn with_user(self, user: User) -> Self {
+        self.edit(|l| l.user = Some(user))
+    }
+
+    /// `GET`, `POST`, ...
+    pub fn method(&self) -> &str {
+        match &self.source {
+            Source::Host(r) => r.method().as_str(),
+            Source::Local(l) => &l.method,
+        }
+    }
+
+    /// The full path, e.g. `/api/v1/blog/posts/7`.
+    pub fn path(&self) -> &str {
+        match &self.source {
+            Source::Host(r) => r.path().as_str(),
+            Source::Local(l) => &l.path,
+        }
+    }
+
+    /// The raw query string, without `?` (empty when absent).
+    pub fn query(&self) -> &str {
+        match &self.source {
+            Source::Host(r) => r.query().as_str(),
+            Source::Local(l) => &l.query,
+        }
+    }
+
+    /// The request body.
+    pub fn body(&self) -> &[u8] {
+        match &self.source {
+            Source::Host(r) => r.body().as_slice(),
+            Source::Local(l) => &l.body,
+        }
+    }
+
+    /// The authenticated caller; `None` only on routes the manifest declares public
+    /// when no valid token was sent.
     pub fn user(&self) -> Option<&User> {
-        self.user.as_ref()
+        self.user
+            .get_or_init(|| match &self.source {
+                Source::Host(r) => r.user().into_option().map(|u| User {
+                    id: u.id.into_string(),
+                    email: u.email.into_string(),
+                    permissions: u.permissions.into_iter().map(|p| p.into_string()).collect(),
+                }),
+                Source::Local(l) => l.user.clone(),
+            })
+            .as_ref()
     }
 
-    /// A path parameter by name.
+    /// A path parameter by name: for `/posts/{id}`, `param("id")`.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.get(name).map(String::as_str)
+        self.params().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
-    /// The first header with this name (case-insensitive).
+    /// Every path parameter, in pattern order.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        (0..).map_while(move |i| match &self.source {
+            Source::Host(r) => r
+                .param(i)
+                .into_option()
+                .map(|Tuple2(k, v)| (k.as_str(), v.as_str())),
+            Source::Local(l) => l.params.get(i).map(|(k, v)| (k.as_str(), v.as_str())),
+        })
+    }
+
+    /// Every header whose value is text, in the order received (names lower-case).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        (0..)
+            .map_while(move |i| match &self.source {
+                Source::Host(r) => r
+                    .header(i)
+                    .into_option()
+                    .map(|Tuple2(k, v)| (k.as_str(), std::str::from_utf8(v.as_slice()).ok())),
+                Source::Local(l) => l
+                    .headers
+                    .get(i)
+                    .map(|(k, v)| (k.as_str(), Some(v.as_str()))),
+            })
+            .filter_map(|(k, v)| Some((k, v?)))
+    }
+
+    /// The first header with this name (case-insensitive), if its value is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
+        self.headers()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 
     /// The query string decoded into pairs (`a=1&b=x%20y` → `[("a","1"),("b","x y")]`).
     pub fn query_pairs(&self) -> Vec<(String, String)> {
-        self.query
+        self.query()
             .split('&')
             .filter(|p| !p.is_empty())
             .map(|pair| {
@@ -90,7 +243,7 @@ impl Request {
 
     /// The body parsed as JSON. On failure the error is a ready 400 response.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Response> {
-        serde_json::from_slice(&self.body)
+        serde_json::from_slice(self.body())
             .map_err(|e| Response::error(400, format!("invalid JSON body: {e}")))
     }
 }
@@ -207,10 +360,7 @@ mod tests {
 
     #[test]
     fn query_pairs_decode_percent_and_plus() {
-        let req = Request {
-            query: "a=1&b=x%20y+z&c&d=%zz".into(),
-            ..Request::default()
-        };
+        let req = Request::new("GET", "/").with_query("a=1&b=x%20y+z&c&d=%zz");
         assert_eq!(
             req.query_pairs(),
             vec![
@@ -225,10 +375,7 @@ mod tests {
 
     #[test]
     fn json_body_errors_are_400() {
-        let req = Request {
-            body: b"{not json".to_vec(),
-            ..Request::default()
-        };
+        let req = Request::new("POST", "/").with_body(b"{not json".to_vec());
         let err = req.json::<serde_json::Value>().unwrap_err();
         assert_eq!(err.status, 400);
         assert!(String::from_utf8_lossy(&err.body).contains("invalid JSON body"));

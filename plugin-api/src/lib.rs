@@ -144,7 +144,8 @@ macro_rules! export_module {
     };
 }
 
-/// The plugin author's guide; its Rust examples run as doctests.
+/// The plugin author's guide, compiled as doctests: the blocks it marks as running run;
+/// the guide says which blocks only compile and which are built as real plugins.
 #[cfg(all(doctest, feature = "runtime"))]
 #[doc = include_str!("../../docs/writing-a-plugin.md")]
 mod writing_a_plugin_guide {}

@@ -5,7 +5,7 @@
 
 use std::{panic::AssertUnwindSafe, sync::Arc, time::Instant};
 
-use abi_stable::std_types::{RString, RVec, Tuple2};
+use abi_stable::std_types::{ROption, RSlice, RStr, RString, Tuple2};
 use futures_util::FutureExt as _;
 use http_body_util::Full;
 use hyper::{
@@ -14,7 +14,9 @@ use hyper::{
     http::request::Parts,
     Response, StatusCode,
 };
-use modhost_plugin_api::ffi::{FfiRequest, FfiResponse, FfiUser};
+use modhost_plugin_api::ffi::{
+    FfiRequest, FfiRequestView, FfiRequestView_TO, FfiResponse, FfiUser,
+};
 
 use crate::config::HostConfig;
 use crate::core::AuthUser;
@@ -120,34 +122,71 @@ pub async fn call(
     }
 }
 
-fn ffi_request(parts: Parts, body: Bytes, params: Params, user: Option<AuthUser>) -> FfiRequest {
-    FfiRequest {
-        method: parts.method.as_str().into(),
-        path: parts.uri.path().into(),
-        params: params
-            .into_iter()
-            .map(|(k, v)| Tuple2(k.into(), v.into()))
-            .collect(),
-        query: parts.uri.query().unwrap_or("").into(),
-        headers: parts
+/// The request as the module sees it: the host's own copy, lent through accessors.
+struct HostRequest {
+    parts: Parts,
+    body: Bytes,
+    params: Params,
+    user: Option<AuthUser>,
+}
+
+impl FfiRequestView for HostRequest {
+    fn method(&self) -> RStr<'_> {
+        self.parts.method.as_str().into()
+    }
+
+    fn path(&self) -> RStr<'_> {
+        self.parts.uri.path().into()
+    }
+
+    fn query(&self) -> RStr<'_> {
+        self.parts.uri.query().unwrap_or("").into()
+    }
+
+    fn param(&self, index: usize) -> ROption<Tuple2<RStr<'_>, RStr<'_>>> {
+        self.params
+            .get(index)
+            .map(|(k, v)| Tuple2(k.as_str().into(), v.as_str().into()))
+            .into()
+    }
+
+    fn header(&self, index: usize) -> ROption<Tuple2<RStr<'_>, RSlice<'_, u8>>> {
+        self.parts
             .headers
             .iter()
-            .map(|(k, v)| {
-                Tuple2(
-                    k.as_str().into(),
-                    String::from_utf8_lossy(v.as_bytes()).as_ref().into(),
-                )
-            })
-            .collect(),
-        body: RVec::from(body.to_vec()),
-        user: user
-            .map(|u| FfiUser {
-                id: u.id.into(),
-                email: u.email.into(),
-                permissions: u.permissions.into_iter().map(RString::from).collect(),
-            })
-            .into(),
+            .nth(index)
+            .map(|(k, v)| Tuple2(k.as_str().into(), v.as_bytes().into()))
+            .into()
     }
+
+    fn body(&self) -> RSlice<'_, u8> {
+        self.body.as_ref().into()
+    }
+
+    fn user(&self) -> ROption<FfiUser> {
+        self.user
+            .as_ref()
+            .map(|u| FfiUser {
+                id: u.id.as_str().into(),
+                email: u.email.as_str().into(),
+                permissions: u
+                    .permissions
+                    .iter()
+                    .map(|p| RString::from(p.as_str()))
+                    .collect(),
+            })
+            .into()
+    }
+}
+
+fn ffi_request(parts: Parts, body: Bytes, params: Params, user: Option<AuthUser>) -> FfiRequest {
+    let request = HostRequest {
+        parts,
+        body,
+        params,
+        user,
+    };
+    FfiRequestView_TO::from_value(request, abi_stable::sabi_trait::TD_Opaque)
 }
 
 /// The module's response as an HTTP response, within the size limit and without the

@@ -56,11 +56,9 @@ async fn guarded(
                 Ok(read) => read,
                 Err(refused) => return refused,
             };
-            let query = modhost_plugin_api::Request {
-                query: parts.uri.query().unwrap_or("").to_string(),
-                ..Default::default()
-            }
-            .query_pairs();
+            let query = modhost_plugin_api::Request::new(parts.method.as_str(), parts.uri.path())
+                .with_query(parts.uri.query().unwrap_or(""))
+                .query_pairs();
             let request = core::api::CoreRequest {
                 params: &params,
                 query: &query,

@@ -202,7 +202,7 @@ fn platform_routes(ctx: &mut InitContext, name: &str) -> Result<()> {
                     .and_then(|t| t.parse::<u64>().ok())
                     .map(Duration::from_millis);
                 cache
-                    .set(req.param("key").unwrap_or(""), req.body.clone(), ttl)
+                    .set(req.param("key").unwrap_or(""), req.body().to_vec(), ttl)
                     .await
                     .map_err(Response::from)?;
                 Ok::<_, Response>(Response::new(204))
@@ -349,7 +349,7 @@ impl Module for Faulty {
                     );
                     Response::json(
                         200,
-                        &json!({ "module": module, "query": req.query, "user": user, "reply": reply, "hits": hits }),
+                        &json!({ "module": module, "query": req.query(), "user": user, "reply": reply, "hits": hits }),
                     )
                 }
             },
@@ -391,7 +391,7 @@ impl Module for Faulty {
             Method::Post,
             &format!("/api/v1/{name}/echo"),
             format!("{name}.probe.write"),
-            |req| async move { Response::new(200).with_body(req.body) },
+            |req| async move { Response::new(200).with_body(req.body().to_vec()) },
         )?;
         platform_routes(ctx, &name)?;
         ctx.route(
@@ -464,7 +464,7 @@ impl Module for Faulty {
             move |req| {
                 let db = db.clone();
                 async move {
-                    let sql = String::from_utf8_lossy(&req.body).into_owned();
+                    let sql = String::from_utf8_lossy(req.body()).into_owned();
                     match db.query(&sql, &[]).await {
                         Ok(rows) => {
                             let rows: Vec<_> = rows.iter().map(|r| r.to_json()).collect();
