@@ -84,8 +84,15 @@ pub enum LoadError {
 pub struct LibraryBytes {
     pub path: PathBuf,
     pub bytes: Vec<u8>,
-    /// SHA-256 of `bytes`, hex.
-    pub sha256: String,
+    /// SHA-256 of `bytes`, hex: computed only when a pin or a signature needs it.
+    sha256: std::sync::OnceLock<String>,
+}
+
+impl LibraryBytes {
+    /// SHA-256 of the bytes, hex.
+    pub fn sha256(&self) -> &str {
+        self.sha256.get_or_init(|| sha256_hex(&self.bytes))
+    }
 }
 
 /// Where library copies live while the host runs: `<data dir>/runtime/<pid>/`.
@@ -178,8 +185,8 @@ pub fn read_library(module: &str, path: &Path) -> Result<LibraryBytes, LoadError
     })?;
     Ok(LibraryBytes {
         path: path.to_path_buf(),
-        sha256: sha256_hex(&bytes),
         bytes,
+        sha256: std::sync::OnceLock::new(),
     })
 }
 
@@ -193,20 +200,24 @@ pub fn verify(
 ) -> Result<(), LoadError> {
     let module = manifest.name.as_str();
     if let Some(expected) = &manifest.sha256 {
-        if !lib.sha256.eq_ignore_ascii_case(expected) {
+        if !lib.sha256().eq_ignore_ascii_case(expected) {
             return Err(LoadError::Integrity {
                 module: module.to_string(),
                 path: lib.path.clone(),
                 expected: expected.clone(),
-                found: lib.sha256.clone(),
+                found: lib.sha256().to_string(),
             });
         }
     }
-    signing::verify(dir, &manifest.source_sha256, &lib.sha256, policy).map_err(|source| {
-        LoadError::Signature {
-            module: module.to_string(),
-            source,
-        }
+    signing::verify(
+        dir,
+        &manifest.source_sha256,
+        &|| lib.sha256().to_string(),
+        policy,
+    )
+    .map_err(|source| LoadError::Signature {
+        module: module.to_string(),
+        source,
     })
 }
 

@@ -107,11 +107,12 @@ pub fn sign(
 
 /// Checks the module in `dir` against the trust policy. The digests are those of the
 /// manifest that was parsed and of the library bytes that will be loaded, so what is
-/// verified is exactly what runs.
+/// verified is exactly what runs. The library's digest is asked for only when the
+/// module is signed (hashing a large library is not free).
 pub fn verify(
     dir: &Path,
     manifest_sha256: &str,
-    library_sha256: &str,
+    library_sha256: &dyn Fn() -> String,
     policy: &TrustPolicy,
 ) -> Result<(), SignatureError> {
     let (trusted, required) = (&policy.trusted_keys, policy.require_signatures);
@@ -146,7 +147,7 @@ pub fn verify(
         .ok_or_else(|| malformed("bad signature encoding".into()))?;
     let signature = Signature::from_bytes(&sig_bytes);
     verifying
-        .verify_strict(&message(manifest_sha256, library_sha256), &signature)
+        .verify_strict(&message(manifest_sha256, &library_sha256()), &signature)
         .map_err(|_| SignatureError::Invalid {
             dir: dir.to_path_buf(),
         })
@@ -177,27 +178,38 @@ mod tests {
         let manifest_sha = sha256_hex(b"name: x\n");
         let library_sha = sha256_hex(b"\x7fELF...");
         assert!(matches!(
-            verify(dir, &manifest_sha, &library_sha, &policy(&[], true)),
+            verify(
+                dir,
+                &manifest_sha,
+                &|| library_sha.clone(),
+                &policy(&[], true)
+            ),
             Err(SignatureError::Unsigned { .. })
         ));
-        assert!(verify(dir, &manifest_sha, &library_sha, &policy(&[], false)).is_ok());
+        assert!(verify(
+            dir,
+            &manifest_sha,
+            &|| library_sha.clone(),
+            &policy(&[], false)
+        )
+        .is_ok());
         let (secret, public) = keygen();
         std::fs::write(&key_file, &secret).unwrap();
         assert_eq!(sign(dir, &manifest, &library, &key_file).unwrap(), public);
         let trusting = policy(std::slice::from_ref(&public), true);
-        assert!(verify(dir, &manifest_sha, &library_sha, &trusting).is_ok());
+        assert!(verify(dir, &manifest_sha, &|| library_sha.clone(), &trusting).is_ok());
         assert!(matches!(
             verify(
                 dir,
                 &manifest_sha,
-                &library_sha,
+                &|| library_sha.clone(),
                 &policy(&[keygen().1], true)
             ),
             Err(SignatureError::Untrusted { .. })
         ));
         let tampered = sha256_hex(b"\x7fELF..!");
         assert!(matches!(
-            verify(dir, &manifest_sha, &tampered, &trusting),
+            verify(dir, &manifest_sha, &|| tampered.clone(), &trusting),
             Err(SignatureError::Invalid { .. })
         ));
     }
