@@ -88,10 +88,10 @@ pub async fn call(
 ) -> Response<Body> {
     let request = ffi_request(parts, body, params, user);
     let timeout = config.request_timeout;
-    let mut call = Box::pin(AssertUnwindSafe(route.handler.call(request)).catch_unwind());
+    let mut call = std::pin::pin!(AssertUnwindSafe(route.handler.call(request)).catch_unwind());
     // Most handlers answer on their first poll: only arm the timeout timer (a shared
     // timer-wheel entry per request) for those that do not.
-    let outcome = match (&mut call).now_or_never() {
+    let outcome = match call.as_mut().now_or_never() {
         Some(done) => Ok(done),
         None => tokio::time::timeout(timeout, call).await,
     };
