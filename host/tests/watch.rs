@@ -35,14 +35,19 @@ fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>
     }
 }
 
-/// Writes `bytes` to `path` in ten chunks over about a second, keeping the host's
-/// answers from `name` meanwhile.
+/// Writes `bytes` to `path` in ten chunks over about a second and returns the host's
+/// answers from `name` seen while the file was incomplete (between chunks; not after the
+/// last one, when the library is complete and may load at once).
 fn write_in_chunks(path: &Path, bytes: &[u8], host: &HostProcess, name: &str) -> Vec<String> {
     let mut file = std::fs::File::create(path).expect("create library");
     let mut seen = Vec::new();
-    for chunk in bytes.chunks(bytes.len().div_ceil(10)) {
+    let chunks: Vec<&[u8]> = bytes.chunks(bytes.len().div_ceil(10)).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
         file.write_all(chunk).expect("write chunk");
         file.flush().expect("flush");
+        if i + 1 == chunks.len() {
+            break;
+        }
         // The writer's pace (a slow copy), not a synchronisation: the host must wait.
         let paced = Instant::now() + Duration::from_millis(100);
         while Instant::now() < paced {
