@@ -34,7 +34,7 @@ trap cleanup EXIT
 scripts/build-plugins.sh --out "$tmp/modules" >/dev/null
 cargo build -q -p modhost
 # Port 0: the system picks a free port; the host logs the address it got.
-NO_COLOR=1 MODHOST_WATCH=false RUST_LOG=warn,modhost::cli=info target/debug/modhost run \
+NO_COLOR=1 MODHOST_WATCH=false RUST_LOG=warn,modhost::app=info target/debug/modhost run \
   --modules "$tmp/modules" --data-dir "$tmp/data" --listen 127.0.0.1:0 >"$tmp/host.log" 2>&1 &
 host=$!
 base=""
