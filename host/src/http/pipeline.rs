@@ -48,8 +48,11 @@ async fn guarded(
         Ok(user) => user,
         Err(denied) => return denied,
     };
+    // The operations and core branches are boxed: their futures (a reload, say) are
+    // large, and would otherwise make every request's future as large, to be moved
+    // and copied on the module path too.
     match destination {
-        Destination::Ops(op) => admin::answer(host, op).await,
+        Destination::Ops(op) => Box::pin(admin::answer(host, op)).await,
         Destination::Core { endpoint, params } => {
             let bearer = enforce::bearer(req.headers()).map(str::to_string);
             let (parts, bytes) = match body::read(&host.config, req).await {
@@ -66,7 +69,7 @@ async fn guarded(
                 user: user.as_ref(),
                 bearer: bearer.as_deref(),
             };
-            let (status, value) = core::api::run(&host.core, endpoint.op, &request).await;
+            let (status, value) = Box::pin(core::api::run(&host.core, endpoint.op, &request)).await;
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             json_response(status, &value)
         }
