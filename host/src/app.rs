@@ -90,12 +90,13 @@ pub struct CheckReport {
 }
 
 /// Checks a modules directory: manifests, the dependency graph, and each library's
-/// signature and integrity under `policy`, then its ABI (`modhost check`). No module
-/// code runs: a library is loaded only once it passed the checks, and no entry point
-/// is called.
+/// signature and integrity under `policy`, then its ABI (`modhost check`). A library is
+/// loaded only once it passed the checks, and no module entry point is called; loading
+/// does run the library's ELF constructors, as for any shared library, so under a
+/// policy that accepts unsigned modules an unsigned library's constructors run.
 pub fn check(dir: &Path, policy: &TrustPolicy) -> Result<CheckReport, AppError> {
     let inspection = Inspection::of(dir)?;
-    let scratch = std::env::temp_dir().join(format!("modhost-check-{}", std::process::id()));
+    let scratch = private_scratch_dir().map_err(AppError::Scratch)?;
     let runtime = RuntimeDir::create(&scratch).map_err(AppError::Scratch)?;
     let problems = inspection.problems(Some((&runtime, policy)));
     runtime.remove();
@@ -104,6 +105,20 @@ pub fn check(dir: &Path, policy: &TrustPolicy) -> Result<CheckReport, AppError> 
         modules: inspection.discovery.modules.len() + inspection.discovery.problems.len(),
         problems,
     })
+}
+
+/// A new directory only this user can enter, with a name nobody could guess: the copies
+/// `check` loads must not be replaceable between the check and the load.
+fn private_scratch_dir() -> std::io::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("modhost-check-{}", crate::random::random_hex(8)));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(&path)?;
+    Ok(path)
 }
 
 /// A user made by [`create_user`].

@@ -109,6 +109,21 @@ fn a_library_written_in_chunks_is_loaded_only_once_complete() {
     assert!(written.elapsed() < Duration::from_secs(60));
 }
 
+/// The default setup: `--modules modules`, a path relative to where the host runs.
+#[test]
+fn events_mode_applies_a_rename_with_a_relative_modules_dir() {
+    let mut modules = Modules::new();
+    modules.relative_paths = true;
+    let dir = modules.add("probe", "faulty", &manifest("probe", "v1"));
+    let host = HostProcess::start(&modules, &[("MODHOST_WATCH", "true")], &[]);
+    assert_eq!(reply(&host, "probe").as_deref(), Some("v1"));
+    std::fs::write(dir.join(".module.yaml.new"), manifest("probe", "v2")).expect("stage");
+    std::fs::rename(dir.join(".module.yaml.new"), dir.join("module.yaml")).expect("rename");
+    wait_for(Duration::from_secs(10), "v2 to answer", || {
+        (reply(&host, "probe").as_deref() == Some("v2")).then_some(())
+    });
+}
+
 #[test]
 fn poll_mode_applies_a_drop_in() {
     let modules = Modules::new();

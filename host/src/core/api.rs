@@ -266,6 +266,16 @@ fn error_reply(e: CoreError) -> Reply {
     (e.status(), json!({ "error": e.to_string() }))
 }
 
+/// An operation handed to the wrong service's function: a bug in [`run`], answered as
+/// a 500 rather than running some other operation.
+fn misrouted(op: Op) -> Reply {
+    tracing::error!(?op, "core operation routed to the wrong service");
+    (
+        500,
+        json!({ "error": "internal error: operation misrouted" }),
+    )
+}
+
 fn bad_request(message: &str) -> Reply {
     (400, json!({ "error": message }))
 }
@@ -412,13 +422,14 @@ async fn auth(core: &Core, op: Op, req: &CoreRequest<'_>) -> Result<Reply, Reply
             core.revoke(caller, token).await.map_err(error_reply)?;
             Ok((200, json!({ "revoked": true })))
         }
-        _ => {
+        Op::Me => {
             let u = req.caller()?;
             Ok((
                 200,
                 json!({ "id": u.id, "email": u.email, "permissions": u.permissions, "expires_at": u.expires_at }),
             ))
         }
+        other => Err(misrouted(other)),
     }
 }
 
@@ -443,10 +454,11 @@ async fn identity(core: &Core, op: Op, req: &CoreRequest<'_>) -> Result<Reply, R
         }
         .map(|users| to_json(&users)),
         Op::GetUser => core.get_user(id).await.map(|u| to_json(&u)),
-        _ => core
+        Op::DisableUser => core
             .disable_user(req.actor(), id)
             .await
             .map(|u| to_json(&u)),
+        other => return Err(misrouted(other)),
     };
     Ok((200, found.map_err(error_reply)?))
 }
@@ -504,10 +516,11 @@ async fn authz(core: &Core, op: Op, req: &CoreRequest<'_>) -> Result<Reply, Repl
                 .map_err(error_reply)?;
             json!({ "user_id": user_id, "permission": permission, "allowed": allowed })
         }
-        _ => {
+        Op::Permissions => {
             let registry = core.permissions.read().unwrap_or_else(|p| p.into_inner());
             to_json(&registry.by_module())
         }
+        other => return Err(misrouted(other)),
     };
     Ok((200, value))
 }

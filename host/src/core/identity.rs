@@ -48,11 +48,12 @@ fn normalize_email(email: &str) -> Result<String, CoreError> {
 /// Argon2 hashes running at once: one per CPU. Each takes about 19 MiB and a core's worth
 /// of work, so a flood of logins queues here instead of exhausting memory and the
 /// blocking thread pool.
-fn hashing_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+fn hashing_slots() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::OnceLock::new();
     SLOTS.get_or_init(|| {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tokio::sync::Semaphore::new(cpus)
+        std::sync::Arc::new(tokio::sync::Semaphore::new(cpus))
     })
 }
 
@@ -60,11 +61,15 @@ fn hashing_slots() -> &'static tokio::sync::Semaphore {
 async fn with_hashing_slot<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, CoreError> {
-    let _slot = hashing_slots()
-        .acquire()
+    // The permit moves into the blocking task: a caller that goes away (a client that
+    // disconnects) does not free the slot while the hash still runs.
+    let slot = hashing_slots()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|e| CoreError::Database(format!("password hashing is unavailable: {e}")))?;
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         #[cfg(test)]
         let _running = tests::Running::enter();
         work()

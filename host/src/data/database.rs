@@ -228,6 +228,10 @@ impl Databases {
     }
 
     /// Creates (if needed) and opens `module`'s isolated area.
+    ///
+    /// Callers for one module are serialised (boot goes module by module; reloads,
+    /// drop-ins and removals hold the host's reload lock): two first calls at once could
+    /// each set a new password, and the pool kept would hold the overwritten one.
     pub async fn for_module(&self, module: &str) -> Result<AreaPool, DbSetupError> {
         match self {
             Databases::Sqlite {

@@ -1,8 +1,9 @@
 //! Offline views of a modules directory, for `modhost check`, `list` and `graph`.
 //!
-//! Nothing here runs a module: `check` verifies each library (signature, `sha256:` pin,
-//! ELF headers) under the same trust policy as `run`, and only a library that passed is
-//! loaded to check its ABI; no entry point of the module is ever called.
+//! No module entry point is called here: `check` verifies each library (signature,
+//! `sha256:` pin, ELF headers) under the same trust policy as `run`, and only a library
+//! that passed is loaded to check its ABI. Loading runs the library's ELF constructors,
+//! as for any shared library: what the trust policy accepts is trusted that far.
 
 use std::{fmt::Write as _, path::Path};
 

@@ -8,7 +8,8 @@
 //! - [`inspect`] strings them together for `modhost check`, `list` and `graph`.
 //!
 //! May use: nothing else of the host but `random` and `hex`. Everything here works on files and
-//! values; it never calls into a module, never touches a database and never serves.
+//! values; it never calls a module's entry points, never touches a database and never
+//! serves (loading a library does run its ELF constructors; the checks come first).
 
 pub mod discovery;
 pub mod inspect;

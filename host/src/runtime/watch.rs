@@ -146,15 +146,16 @@ impl Applier {
 /// Starts watching the modules directory in the configured mode, until the host begins
 /// to shut down. The host awaits the task before stopping modules.
 pub fn spawn(host: Arc<Host>) {
+    let stopping = host.stopping();
     let task = match host.config.watch_mode {
         WatchMode::Events => match EventSource::start(&host.config.modules_dir) {
-            Ok(source) => tokio::spawn(watch_events(host.clone(), source)),
+            Ok(source) => tokio::spawn(watch_events(host.clone(), source, stopping)),
             Err(e) => {
                 tracing::warn!(error = %e, dir = %host.config.modules_dir.display(), "cannot watch for file-system events; polling instead (set watch_mode = \"poll\" to choose this)");
-                tokio::spawn(watch_polling(host.clone()))
+                tokio::spawn(watch_polling(host.clone(), stopping))
             }
         },
-        WatchMode::Poll => tokio::spawn(watch_polling(host.clone())),
+        WatchMode::Poll => tokio::spawn(watch_polling(host.clone(), stopping)),
     };
     host.track(task);
 }
@@ -170,7 +171,9 @@ impl EventSource {
     fn start(root: &Path) -> notify::Result<EventSource> {
         use notify::Watcher as _;
         let (tx, folders) = tokio::sync::mpsc::unbounded_channel();
-        let root_for_events = root.to_path_buf();
+        // Events carry absolute paths, also when `modules_dir` is relative.
+        let absolute = std::path::absolute(root)?;
+        let configured = root.to_path_buf();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let Ok(event) = event else {
@@ -181,7 +184,7 @@ impl EventSource {
                     return;
                 }
                 for path in event.paths {
-                    if let Some(folder) = folder_of(&root_for_events, &path) {
+                    if let Some(folder) = folder_of(&absolute, &configured, &path) {
                         let _ = tx.send(folder);
                     }
                 }
@@ -194,17 +197,21 @@ impl EventSource {
     }
 }
 
-/// The module folder (a direct child of `root`) that `path` lies in, unless hidden.
-fn folder_of(root: &Path, path: &Path) -> Option<PathBuf> {
-    let first = path.strip_prefix(root).ok()?.components().next()?;
+/// The module folder that `path` (absolute, from an event) lies in, unless hidden, named
+/// under the configured root as the host's module entries name it.
+fn folder_of(absolute_root: &Path, configured_root: &Path, path: &Path) -> Option<PathBuf> {
+    let first = path.strip_prefix(absolute_root).ok()?.components().next()?;
     let name = first.as_os_str().to_string_lossy();
-    (!name.starts_with('.')).then(|| root.join(first))
+    (!name.starts_with('.')).then(|| configured_root.join(first))
 }
 
-async fn watch_events(host: Arc<Host>, mut source: EventSource) {
+async fn watch_events(
+    host: Arc<Host>,
+    mut source: EventSource,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let root = host.config.modules_dir.clone();
     let settle = host.config.watch_settle;
-    let mut stopping = host.stopping();
     let scan_root = root.clone();
     let applied = blocking(move || module_folders(&scan_root))
         .await
@@ -228,12 +235,14 @@ async fn watch_events(host: Arc<Host>, mut source: EventSource) {
                 None => break,
             },
             () = wake => {}
-            _ = stopping.changed() => {}
+            _ = stopping.wait_for(|stopping| *stopping) => {}
         }
         if applier.host.is_stopping() {
             break;
         }
         if !applier.host.is_ready() {
+            // Draining for shutdown: nothing is applied any more.
+            quiet_since.clear();
             continue;
         }
         let now = Instant::now();
@@ -280,10 +289,9 @@ async fn watch_events(host: Arc<Host>, mut source: EventSource) {
 }
 
 /// The polling fallback: act on a folder once it looked the same for two polls.
-async fn watch_polling(host: Arc<Host>) {
+async fn watch_polling(host: Arc<Host>, mut stopping: tokio::sync::watch::Receiver<bool>) {
     let root = host.config.modules_dir.clone();
     let interval = host.config.watch_interval;
-    let mut stopping = host.stopping();
     let scan = |root: PathBuf| blocking(move || module_folders(&root));
     let applied = scan(root.clone()).await.unwrap_or_default();
     let mut previous = applied.clone();
@@ -291,7 +299,7 @@ async fn watch_polling(host: Arc<Host>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            _ = stopping.changed() => {}
+            _ = stopping.wait_for(|stopping| *stopping) => {}
         }
         if applier.host.is_stopping() {
             break;

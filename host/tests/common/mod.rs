@@ -100,13 +100,19 @@ pub fn lib_file(crate_name: &str) -> String {
 /// A temporary modules directory (and data dir) for one test.
 pub struct Modules {
     pub tmp: tempfile::TempDir,
+    /// Start the host inside `tmp` with `--modules modules --data-dir data`, as an
+    /// operator typing relative paths would.
+    pub relative_paths: bool,
 }
 
 impl Modules {
     pub fn new() -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(tmp.path().join("modules")).expect("modules dir");
-        Self { tmp }
+        Self {
+            tmp,
+            relative_paths: false,
+        }
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -211,13 +217,20 @@ fn join_by(thread: JoinHandle<()>, deadline: Instant, what: &str) {
 /// The `modhost run` command for `modules` (JSON logs, ephemeral port).
 fn run_command(modules: &Modules, env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modhost"));
+    let (dir, data) = match modules.relative_paths {
+        true => {
+            cmd.current_dir(modules.tmp.path());
+            (PathBuf::from("modules"), PathBuf::from("data"))
+        }
+        false => (modules.dir(), modules.data()),
+    };
     cmd.arg("--log-format")
         .arg("json")
         .arg("run")
         .arg("--modules")
-        .arg(modules.dir())
+        .arg(dir)
         .arg("--data-dir")
-        .arg(modules.data())
+        .arg(data)
         .arg("--listen")
         .arg("127.0.0.1:0")
         .args(args)
