@@ -34,7 +34,7 @@ use crate::module::discovery::{Discovery, DiscoveryError};
 use crate::module::inspect::Inspection;
 use crate::module::loader::{load_verified, LoadedLibrary, RuntimeDir};
 use crate::module::manifest::{Dependency, Manifest, ModuleName};
-use crate::module::resolve::{Resolution, ResolveError};
+use crate::module::resolve::{resolve, ModuleSpec, Resolution, ResolveError};
 use crate::routes::metrics::Metrics;
 use crate::routes::table::{Route, RouteError, RouteInfo, RouteTable};
 use crate::runtime::module_handle::{ModuleHandle, ModuleRules, Registrations};
@@ -577,6 +577,45 @@ impl Host {
                 tracing::info!(module = %name, "module started");
             }
             Err(why) => self.fail(idx, format!("start failed: {why}")).await,
+        }
+    }
+
+    /// Recomputes every module's place in the load order from the manifests the host
+    /// holds now (dependencies first), so that shutdown, which stops modules in reverse
+    /// order, still stops dependents before what they need after modules came and went.
+    /// A module that does not resolve right now keeps no place.
+    pub(crate) fn reorder(&self) {
+        let mut entries = self.entries();
+        let order = {
+            let listed: Vec<(usize, ModuleSpec<'_>)> = entries
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    let manifest = e.manifest.as_ref()?;
+                    Some((
+                        i,
+                        ModuleSpec {
+                            name: manifest.name.as_str(),
+                            version: &manifest.version,
+                            dependencies: &manifest.dependencies,
+                            origin: &e.dir,
+                        },
+                    ))
+                })
+                .collect();
+            let specs: Vec<ModuleSpec<'_>> = listed.iter().map(|(_, s)| *s).collect();
+            let resolution = resolve(&specs);
+            resolution
+                .order
+                .iter()
+                .map(|&spec| listed[spec].0)
+                .collect::<Vec<usize>>()
+        };
+        for e in entries.iter_mut() {
+            e.load_order = None;
+        }
+        for (position, idx) in order.into_iter().enumerate() {
+            entries[idx].load_order = Some(position);
         }
     }
 

@@ -59,6 +59,8 @@ impl Host {
             true => Err(ReloadError::ShuttingDown),
             false => self.reload_locked(name).await,
         };
+        // A new version may depend on other modules than the old one.
+        self.reorder();
         match &result {
             Ok(version) => {
                 tracing::info!(module = %name, %version, "module reloaded");
@@ -326,13 +328,6 @@ impl Host {
         entry.version = Some(found.manifest.version.clone());
         entry.library = Some(found.library);
         entry.state = ModuleState::Resolved;
-        entry.load_order = Some(
-            self.entries()
-                .iter()
-                .filter_map(|e| e.load_order)
-                .max()
-                .map_or(0, |n| n + 1),
-        );
         let checked = self.check_versions(&name, &found.manifest);
         entry.manifest = Some(found.manifest);
         let idx = self.replace_or_push(entry);
@@ -340,6 +335,7 @@ impl Host {
             self.fail(idx, why.clone()).await;
             return Err(why);
         }
+        self.reorder();
         self.load_and_init(idx).await;
         self.start_module(idx).await;
         self.publish_routes();
@@ -394,6 +390,7 @@ impl Host {
         }
         self.stop_one(&name, None, None).await;
         self.entries().retain(|e| e.dir != dir);
+        self.reorder();
         self.publish_routes();
         tracing::info!(module = %name, "module removed");
         let entry = Audit::new("system", "module.remove", &name).module(&name);
