@@ -235,22 +235,16 @@ fn a_database_name_that_needs_quoting_is_quoted() {
     if let Err(e) = created {
         return skip_or_fail(&format!("cannot create a database at {admin}: {e}"));
     }
-    struct Dropped(String, String);
-    impl Drop for Dropped {
-        fn drop(&mut self) {
-            let (admin, quoted) = (self.0.clone(), self.1.clone());
-            let _ = runtime().block_on(async move {
-                let mut conn = sqlx::PgConnection::connect(&admin).await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await
-                .map(|_| ())
-            });
-        }
-    }
-    let _drop = Dropped(admin.clone(), quoted);
+    let prefix = format!("mhq{}_", std::process::id());
+    // Dropped after the host (declared before it), also when an assertion fails: the
+    // database and the module role the host made in it.
+    let _cleanup = AdminSqlOnDrop {
+        admin: admin.clone(),
+        statements: vec![
+            format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"),
+            format!("DROP ROLE IF EXISTS \"{prefix}store\""),
+        ],
+    };
     let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
     let encoded: String = name
         .bytes()
@@ -260,7 +254,6 @@ fn a_database_name_that_needs_quoting_is_quoted() {
         })
         .collect();
     let url = format!("{base}/{encoded}");
-    let prefix = format!("mhq{}_", std::process::id());
     let modules = Modules::new();
     store_module(&modules);
     let host = HostProcess::start(
@@ -279,14 +272,26 @@ fn a_database_name_that_needs_quoting_is_quoted() {
     );
     let (status, body) = insert(&host, "quoted");
     assert_eq!(status, 200, "{body}");
-    drop(host);
-    let _ = runtime().block_on(async move {
-        let mut conn = sqlx::PgConnection::connect(&admin).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP ROLE IF EXISTS \"{prefix}store\""
-        )))
-        .execute(&mut conn)
-        .await
-        .map(|_| ())
-    });
+}
+
+/// Runs SQL statements as the admin when dropped (test clean-up that survives a failed
+/// assertion).
+struct AdminSqlOnDrop {
+    admin: String,
+    statements: Vec<String>,
+}
+
+impl Drop for AdminSqlOnDrop {
+    fn drop(&mut self) {
+        let (admin, statements) = (self.admin.clone(), std::mem::take(&mut self.statements));
+        let _ = runtime().block_on(async move {
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            for sql in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        });
+    }
 }
