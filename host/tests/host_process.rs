@@ -426,3 +426,29 @@ fn host_config_overrides_module_config() {
         "Howdy, tex!"
     );
 }
+
+#[test]
+fn a_module_built_against_a_newer_minor_is_refused_naming_both_versions() {
+    let m = Modules::new();
+    let dir = m.dir().join("future");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("module.yaml"), "name: future\nversion: 1.0.0\n").unwrap();
+    std::fs::copy(
+        common::newer_minor_plugin(),
+        dir.join(common::lib_file("newer_minor")),
+    )
+    .unwrap();
+    m.add_example("hello");
+    let host = HostProcess::start(&m, &[], &[]);
+    let ours = modhost_plugin_api::PLUGIN_API_VERSION;
+    let expected = format!(
+        "module `future` was built against plugin-api 1.99.0, newer than this host's {ours}; upgrade the host to a release with plugin-api 1.99.0 or later, or rebuild the module against plugin-api {ours}"
+    );
+    let state = host.module("future");
+    assert_eq!(state["state"], "failed", "{state}");
+    assert_eq!(state["reason"], expected.as_str(), "{state}");
+    assert_eq!(host.get("/api/v1/hello/greet/x").status, 200);
+    let (code, out, _) = common::modhost(&["check", m.dir().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&expected), "{out}");
+}

@@ -362,7 +362,7 @@ fn guide_modules_run_in_the_real_host() {
         ),
         &[(
             "0001_seen.sql",
-            "CREATE TABLE greeter_seen (event_id BIGINT PRIMARY KEY, title TEXT NOT NULL);\n",
+            "CREATE TABLE greeter_seen (event_id TEXT PRIMARY KEY, title TEXT NOT NULL);\n",
         )],
     );
     m.add_faulty("caller", "ok", "dependencies:\n  greeter: \"0.1\"\n");
@@ -378,7 +378,7 @@ fn guide_modules_run_in_the_real_host() {
     let seen_db = m.data().join("db/greeter.sqlite");
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        let seen = sqlite_rows(&seen_db, "SELECT event_id, title FROM greeter_seen");
+        let seen = sqlite_rows(&seen_db, "SELECT rowid, title FROM greeter_seen");
         if !seen.is_empty() {
             assert_eq!(seen.len(), 1, "{seen:?}");
             assert_eq!(seen[0].1, "Seen by greeter", "{seen:?}");
@@ -429,4 +429,26 @@ fn guide_modules_run_in_the_real_host() {
             .is_empty(),
         "no event failed"
     );
+    // Event ids stay unique across host runs: after a restart, four more posts are four
+    // more rows, none taken for a redelivery of the first run's post (ids that restarted
+    // at 1 gave 4 rows for 5 posts here).
+    drop(host);
+    let host = HostProcess::start(&m, &[], &[]);
+    for i in 0..4 {
+        let title = format!("{{\"title\":\"After restart {i}\"}}");
+        let post = host.request("POST", "/api/v1/blog/posts", title.as_bytes());
+        assert_eq!(post.status, 201, "{}", post.text());
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = sqlite_rows(&seen_db, "SELECT rowid, title FROM greeter_seen");
+        if seen.len() == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "5 posts across two host runs must give 5 rows: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

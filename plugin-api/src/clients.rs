@@ -9,6 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{
+    error::PublicError,
     ffi::{call_error, FfiHostBox},
     Error, Response,
 };
@@ -48,23 +49,23 @@ impl fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
+/// Keeps the response the call error gives, so `?` in a handler returning
+/// [`crate::Result`] answers 404/400/503/504/500 as the call error would.
 impl From<CallError> for Error {
     fn from(e: CallError) -> Self {
-        Error::new(e.to_string())
+        let public = PublicError {
+            status: e.status(),
+            message: e.message.clone(),
+            error_id: None,
+        };
+        Error::with_public(e.to_string(), public)
     }
 }
 
 /// 404, 400, 503, 504, or 500, by kind.
 impl From<CallError> for Response {
     fn from(e: CallError) -> Self {
-        let status = match e.kind {
-            CallErrorKind::NotFound => 404,
-            CallErrorKind::BadRequest => 400,
-            CallErrorKind::Unavailable => 503,
-            CallErrorKind::Timeout => 504,
-            CallErrorKind::NotAllowed | CallErrorKind::Failed => 500,
-        };
-        Response::error(status, e.message)
+        Response::error(e.status(), e.message)
     }
 }
 
@@ -95,6 +96,42 @@ impl CallError {
         Self {
             kind,
             message: message.into(),
+        }
+    }
+
+    /// The item asked for does not exist (404 when it ends a request).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(CallErrorKind::NotFound, message)
+    }
+
+    /// The request was invalid (400).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(CallErrorKind::BadRequest, message)
+    }
+
+    /// The caller may not do this (500 when it ends a request: a declaration is missing).
+    pub fn not_allowed(message: impl Into<String>) -> Self {
+        Self::new(CallErrorKind::NotAllowed, message)
+    }
+
+    /// Something the provider needs is down; try later (503).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(CallErrorKind::Unavailable, message)
+    }
+
+    /// The provider failed (500).
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(CallErrorKind::Failed, message)
+    }
+
+    /// The HTTP status this error answers when it ends a request.
+    pub fn status(&self) -> u16 {
+        match self.kind {
+            CallErrorKind::NotFound => 404,
+            CallErrorKind::BadRequest => 400,
+            CallErrorKind::Unavailable => 503,
+            CallErrorKind::Timeout => 504,
+            CallErrorKind::NotAllowed | CallErrorKind::Failed => 500,
         }
     }
 

@@ -11,6 +11,7 @@ use abi_stable::std_types::{RResult, RVec};
 use serde::de::DeserializeOwned;
 
 use crate::{
+    error::PublicError,
     ffi::{
         db_error, FfiDatabaseBox, FfiDbError, FfiDbResult, FfiRows, FfiTransactionBox, FfiValue,
     },
@@ -119,18 +120,23 @@ pub enum DbErrorKind {
     Query,
 }
 
-/// A database error.
+/// A database error. `message` is the database's own text, for the module's log and
+/// logic; it is never shown to clients (the host logged it under `error_id`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DbError {
     pub kind: DbErrorKind,
     pub message: String,
+    /// The id the host logged this error under; responses carry it instead of the text.
+    pub error_id: String,
 }
 
 impl DbError {
-    fn new(kind: DbErrorKind, message: impl Into<String>) -> Self {
+    fn new(kind: DbErrorKind, message: impl Into<String>, error_id: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
+            error_id: error_id.into(),
         }
     }
 
@@ -142,34 +148,63 @@ impl DbError {
             db_error::CLOSED => DbErrorKind::Closed,
             _ => DbErrorKind::Query,
         };
-        Self::new(kind, e.message.into_string())
+        Self::new(kind, e.message.into_string(), e.error_id.into_string())
+    }
+
+    /// An error found in the module (decoding a row), not by the host: logged here,
+    /// through the host's log, under a fresh id.
+    fn local(kind: DbErrorKind, message: String) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let id = format!("m{nanos:08x}{:04x}", NEXT.fetch_add(1, Ordering::Relaxed));
+        tracing::warn!(error_id = %id, detail = %message, "database result error");
+        Self::new(kind, message, id)
+    }
+
+    /// What a client is told: a status and a generic message, with the error id.
+    fn public(&self) -> PublicError {
+        let (status, message) = match self.kind {
+            DbErrorKind::Unavailable => (503, "the database is unavailable; try again later"),
+            DbErrorKind::Constraint => (409, "the request conflicts with existing data"),
+            _ => (500, "internal database error"),
+        };
+        PublicError {
+            status,
+            message: message.to_string(),
+            error_id: Some(self.error_id.clone()),
+        }
     }
 }
 
 impl fmt::Display for DbError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "database error ({:?}): {}", self.kind, self.message)
+        write!(
+            f,
+            "database error ({:?}, error id {}): {}",
+            self.kind, self.error_id, self.message
+        )
     }
 }
 
 impl std::error::Error for DbError {}
 
+/// Keeps the response the database error gives, so `?` in a handler returning
+/// [`crate::Result`] answers 409/503/500 with the error id, not the database's text.
 impl From<DbError> for Error {
     fn from(e: DbError) -> Self {
-        Error::new(e.to_string())
+        Error::with_public(e.to_string(), e.public())
     }
 }
 
-/// 503 when the database is unavailable, 409 on a constraint violation, else 500.
+/// 503 when the database is unavailable, 409 on a constraint violation, else 500; the
+/// body is `{"error": <generic message>, "error_id": <id>}`. The database's own text is
+/// in the host's log under that id.
 impl From<DbError> for Response {
     fn from(e: DbError) -> Self {
-        match e.kind {
-            DbErrorKind::Unavailable => {
-                Response::error(503, "the database is unavailable; try again later")
-            }
-            DbErrorKind::Constraint => Response::error(409, e.message),
-            _ => Response::error(500, e.message),
-        }
+        Response::public_error(&e.public())
     }
 }
 
@@ -247,7 +282,7 @@ impl Row<'_> {
             .position(|c| c == name)
             .map(|i| &self.values[i])
             .ok_or_else(|| {
-                DbError::new(
+                DbError::local(
                     DbErrorKind::Query,
                     format!("no column `{name}` in the result"),
                 )
@@ -257,7 +292,7 @@ impl Row<'_> {
     /// Column `name` converted to `T` (`i64`, `String`, `Option<String>`, ...).
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<T, DbError> {
         serde_json::from_value(self.value(name)?.to_json())
-            .map_err(|e| DbError::new(DbErrorKind::Query, format!("column `{name}`: {e}")))
+            .map_err(|e| DbError::local(DbErrorKind::Query, format!("column `{name}`: {e}")))
     }
 
     /// The row as a JSON object, column name to value.
@@ -272,7 +307,7 @@ impl Row<'_> {
     /// The row deserialised into `T` by column name.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, DbError> {
         serde_json::from_value(serde_json::Value::Object(self.to_json())).map_err(|e| {
-            DbError::new(
+            DbError::local(
                 DbErrorKind::Query,
                 format!("row does not fit the target type: {e}"),
             )

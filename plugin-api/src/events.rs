@@ -5,9 +5,16 @@
 //! subscribes only the patterns its `module.yaml` declares under `events`. Each
 //! subscription receives every matching event at least once, in publish order per topic;
 //! an `Err` or a panic makes the host retry with backoff, then park the event as a dead
-//! letter. Handlers should therefore be idempotent (use [`Event::id`]).
+//! letter. Handlers should therefore be idempotent: [`Event::id`] is globally unique
+//! (across restarts and hosts) and the same on every retry, so a table keyed by it
+//! (`INSERT … ON CONFLICT (event_id) DO NOTHING`) processes each event once.
 
-use std::{future::Future, marker::PhantomData, sync::Arc};
+use std::{
+    future::Future,
+    marker::PhantomData,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use abi_stable::std_types::RResult;
 use async_ffi::{FfiFuture, FutureExt as _};
@@ -19,11 +26,15 @@ use crate::{
     Error, Result,
 };
 
-/// An event as a subscriber receives it.
+/// An event as a subscriber receives it. New fields may be added in a minor release.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Event {
-    /// Unique per host run; the same on a retry.
-    pub id: u64,
+    /// Globally unique and the same on every retry: a UUIDv7 in text form
+    /// (`0193a5c2-…`), unique across host restarts and hosts, ordered by time.
+    pub id: String,
+    /// When the event was published.
+    pub occurred_at: SystemTime,
     pub topic: String,
     /// The module that published it.
     pub source: String,
@@ -47,12 +58,12 @@ pub struct Events {
 }
 
 impl Events {
-    /// Publishes `payload` (serialised to JSON) on `topic`.
+    /// Publishes `payload` (serialised to JSON) on `topic`; returns the new event's id.
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
         topic: &str,
         payload: &T,
-    ) -> Result<(), CallError> {
+    ) -> Result<String, CallError> {
         let json = serde_json::to_string(payload).map_err(|e| {
             CallError::new(
                 CallErrorKind::BadRequest,
@@ -60,7 +71,7 @@ impl Events {
             )
         })?;
         match self.host.publish(topic.into(), json.into()).await {
-            RResult::ROk(()) => Ok(()),
+            RResult::ROk(id) => Ok(id.into_string()),
             RResult::RErr(e) => Err(CallError::from_ffi(e)),
         }
     }
@@ -90,8 +101,10 @@ where
         async move {
             let payload =
                 serde_json::from_str(event.payload.as_str()).unwrap_or(serde_json::Value::Null);
+            let offset = Duration::from_millis(event.occurred_at_ms.max(0).unsigned_abs());
             let event = Event {
-                id: event.id,
+                id: event.id.into_string(),
+                occurred_at: UNIX_EPOCH + offset,
                 topic: event.topic.into_string(),
                 source: event.source.into_string(),
                 payload,

@@ -2,9 +2,14 @@
 //!
 //! Everything in this file crosses the shared-library boundary and is checked by
 //! abi_stable's layout check when a library is loaded. Plugin authors never touch these
-//! types: the SDK in the rest of this crate wraps them. Rules for changing this file:
-//! new methods or fields go only at the end (after the `last_prefix_field`), and every
-//! change bumps this crate's version.
+//! types: the SDK in the rest of this crate wraps them.
+//!
+//! Frozen at 1.0 (see `docs/compatibility.md`). A minor release may only add, at the
+//! end of a `#[sabi_trait]` (after its `last_prefix_field`), methods **with a default
+//! body** that works when the other side was built against an older minor: abi_stable
+//! runs that default when the object comes from an older library. The `#[repr(C)]`
+//! structs and enums below never change within 1.x; new data travels through new
+//! methods. Anything else needs plugin-api 2.0.
 
 // abi_stable's `sabi_trait` macro generates impls inside a const block.
 #![allow(non_local_definitions)]
@@ -117,12 +122,14 @@ pub struct FfiRows {
     pub rows: RVec<RVec<FfiValue>>,
 }
 
-/// A database error: a kind from [`db_error`] and a message.
+/// A database error: a kind from [`db_error`], the database's message, and the id
+/// under which the host logged it (clients see the id, never the message).
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FfiDbError {
     pub kind: u8,
     pub message: RString,
+    pub error_id: RString,
 }
 
 /// Result of a database call.
@@ -160,8 +167,11 @@ pub type FfiTransactionBox = FfiTransaction_TO<'static, RBox<()>>;
 #[repr(C)]
 #[derive(StableAbi, Clone)]
 pub struct FfiEvent {
-    /// Sequence number, unique per host run.
-    pub id: u64,
+    /// Globally unique (a UUIDv7 in text form): the same on every retry and across
+    /// hosts and restarts.
+    pub id: RString,
+    /// When it was published, in milliseconds since the Unix epoch.
+    pub occurred_at_ms: i64,
     pub topic: RString,
     /// The publishing module.
     pub source: RString,
@@ -210,8 +220,13 @@ pub trait FfiHost: Send + Sync + Clone {
         request: RString,
         timeout_ms: u64,
     ) -> FfiFuture<RResult<RString, FfiCallError>>;
-    /// Publishes an event (a topic the manifest declares under `events.publishes`).
-    fn publish(&self, topic: RStr<'_>, payload: RString) -> FfiFuture<RResult<(), FfiCallError>>;
+    /// Publishes an event (a topic the manifest declares under `events.publishes`);
+    /// resolves to the new event's id.
+    fn publish(
+        &self,
+        topic: RStr<'_>,
+        payload: RString,
+    ) -> FfiFuture<RResult<RString, FfiCallError>>;
     /// Subscribes to a pattern declared under `events.subscribes`; init only.
     fn subscribe(&self, pattern: RStr<'_>, handler: FfiEventHandlerBox) -> FfiUnitResult;
     /// Provides a service declared under `services`; init only.

@@ -315,6 +315,19 @@ impl Response {
             .with_body(body.to_string().into_bytes())
     }
 
+    /// `{"error": message, "error_id": id}` when the host logged the detail under an id.
+    pub(crate) fn public_error(p: &crate::error::PublicError) -> Self {
+        match &p.error_id {
+            None => Self::error(p.status, p.message.clone()),
+            Some(id) => {
+                let body = serde_json::json!({ "error": p.message, "error_id": id });
+                Self::new(p.status)
+                    .with_header("content-type", "application/json")
+                    .with_body(body.to_string().into_bytes())
+            }
+        }
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -328,9 +341,14 @@ impl Response {
     }
 }
 
+/// 500 with the message; an error made from a [`crate::DbError`] or
+/// [`crate::CallError`] answers what that error answers.
 impl From<Error> for Response {
     fn from(err: Error) -> Self {
-        Response::error(500, err.message())
+        match err.public() {
+            Some(p) => Response::public_error(p),
+            None => Response::error(500, err.message()),
+        }
     }
 }
 

@@ -88,9 +88,10 @@ pub use user::User;
 #[cfg(feature = "runtime")]
 pub mod prelude {
     pub use crate::{
-        params, CallError, CallErrorKind, Caller, Database, DbError, DbErrorKind, Error, Event,
-        InitContext, IntoResponse, Method, Module, Permission, Request, Response, Result, User,
-        Value,
+        params, AuditClient, AuthClient, AuthzClient, Cache, CallError, CallErrorKind, Caller,
+        Database, DbError, DbErrorKind, Error, Event, Events, IdentityClient, InitContext,
+        IntoResponse, Method, Module, Permission, Request, Response, Result, Row, Rows, Services,
+        Timer, Transaction, User, Value,
     };
 }
 

@@ -46,11 +46,21 @@ impl<H, Req, Resp, Fut> ServiceAdapter<H, Req, Resp, Fut> {
     }
 }
 
-/// Who is calling a service.
+/// Who is calling a service. New fields may be added in a minor release.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Caller {
     /// The calling module's name.
     pub module: String,
+}
+
+impl Caller {
+    /// A caller, for a module's own unit tests of a service handler.
+    pub fn new(module: impl Into<String>) -> Self {
+        Self {
+            module: module.into(),
+        }
+    }
 }
 
 impl<H, Req, Resp, Fut> FfiServiceHandler for ServiceAdapter<H, Req, Resp, Fut>
@@ -72,9 +82,7 @@ where
                     )
                 }
             };
-            let caller = Caller {
-                module: caller.into_string(),
-            };
+            let caller = Caller::new(caller.into_string());
             match handler(caller, request).await {
                 Ok(resp) => match serde_json::to_string(&resp) {
                     Ok(json) => RResult::ROk(json.into()),

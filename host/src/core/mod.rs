@@ -100,12 +100,17 @@ impl CoreError {
     }
 }
 
+/// The database's own text is logged under an error id; the client sees only the id.
 impl From<modhost_plugin_api::ffi::FfiDbError> for CoreError {
     fn from(e: modhost_plugin_api::ffi::FfiDbError) -> Self {
+        tracing::warn!(module = "core", error_id = %e.error_id, kind = e.kind, detail = %e.message, "database error");
         if e.kind == modhost_plugin_api::ffi::db_error::CONSTRAINT {
-            CoreError::Conflict(e.message.into_string())
+            CoreError::Conflict(format!(
+                "the request conflicts with existing data (error id {})",
+                e.error_id
+            ))
         } else {
-            CoreError::Database(e.message.into_string())
+            CoreError::Database(format!("error id {}", e.error_id))
         }
     }
 }
@@ -154,7 +159,7 @@ impl Core {
         let list = [migrations::embedded(version, "core", sql)];
         migrations::apply_list(&pool, &list, std::path::Path::new("<built-in core schema>"))
             .await?;
-        let db = AreaDatabase::new(pool);
+        let db = AreaDatabase::new("core", pool);
         let key = match &settings.signing_key {
             Some(hex) => SigningKey::from_hex(hex)
                 .map_err(|e| CoreSetupError::Key(format!("auth_signing_key: {e}")))?,

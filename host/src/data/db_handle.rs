@@ -3,6 +3,9 @@
 //!
 //! The futures returned here are polled from plugin code but run host code on the host's
 //! runtime, which is what lets a plugin use the database without linking a driver.
+//!
+//! Every error handed to a module carries an error id, and is logged here with that id,
+//! the module and the database's own text: the SDK answers clients with the id only.
 
 use std::sync::Arc;
 
@@ -28,12 +31,17 @@ use crate::data::database::AreaPool;
 /// A handle on one database area: a module's, or the host's `core` area.
 #[derive(Clone)]
 pub struct AreaDatabase {
+    /// The module (or `core`) whose area this is: named in error logs.
+    area: Arc<str>,
     pool: AreaPool,
 }
 
 impl AreaDatabase {
-    pub fn new(pool: AreaPool) -> Self {
-        Self { pool }
+    pub fn new(area: &str, pool: AreaPool) -> Self {
+        Self {
+            area: area.into(),
+            pool,
+        }
     }
 
     /// Runs a statement; returns the number of rows affected.
@@ -99,13 +107,24 @@ fn fail(kind: u8, message: impl Into<String>) -> FfiDbError {
     FfiDbError {
         kind,
         message: RString::from(message.into()),
+        error_id: RString::from(crate::random::random_hex(8)),
     }
 }
 
-fn to_ffi<T>(r: Result<T, FfiDbError>) -> FfiDbResult<T> {
+/// Hands a result to the module; an error is logged first, under its id.
+fn to_ffi<T>(area: &str, r: Result<T, FfiDbError>) -> FfiDbResult<T> {
     match r {
         Ok(v) => RResult::ROk(v),
-        Err(e) => RResult::RErr(e),
+        Err(e) => {
+            tracing::warn!(
+                module = area,
+                error_id = %e.error_id,
+                kind = e.kind,
+                detail = %e.message,
+                "database error"
+            );
+            RResult::RErr(e)
+        }
     }
 }
 
@@ -271,29 +290,33 @@ fn pg_rows(rows: Vec<PgRow>) -> Result<FfiRows, FfiDbError> {
 impl FfiDatabase for AreaDatabase {
     fn execute(&self, sql: RString, params: RVec<FfiValue>) -> FfiFuture<FfiDbResult<u64>> {
         let db = self.clone();
-        async move { to_ffi(db.exec(sql.as_str(), params.into_vec()).await) }.into_ffi()
+        async move { to_ffi(&db.area, db.exec(sql.as_str(), params.into_vec()).await) }.into_ffi()
     }
 
     fn query(&self, sql: RString, params: RVec<FfiValue>) -> FfiFuture<FfiDbResult<FfiRows>> {
         let db = self.clone();
-        async move { to_ffi(db.fetch(sql.as_str(), params.into_vec()).await) }.into_ffi()
+        async move { to_ffi(&db.area, db.fetch(sql.as_str(), params.into_vec()).await) }.into_ffi()
     }
 
     fn begin(&self) -> FfiFuture<FfiDbResult<FfiTransactionBox>> {
-        let pool = self.pool.clone();
+        let (pool, area) = (self.pool.clone(), self.area.clone());
         async move {
             let tx = match &pool {
                 AreaPool::Sqlite(p) => p.begin().await.map(OpenTx::Sqlite),
                 AreaPool::Postgres(p) => p.begin().await.map(OpenTx::Postgres),
             };
-            to_ffi(tx.map_err(classify).map(|tx| {
-                FfiTransaction_TO::from_ptr(
-                    RBox::new(HostTransaction {
-                        tx: Arc::new(Mutex::new(Some(tx))),
-                    }),
-                    TD_Opaque,
-                )
-            }))
+            to_ffi(
+                &area.clone(),
+                tx.map_err(classify).map(|tx| {
+                    FfiTransaction_TO::from_ptr(
+                        RBox::new(HostTransaction {
+                            area,
+                            tx: Arc::new(Mutex::new(Some(tx))),
+                        }),
+                        TD_Opaque,
+                    )
+                }),
+            )
         }
         .into_ffi()
     }
@@ -306,6 +329,7 @@ enum OpenTx {
 
 /// A transaction held by a module. Dropped without commit: sqlx rolls it back.
 struct HostTransaction {
+    area: Arc<str>,
     tx: Arc<Mutex<Option<OpenTx>>>,
 }
 
@@ -318,43 +342,49 @@ fn closed() -> FfiDbError {
 
 impl FfiTransaction for HostTransaction {
     fn execute(&self, sql: RString, params: RVec<FfiValue>) -> FfiFuture<FfiDbResult<u64>> {
-        let tx = self.tx.clone();
+        let (tx, area) = (self.tx.clone(), self.area.clone());
         async move {
             let mut guard = tx.lock().await;
-            to_ffi(match guard.as_mut() {
-                None => Err(closed()),
-                Some(OpenTx::Sqlite(t)) => bind_sqlite(sql, params)
-                    .execute(&mut **t)
-                    .await
-                    .map(|r| r.rows_affected())
-                    .map_err(classify),
-                Some(OpenTx::Postgres(t)) => bind_pg(sql, params)
-                    .execute(&mut **t)
-                    .await
-                    .map(|r| r.rows_affected())
-                    .map_err(classify),
-            })
+            to_ffi(
+                &area,
+                match guard.as_mut() {
+                    None => Err(closed()),
+                    Some(OpenTx::Sqlite(t)) => bind_sqlite(sql, params)
+                        .execute(&mut **t)
+                        .await
+                        .map(|r| r.rows_affected())
+                        .map_err(classify),
+                    Some(OpenTx::Postgres(t)) => bind_pg(sql, params)
+                        .execute(&mut **t)
+                        .await
+                        .map(|r| r.rows_affected())
+                        .map_err(classify),
+                },
+            )
         }
         .into_ffi()
     }
 
     fn query(&self, sql: RString, params: RVec<FfiValue>) -> FfiFuture<FfiDbResult<FfiRows>> {
-        let tx = self.tx.clone();
+        let (tx, area) = (self.tx.clone(), self.area.clone());
         async move {
             let mut guard = tx.lock().await;
-            to_ffi(match guard.as_mut() {
-                None => Err(closed()),
-                Some(OpenTx::Sqlite(t)) => bind_sqlite(sql, params)
-                    .fetch_all(&mut **t)
-                    .await
-                    .map_err(classify)
-                    .and_then(sqlite_rows),
-                Some(OpenTx::Postgres(t)) => bind_pg(sql, params)
-                    .fetch_all(&mut **t)
-                    .await
-                    .map_err(classify)
-                    .and_then(pg_rows),
-            })
+            to_ffi(
+                &area,
+                match guard.as_mut() {
+                    None => Err(closed()),
+                    Some(OpenTx::Sqlite(t)) => bind_sqlite(sql, params)
+                        .fetch_all(&mut **t)
+                        .await
+                        .map_err(classify)
+                        .and_then(sqlite_rows),
+                    Some(OpenTx::Postgres(t)) => bind_pg(sql, params)
+                        .fetch_all(&mut **t)
+                        .await
+                        .map_err(classify)
+                        .and_then(pg_rows),
+                },
+            )
         }
         .into_ffi()
     }
@@ -371,15 +401,18 @@ impl FfiTransaction for HostTransaction {
 impl HostTransaction {
     /// Commits or rolls back, once; later calls get `Closed`.
     fn end(&self, commit: bool) -> FfiFuture<FfiDbResult<()>> {
-        let tx = self.tx.clone();
+        let (tx, area) = (self.tx.clone(), self.area.clone());
         async move {
-            to_ffi(match tx.lock().await.take() {
-                None => Err(closed()),
-                Some(OpenTx::Sqlite(t)) if commit => t.commit().await.map_err(classify),
-                Some(OpenTx::Sqlite(t)) => t.rollback().await.map_err(classify),
-                Some(OpenTx::Postgres(t)) if commit => t.commit().await.map_err(classify),
-                Some(OpenTx::Postgres(t)) => t.rollback().await.map_err(classify),
-            })
+            to_ffi(
+                &area,
+                match tx.lock().await.take() {
+                    None => Err(closed()),
+                    Some(OpenTx::Sqlite(t)) if commit => t.commit().await.map_err(classify),
+                    Some(OpenTx::Sqlite(t)) => t.rollback().await.map_err(classify),
+                    Some(OpenTx::Postgres(t)) if commit => t.commit().await.map_err(classify),
+                    Some(OpenTx::Postgres(t)) => t.rollback().await.map_err(classify),
+                },
+            )
         }
         .into_ffi()
     }

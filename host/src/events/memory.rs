@@ -13,7 +13,7 @@ use std::{
     collections::VecDeque,
     panic::AssertUnwindSafe,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
 };
@@ -36,7 +36,6 @@ struct Subscription {
 /// The embedded engine.
 pub struct InProcessBus {
     settings: BusSettings,
-    next_id: AtomicU64,
     subscriptions: Mutex<Vec<Subscription>>,
     dead: Arc<Mutex<VecDeque<DeadLetter>>>,
     sink: DeadLetterSink,
@@ -49,7 +48,6 @@ impl InProcessBus {
     pub fn new(settings: BusSettings, sink: DeadLetterSink) -> Self {
         Self {
             settings,
-            next_id: AtomicU64::new(1),
             subscriptions: Mutex::new(Vec::new()),
             dead: Arc::new(Mutex::new(VecDeque::new())),
             sink,
@@ -57,7 +55,7 @@ impl InProcessBus {
     }
 
     fn park(dead: &Mutex<VecDeque<DeadLetter>>, sink: &DeadLetterSink, letter: DeadLetter) {
-        tracing::warn!(module = %letter.module, topic = %letter.topic, event = letter.event_id, error = %letter.error, "event dead-lettered");
+        tracing::warn!(module = %letter.module, topic = %letter.topic, event = %letter.event_id, error = %letter.error, "event dead-lettered");
         {
             let mut list = dead.lock().unwrap_or_else(|p| p.into_inner());
             if list.len() >= MAX_DEAD_LETTERS {
@@ -77,7 +75,7 @@ fn letter(
     error: String,
 ) -> DeadLetter {
     DeadLetter {
-        event_id: event.id,
+        event_id: event.id.to_string(),
         topic: event.topic.to_string(),
         source: event.source.to_string(),
         payload: event.payload.to_string(),
@@ -122,10 +120,11 @@ impl EventBus for InProcessBus {
         source: &str,
         topic: &str,
         payload: String,
-    ) -> BoxFuture<'_, Result<u64, String>> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    ) -> BoxFuture<'_, Result<String, String>> {
+        let id = super::new_event_id();
         let event = FfiEvent {
-            id,
+            id: id.as_str().into(),
+            occurred_at_ms: super::now_unix_ms(),
             topic: topic.into(),
             source: source.into(),
             payload: payload.into(),

@@ -51,7 +51,7 @@ impl Default for BusSettings {
 /// An event that could not be delivered.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
-    pub event_id: u64,
+    pub event_id: String,
     pub topic: String,
     pub source: String,
     pub payload: String,
@@ -68,13 +68,14 @@ pub type DeadLetterSink = Arc<dyn Fn(DeadLetter) + Send + Sync>;
 
 /// The bus as the host uses it; engines implement it.
 pub trait EventBus: Send + Sync {
-    /// Publishes an event; returns its id. Never waits for subscribers.
+    /// Publishes an event; returns its id (see [`new_event_id`]). Never waits for
+    /// subscribers.
     fn publish(
         &self,
         source: &str,
         topic: &str,
         payload: String,
-    ) -> BoxFuture<'_, Result<u64, String>>;
+    ) -> BoxFuture<'_, Result<String, String>>;
     /// Adds a subscription for `module`.
     fn subscribe(&self, module: &str, pattern: &str, handler: Arc<FfiEventHandlerBox>);
     /// Removes every subscription of `module` (its queued events are dropped).
@@ -86,6 +87,19 @@ pub trait EventBus: Send + Sync {
     fn retire_module(&self, module: &str, keep_newest: usize);
     /// Dead letters, oldest first.
     fn dead_letters(&self) -> Vec<DeadLetter>;
+}
+
+/// A new event id: a UUIDv7, unique across restarts and hosts and ordered by time, so
+/// a subscriber's `ON CONFLICT (event_id) DO NOTHING` never drops a new event.
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Whether `topic` matches `pattern`: `*` is one segment, a final `>` one or more.

@@ -58,6 +58,12 @@ pub enum LoadError {
         found: String,
         host: String,
     },
+    #[error("module `{module}` was built against plugin-api {found}, newer than this host's {host}; upgrade the host to a release with plugin-api {found} or later, or rebuild the module against plugin-api {host}")]
+    NewerMinor {
+        module: String,
+        found: String,
+        host: String,
+    },
     #[error("module `{module}` was built against a plugin-api whose interface differs from this host's (it reports plugin-api {found}; the host uses {host}); rebuild it against plugin-api {host} (RUST_LOG=debug shows the full layout report)")]
     IncompatibleInterface {
         module: String,
@@ -259,13 +265,46 @@ fn load_from(
     copy: &Path,
 ) -> Result<(ModuleRootRef, String), LoadError> {
     let header = lib_header_from_path(copy).map_err(|e| classify(module, original, e, None))?;
-    let found = VersionNumber::new(header.version_strings())
+    let version = VersionNumber::new(header.version_strings());
+    let found = version
+        .as_ref()
         .map(|v| v.to_string())
         .unwrap_or_else(|_| header.version_strings().version.to_string());
+    if let Ok(version) = version {
+        check_compatible(module, version)?;
+    }
     let root = header
         .init_root_module::<ModuleRootRef>()
         .map_err(|e| classify(module, original, e, Some(&found)))?;
     Ok((root, found))
+}
+
+/// The compatibility promise (docs/compatibility.md): a module built against plugin-api
+/// 1.x runs on every host 1.y with y >= x. abi_stable refuses another major itself, but
+/// from 1.0 on it accepts a *newer* minor whose layout only grew; such a module could
+/// call methods this host lacks, so it is refused here, before any of its code runs.
+fn check_compatible(module: &str, found: VersionNumber) -> Result<(), LoadError> {
+    let host = host_version();
+    if found.major == host.major && host.major >= 1 && found.minor > host.minor {
+        return Err(LoadError::NewerMinor {
+            module: module.to_string(),
+            found: found.to_string(),
+            host: host.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// This host's plugin-api version.
+fn host_version() -> VersionNumber {
+    let mut parts = PLUGIN_API_VERSION
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    VersionNumber {
+        major: parts.next().unwrap_or(0),
+        minor: parts.next().unwrap_or(0),
+        patch: parts.next().unwrap_or(0),
+    }
 }
 
 fn classify(module: &str, path: &Path, err: LibraryError, found: Option<&str>) -> LoadError {

@@ -423,7 +423,7 @@ impl Host {
         };
         let handle = ModuleHandle::new(
             &name,
-            AreaDatabase::new(pool),
+            AreaDatabase::new(&name, pool),
             rules.clone(),
             Arc::downgrade(self) as Weak<dyn Platform>,
         );

@@ -302,7 +302,11 @@ impl FfiHost for ModuleHandle {
         .into_ffi()
     }
 
-    fn publish(&self, topic: RStr<'_>, payload: RString) -> FfiFuture<RResult<(), FfiCallError>> {
+    fn publish(
+        &self,
+        topic: RStr<'_>,
+        payload: RString,
+    ) -> FfiFuture<RResult<RString, FfiCallError>> {
         let (this, topic) = (self.clone(), topic.to_string());
         async move {
             if !this.rules.publishes.contains(&topic) {
@@ -313,7 +317,7 @@ impl FfiHost for ModuleHandle {
                 return RResult::RErr(shutting_down());
             };
             match host.bus().publish(&this.module, &topic, payload.into_string()).await {
-                Ok(_) => RResult::ROk(()),
+                Ok(id) => RResult::ROk(id.into()),
                 Err(e) => RResult::RErr(call_err(call_error::UNAVAILABLE, e)),
             }
         }

@@ -51,16 +51,20 @@ pub fn plugins() -> &'static Path {
     })
 }
 
-/// Builds one package of the `host/tests/plugins/abi_mismatch` fixture workspace (alone,
-/// so its plugin-api features are its own); returns the library's path.
-fn build_mismatch_fixture(package: &str) -> PathBuf {
-    let fixture = workspace().join("host/tests/plugins/abi_mismatch");
-    // Both fixtures share the lock file; copy it once per test binary.
-    static LOCK: OnceLock<()> = OnceLock::new();
-    LOCK.get_or_init(|| {
-        std::fs::copy(workspace().join("Cargo.lock"), fixture.join("Cargo.lock"))
-            .expect("copy Cargo.lock into the fixture");
-    });
+/// Builds one package of a fixture workspace outside the main one (alone, so its
+/// plugin-api features and version are its own), with the main target dir and a copy of
+/// the main Cargo.lock; returns the library's path.
+fn build_fixture(fixture: &Path, package: &str) -> PathBuf {
+    // The packages of one fixture workspace share its lock file: copy it once each.
+    static LOCKS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    {
+        let mut copied = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        if !copied.iter().any(|f| f == fixture) {
+            std::fs::copy(workspace().join("Cargo.lock"), fixture.join("Cargo.lock"))
+                .expect("copy Cargo.lock into the fixture");
+            copied.push(fixture.to_path_buf());
+        }
+    }
     let target = profile_dir().parent().expect("target dir").to_path_buf();
     let status = Command::new(cargo())
         .arg("build")
@@ -76,6 +80,19 @@ fn build_mismatch_fixture(package: &str) -> PathBuf {
     target.join("debug").join(lib_file(package))
 }
 
+fn build_mismatch_fixture(package: &str) -> PathBuf {
+    build_fixture(
+        &workspace().join("host/tests/plugins/abi_mismatch"),
+        package,
+    )
+}
+
+/// Builds `compat/module-1.0`: a module compiled against the frozen plugin-api 1.0.
+pub fn compat_v1_0_plugin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_fixture(&workspace().join("compat"), "compat_v1_0"))
+}
+
 /// Builds the plugin compiled against a changed plugin-api interface.
 pub fn abi_mismatch_plugin() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -86,6 +103,12 @@ pub fn abi_mismatch_plugin() -> &'static Path {
 pub fn version_mismatch_plugin() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| build_mismatch_fixture("version_mismatch"))
+}
+
+/// Builds the plugin whose library reports plugin-api 1.99.0.
+pub fn newer_minor_plugin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_mismatch_fixture("newer_minor"))
 }
 
 /// `libNAME.so` on Linux, and so on.

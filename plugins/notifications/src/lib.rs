@@ -13,7 +13,7 @@ pub struct Notifications;
 #[derive(Debug, Serialize, Deserialize)]
 struct Notification {
     id: i64,
-    event_id: i64,
+    event_id: String,
     topic: String,
     message: String,
 }
@@ -38,11 +38,11 @@ impl Module for Notifications {
             ctx.subscribe(pattern, move |event: Event| {
                 let db = db.clone();
                 async move {
-                    // Idempotent: a redelivered event is stored once.
-                    let id = i64::try_from(event.id).map_err(|_| Error::new("event id out of range"))?;
+                    // Idempotent: a redelivered event is stored once (event ids are
+                    // globally unique, and the same on every retry).
                     db.execute(
                         "INSERT INTO notifications (event_id, topic, message) VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING",
-                        params![id, event.topic.clone(), message(&event)],
+                        params![event.id.clone(), event.topic.clone(), message(&event)],
                     )
                     .await?;
                     Ok(())

@@ -6,6 +6,9 @@
 //! library built against plugin-api 0.4 reports. abi_stable checks that version before
 //! the type layout (which differs too, the root type being this crate's own), so the
 //! host must refuse the library with its "built against plugin-api 0.4.0" message.
+//!
+//! Built as the `newer_minor` package, it reports 1.99.0 instead, which the host refuses
+//! before abi_stable's own checks, as newer than its own minor.
 
 // abi_stable's derive generates impls inside a const block.
 #![allow(non_local_definitions)]
@@ -21,7 +24,11 @@ use abi_stable::{
 use modhost_plugin_api::{ffi::FfiModuleBox, prelude::*};
 
 /// The plugin-api version this library claims to be built against.
+#[cfg(not(feature = "newer_minor"))]
 pub const REPORTED_PLUGIN_API_VERSION: &str = "0.4.0";
+/// Built as the `newer_minor` package: a newer 1.x minor than any host has.
+#[cfg(feature = "newer_minor")]
+pub const REPORTED_PLUGIN_API_VERSION: &str = "1.99.0";
 
 #[derive(Default)]
 pub struct OldApi;
