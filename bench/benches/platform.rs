@@ -192,6 +192,7 @@ fn service_call_round_trip(bencher: divan::Bencher) {
             "billing.subscription.get",
             "{\"user_id\":\"u1\"}".into(),
             Duration::from_secs(1),
+            None,
         ))
         .expect("call")
     });

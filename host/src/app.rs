@@ -238,8 +238,7 @@ pub fn sign(dir: &Path, key: &Path) -> Result<Signed, AppError> {
     let found = discover_one(dir)
         .map_err(|(_, e)| AppError::Usage(e.to_string()))?
         .ok_or_else(|| AppError::Usage(format!("{} has no module.yaml", dir.display())))?;
-    let public_key = signing::sign(dir, &found.manifest_path, &found.library, key)
-        .map_err(|e| AppError::Usage(e.to_string()))?;
+    let public_key = signing::sign(dir, key).map_err(|e| AppError::Usage(e.to_string()))?;
     Ok(Signed {
         module: found.manifest.name.to_string(),
         manifest: found.manifest_path,

@@ -175,3 +175,84 @@ fn a_module_built_against_plugin_api_1_0_runs_on_this_host() {
     assert_eq!(after.json()["created"], 1, "{}", after.text());
     assert_eq!(host.module("compat")["state"], "started");
 }
+
+/// A user who may only use the compat module, and their token.
+fn limited_user(host: &HostProcess) -> (String, String) {
+    let role = host.request(
+        "POST",
+        "/api/v1/authz/roles",
+        br#"{"name":"compat_reader","permissions":["compat.note.read"]}"#,
+    );
+    assert_eq!(role.status, 201, "{}", role.text());
+    let created = host.request(
+        "POST",
+        "/api/v1/identity/users",
+        br#"{"email":"reader@example.com","password":"correct horse battery"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let assign = host.request(
+        "POST",
+        &format!("/api/v1/authz/users/{id}/roles"),
+        br#"{"role":"compat_reader"}"#,
+    );
+    assert_eq!(assign.status, 200, "{}", assign.text());
+    let login = http(
+        host.addr,
+        "POST",
+        "/api/v1/auth/login",
+        &[],
+        br#"{"email":"reader@example.com","password":"correct horse battery"}"#,
+    );
+    assert_eq!(login.status, 200, "{}", login.text());
+    let token = login.json()["access_token"].as_str().unwrap().to_string();
+    (id, token)
+}
+
+/// Since 1.1 a service call made inside a request carries the request's end user, even
+/// when the calling module was built against 1.0: billing (built against this host's
+/// plugin-api) answers a user about their own subscription only, so a user who may use
+/// a module depending on billing cannot read another user's subscription through it.
+#[test]
+fn the_end_user_travels_with_a_service_call_so_a_provider_is_not_a_confused_deputy() {
+    let m = modules_with_compat();
+    let host = HostProcess::start(&m, &[], &[]);
+    let ours = modhost_plugin_api::PLUGIN_API_VERSION;
+    assert_ne!(
+        ours, "1.0.0",
+        "the host must be a later minor than the module"
+    );
+    let (reader_id, reader) = limited_user(&host);
+    for user in ["someone-else", reader_id.as_str()] {
+        let body = json!({ "user_id": user, "plan": "pro" }).to_string();
+        let sub = host.request("POST", "/api/v1/billing/subscriptions", body.as_bytes());
+        assert_eq!(sub.status, 201, "{}", sub.text());
+    }
+
+    // The limited user may use compat's route, but billing refuses them someone else's
+    // subscription (as not found: its existence is not revealed) ...
+    let other = host.request_as(&reader, "GET", "/api/v1/compat/billing/someone-else", b"");
+    assert_eq!(other.status, 404, "{}", other.text());
+    // ... and answers about their own.
+    let own = host.request_as(
+        &reader,
+        "GET",
+        &format!("/api/v1/compat/billing/{reader_id}"),
+        b"",
+    );
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert_eq!(own.json()["user_id"], reader_id.as_str());
+    // A user holding billing.subscription.read (the operator) may ask about anyone.
+    let operator = host.get("/api/v1/compat/billing/someone-else");
+    assert_eq!(operator.status, 200, "{}", operator.text());
+    // Billing logged the refusal with the user and the calling module.
+    let refused = eventually("billing's refusal in the log", || {
+        host.logs().into_iter().find(|l| {
+            l.to_string()
+                .contains("subscription of another user refused")
+                && l.to_string().contains(&reader_id)
+        })
+    });
+    assert_eq!(refused["module"], "billing", "{refused}");
+    assert!(refused.to_string().contains("compat"), "{refused}");
+}

@@ -277,7 +277,24 @@ fn signatures_are_required_and_checked() {
     let lib_tampered = m.add_faulty("lib_tampered", "ok", "");
     let manifest_tampered = m.add_faulty("manifest_tampered", "ok", "");
     let stranger = m.add_faulty("stranger", "ok", "");
-    for dir in [&signed, &lib_tampered, &manifest_tampered] {
+    // The signature covers every file: migrations too.
+    let migration_edited = m.add_faulty("migration_edited", "ok", "");
+    let migration_added = m.add_faulty("migration_added", "ok", "");
+    for dir in [&migration_edited, &migration_added] {
+        std::fs::create_dir_all(dir.join("migrations")).unwrap();
+        std::fs::write(
+            dir.join("migrations/0001_items.sql"),
+            "CREATE TABLE items (id INTEGER PRIMARY KEY);\n",
+        )
+        .unwrap();
+    }
+    for dir in [
+        &signed,
+        &lib_tampered,
+        &manifest_tampered,
+        &migration_edited,
+        &migration_added,
+    ] {
         run_ok(&[
             "sign",
             dir.to_str().unwrap(),
@@ -299,6 +316,16 @@ fn signatures_are_required_and_checked() {
     let manifest = manifest_tampered.join("module.yaml");
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, text.replace("mode: ok", "mode: ok ")).unwrap();
+    std::fs::write(
+        migration_edited.join("migrations/0001_items.sql"),
+        "CREATE TABLE items (id INTEGER PRIMARY KEY); DROP TABLE IF EXISTS other;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        migration_added.join("migrations/0002_more.sql"),
+        "CREATE TABLE more (id INTEGER PRIMARY KEY);\n",
+    )
+    .unwrap();
     let _ = unsigned;
 
     let env = [
@@ -307,19 +334,28 @@ fn signatures_are_required_and_checked() {
     ];
     let host = HostProcess::start(&m, &env, &[]);
     assert_eq!(host.module("signed")["state"], "started");
+    assert_eq!(host.module("signed")["signed_by"], public.as_str());
     assert_eq!(host.get("/api/v1/signed/ok").status, 200);
+    let loaded: Vec<_> = host
+        .logs()
+        .into_iter()
+        .filter(|l| l["message"] == "module loaded" && l["module"] == "signed")
+        .collect();
+    assert_eq!(loaded[0]["signed_by"], public.as_str(), "{loaded:?}");
     let expect = [
         (
             "unsigned",
             "unsigned module, and this host requires signatures",
         ),
+        ("lib_tampered", "libfaulty.so was changed after signing"),
+        ("manifest_tampered", "module.yaml was changed after signing"),
         (
-            "lib_tampered",
-            "the signature does not match module.yaml and the library",
+            "migration_edited",
+            "migrations/0001_items.sql was changed after signing",
         ),
         (
-            "manifest_tampered",
-            "the signature does not match module.yaml and the library",
+            "migration_added",
+            "migrations/0002_more.sql was added after signing",
         ),
         ("stranger", "which this host does not trust"),
     ];

@@ -194,8 +194,23 @@ pub type FfiEventHandlerBox = FfiEventHandler_TO<'static, RArc<()>>;
 /// A service a module provides to other modules: JSON in, JSON out.
 #[sabi_trait]
 pub trait FfiServiceHandler: Send + Sync {
+    /// 1.0: a call from the module `caller`.
     #[sabi(last_prefix_field)]
     fn call(&self, caller: RString, request: RString) -> FfiFuture<RResult<RString, FfiCallError>>;
+
+    /// Added in 1.1: a call from the module `caller`, made while it handled a request of
+    /// the end user `user` (`None`: not inside a request, e.g. from an event handler).
+    /// A provider built against 1.0 lacks this method; abi_stable then runs this default
+    /// body, which calls the 1.0 `call` without the user.
+    fn call_as(
+        &self,
+        caller: RString,
+        user: ROption<FfiUser>,
+        request: RString,
+    ) -> FfiFuture<RResult<RString, FfiCallError>> {
+        let _ = user;
+        self.call(caller, request)
+    }
 }
 
 /// Owned, shareable service handler.

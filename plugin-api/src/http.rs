@@ -172,11 +172,7 @@ impl Request {
     pub fn user(&self) -> Option<&User> {
         self.user
             .get_or_init(|| match &self.source {
-                Source::Host(r) => r.user().into_option().map(|u| User {
-                    id: u.id.into_string(),
-                    email: u.email.into_string(),
-                    permissions: u.permissions.into_iter().map(|p| p.into_string()).collect(),
-                }),
+                Source::Host(r) => r.user().into_option().map(User::from_ffi),
                 Source::Local(l) => l.user.clone(),
             })
             .as_ref()

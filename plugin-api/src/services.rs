@@ -5,13 +5,14 @@
 
 use std::{future::Future, marker::PhantomData, sync::Arc, time::Duration};
 
-use abi_stable::std_types::{RResult, RString};
+use abi_stable::std_types::{ROption, RResult, RString};
 use async_ffi::{FfiFuture, FutureExt as _};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     clients::{call_json, CallError, CallErrorKind},
-    ffi::{FfiCallError, FfiHostBox, FfiServiceHandler},
+    ffi::{FfiCallError, FfiHostBox, FfiServiceHandler, FfiUser},
+    User,
 };
 
 /// Calls other modules' services. Cheap to clone into handlers.
@@ -52,6 +53,8 @@ impl<H, Req, Resp, Fut> ServiceAdapter<H, Req, Resp, Fut> {
 pub struct Caller {
     /// The calling module's name.
     pub module: String,
+    /// Since 1.1: the end user on whose behalf the call is made; see [`Caller::user`].
+    user: Option<User>,
 }
 
 impl Caller {
@@ -59,7 +62,27 @@ impl Caller {
     pub fn new(module: impl Into<String>) -> Self {
         Self {
             module: module.into(),
+            user: None,
         }
+    }
+
+    /// The same caller, acting for `user` (unit tests).
+    pub fn with_user(mut self, user: User) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// The end user whose request the calling module was handling when it called
+    /// (since plugin-api 1.1), with that user's permissions. `None` when the call was
+    /// not made inside a request (an event handler, `start`) or came from a module on
+    /// an older host.
+    ///
+    /// A module calling you is trusted with what *it* may call, not with what its user
+    /// may see: when your answer depends on who asks (someone's data, an admin action),
+    /// check this user, or you become a confused deputy for every module that depends
+    /// on you.
+    pub fn user(&self) -> Option<&User> {
+        self.user.as_ref()
     }
 }
 
@@ -71,6 +94,15 @@ where
     Fut: Future<Output = Result<Resp, CallError>> + Send + 'static,
 {
     fn call(&self, caller: RString, request: RString) -> FfiFuture<RResult<RString, FfiCallError>> {
+        self.call_as(caller, ROption::RNone, request)
+    }
+
+    fn call_as(
+        &self,
+        caller: RString,
+        user: ROption<FfiUser>,
+        request: RString,
+    ) -> FfiFuture<RResult<RString, FfiCallError>> {
         let handler = Arc::clone(&self.handler);
         async move {
             let request: Req = match serde_json::from_str(request.as_str()) {
@@ -82,7 +114,10 @@ where
                     )
                 }
             };
-            let caller = Caller::new(caller.into_string());
+            let caller = Caller {
+                module: caller.into_string(),
+                user: user.into_option().map(User::from_ffi),
+            };
             match handler(caller, request).await {
                 Ok(resp) => match serde_json::to_string(&resp) {
                     Ok(json) => RResult::ROk(json.into()),

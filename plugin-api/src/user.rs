@@ -12,6 +12,14 @@ pub struct User {
 }
 
 impl User {
+    pub(crate) fn from_ffi(u: crate::ffi::FfiUser) -> Self {
+        Self {
+            id: u.id.into_string(),
+            email: u.email.into_string(),
+            permissions: u.permissions.into_iter().map(|p| p.into_string()).collect(),
+        }
+    }
+
     /// Whether the user holds `permission` (wildcards as in
     /// [`crate::permission_matches`]).
     pub fn has(&self, permission: impl AsRef<str>) -> bool {

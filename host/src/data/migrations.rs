@@ -67,6 +67,8 @@ pub enum MigrationError {
     Failed { path: PathBuf, error: String },
     #[error("cannot read the applied migrations: {0}")]
     Bookkeeping(String),
+    #[error("{}: not the migration the module's signature covers (changed after the signature was checked); refusing to run it", path.display())]
+    Unsigned { path: PathBuf },
 }
 
 /// Reads the migrations in `module_dir/migrations` for `backend`, ordered by version.
@@ -157,7 +159,15 @@ const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _modhost_migrations (
 )";
 
 /// Applies the pending migrations of `module_dir` to `pool`; returns how many ran.
-pub async fn apply(pool: &AreaPool, module_dir: &Path) -> Result<usize, MigrationError> {
+///
+/// `signed`: the signed file list of a signed module (path to SHA-256). Each migration
+/// read here must be one of them, with its signed digest, so a file changed between the
+/// signature check and this read is refused rather than run.
+pub async fn apply(
+    pool: &AreaPool,
+    module_dir: &Path,
+    signed: Option<&BTreeMap<String, String>>,
+) -> Result<usize, MigrationError> {
     // Reading the folder and files blocks: do it off the runtime's workers.
     let (dir, backend) = (module_dir.to_path_buf(), pool.backend());
     let migrations = tokio::task::spawn_blocking(move || discover(&dir, backend))
@@ -166,6 +176,21 @@ pub async fn apply(pool: &AreaPool, module_dir: &Path) -> Result<usize, Migratio
             path: module_dir.join(MIGRATIONS_DIR),
             source: std::io::Error::other(e.to_string()),
         })??;
+    if let Some(signed) = signed {
+        for m in &migrations {
+            let name = m.path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+            let key = format!("{MIGRATIONS_DIR}/{name}");
+            if signed
+                .get(&key)
+                .map(|d| d.eq_ignore_ascii_case(&m.checksum))
+                != Some(true)
+            {
+                return Err(MigrationError::Unsigned {
+                    path: m.path.clone(),
+                });
+            }
+        }
+    }
     if migrations.is_empty() {
         // Nothing to apply or to check against; leave a module without migrations
         // untouched (its database may not even exist).

@@ -23,6 +23,7 @@ use crate::core::AuthUser;
 use crate::http::respond::{json_error, Body};
 use crate::routes::pattern::Params;
 use crate::routes::table::Route;
+use crate::services::end_user;
 
 /// A request inside a module route, from routing to the answer: counted in flight (a
 /// reload waits for it) and in the route's request count; on [`RouteVisit::finish`] its
@@ -86,9 +87,12 @@ pub async fn call(
     params: Params,
     user: Option<AuthUser>,
 ) -> Response<Body> {
-    let request = ffi_request(parts, body, params, user);
+    let user = user.map(|u| Arc::new(ffi_user(&u)));
+    let request = ffi_request(parts, body, params, user.clone());
     let timeout = config.request_timeout;
-    let mut call = std::pin::pin!(AssertUnwindSafe(route.handler.call(request)).catch_unwind());
+    // Service calls the handler makes carry its user to the provider.
+    let call = end_user::scope(user, route.handler.call(request));
+    let mut call = std::pin::pin!(AssertUnwindSafe(call).catch_unwind());
     // Most handlers answer on their first poll: only arm the timeout timer (a shared
     // timer-wheel entry per request) for those that do not.
     let outcome = match call.as_mut().now_or_never() {
@@ -127,7 +131,7 @@ struct HostRequest {
     parts: Parts,
     body: Bytes,
     params: Params,
-    user: Option<AuthUser>,
+    user: Option<Arc<FfiUser>>,
 }
 
 impl FfiRequestView for HostRequest {
@@ -164,22 +168,28 @@ impl FfiRequestView for HostRequest {
     }
 
     fn user(&self) -> ROption<FfiUser> {
-        self.user
-            .as_ref()
-            .map(|u| FfiUser {
-                id: u.id.as_str().into(),
-                email: u.email.as_str().into(),
-                permissions: u
-                    .permissions
-                    .iter()
-                    .map(|p| RString::from(p.as_str()))
-                    .collect(),
-            })
-            .into()
+        self.user.as_deref().cloned().into()
     }
 }
 
-fn ffi_request(parts: Parts, body: Bytes, params: Params, user: Option<AuthUser>) -> FfiRequest {
+fn ffi_user(u: &AuthUser) -> FfiUser {
+    FfiUser {
+        id: u.id.as_str().into(),
+        email: u.email.as_str().into(),
+        permissions: u
+            .permissions
+            .iter()
+            .map(|p| RString::from(p.as_str()))
+            .collect(),
+    }
+}
+
+fn ffi_request(
+    parts: Parts,
+    body: Bytes,
+    params: Params,
+    user: Option<Arc<FfiUser>>,
+) -> FfiRequest {
     let request = HostRequest {
         parts,
         body,

@@ -16,14 +16,16 @@ use std::{
 };
 
 use abi_stable::{
+    abi_stability::abi_checking::check_layout_compatibility,
     library::{lib_header_from_path, LibraryError},
     sabi_types::VersionNumber,
+    StableAbi,
 };
 use modhost_plugin_api::{ffi::ModuleRootRef, PLUGIN_API_VERSION};
 
 pub use crate::hex::sha256_hex;
 use crate::module::manifest::Manifest;
-use crate::module::signing::{self, SignatureError, TrustPolicy};
+use crate::module::signing::{self, KnownDigests, SignatureError, SignedFolder, TrustPolicy};
 
 /// A library loaded and checked against this host's plugin-api.
 pub struct LoadedLibrary {
@@ -32,6 +34,8 @@ pub struct LoadedLibrary {
     pub runtime_path: PathBuf,
     /// The plugin-api version the library was built against.
     pub plugin_api_version: String,
+    /// The verified signature, when the module is signed.
+    pub signed: Option<SignedFolder>,
 }
 
 /// Why a library was refused.
@@ -178,8 +182,10 @@ pub fn load_verified(
 ) -> Result<LoadedLibrary, LoadError> {
     let module = manifest.name.as_str();
     let lib = read_library(module, library)?;
-    verify(dir, manifest, &lib, policy)?;
-    load_library(module, &lib, runtime)
+    let signed = verify(dir, manifest, &lib, policy)?;
+    let mut loaded = load_library(module, &lib, runtime)?;
+    loaded.signed = signed;
+    Ok(loaded)
 }
 
 /// Reads a library file once.
@@ -197,13 +203,14 @@ pub fn read_library(module: &str, path: &Path) -> Result<LibraryBytes, LoadError
 }
 
 /// Checks the library's bytes against the manifest's `sha256:` pin and the module's
-/// signature (which covers the parsed manifest and these bytes).
+/// signature (which covers every file of the folder: for the manifest and the library,
+/// the parsed manifest and these bytes); `Some` when the module is signed.
 pub fn verify(
     dir: &Path,
     manifest: &Manifest,
     lib: &LibraryBytes,
     policy: &TrustPolicy,
-) -> Result<(), LoadError> {
+) -> Result<Option<SignedFolder>, LoadError> {
     let module = manifest.name.as_str();
     if let Some(expected) = &manifest.sha256 {
         if !lib.sha256().eq_ignore_ascii_case(expected) {
@@ -215,13 +222,19 @@ pub fn verify(
             });
         }
     }
-    signing::verify(
-        dir,
-        &manifest.source_sha256,
-        &|| lib.sha256().to_string(),
-        policy,
-    )
-    .map_err(|source| LoadError::Signature {
+    let library = lib
+        .path
+        .strip_prefix(dir)
+        .ok()
+        .and_then(Path::to_str)
+        .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"))
+        .unwrap_or_default();
+    let digest = || lib.sha256().to_string();
+    let known = KnownDigests {
+        manifest_sha256: &manifest.source_sha256,
+        library: (&library, &digest),
+    };
+    signing::verify(dir, &known, policy).map_err(|source| LoadError::Signature {
         module: module.to_string(),
         source,
     })
@@ -251,6 +264,7 @@ pub fn load_library(
             root: root.0,
             runtime_path: copy,
             plugin_api_version: root.1,
+            signed: None,
         }),
         Err(e) => {
             let _ = std::fs::remove_file(&copy);
@@ -273,19 +287,55 @@ fn load_from(
     if let Ok(version) = version {
         check_compatible(module, version)?;
     }
-    let root = header
-        .init_root_module::<ModuleRootRef>()
+    check_layout(module, original, header, &found)?;
+    // SAFETY: `check_layout` compared the library's root module layout with the host's,
+    // every type reachable from it included, just above.
+    let root = unsafe { header.init_root_module_with_unchecked_layout::<ModuleRootRef>() }
         .map_err(|e| classify(module, original, e, Some(&found)))?;
     Ok((root, found))
 }
 
+/// Checks the library's FFI types against the host's, with the library as the
+/// *interface* and the host as the *implementation*: abi_stable then accepts a host
+/// whose `#[sabi_trait]`s have more methods at the end (a newer minor), which is the
+/// direction the compatibility promise needs. abi_stable's own check, in
+/// `init_root_module`, has the roles the other way round and would refuse every module
+/// built against an older minor.
+fn check_layout(
+    module: &str,
+    path: &Path,
+    header: &abi_stable::library::LibHeader,
+    found: &str,
+) -> Result<(), LoadError> {
+    let refused = |detail: &dyn std::fmt::Display| {
+        tracing::debug!(module, library = %path.display(), report = %detail, "library layout check failed (full report)");
+        LoadError::IncompatibleInterface {
+            module: module.to_string(),
+            found: found.to_string(),
+            host: PLUGIN_API_VERSION.to_string(),
+        }
+    };
+    let Some(library) = header.layout() else {
+        return Err(refused(&"the library was built without layout information"));
+    };
+    check_layout_compatibility(library, <ModuleRootRef as StableAbi>::LAYOUT)
+        .map_err(|errors| refused(&errors))
+}
+
 /// The compatibility promise (docs/compatibility.md): a module built against plugin-api
-/// 1.x runs on every host 1.y with y >= x. abi_stable refuses another major itself, but
-/// from 1.0 on it accepts a *newer* minor whose layout only grew; such a module could
-/// call methods this host lacks, so it is refused here, before any of its code runs.
+/// 1.x runs on every host 1.y with y >= x. Another major (or, before 1.0, another minor)
+/// is refused; so is a *newer* minor, which could call methods this host lacks. Checked
+/// on the library's header, before its layout and before any of its code runs.
 fn check_compatible(module: &str, found: VersionNumber) -> Result<(), LoadError> {
     let host = host_version();
-    if found.major == host.major && host.major >= 1 && found.minor > host.minor {
+    if found.major != host.major || (host.major == 0 && found.minor != host.minor) {
+        return Err(LoadError::IncompatibleVersion {
+            module: module.to_string(),
+            found: found.to_string(),
+            host: host.to_string(),
+        });
+    }
+    if found.minor > host.minor {
         return Err(LoadError::NewerMinor {
             module: module.to_string(),
             found: found.to_string(),

@@ -1,12 +1,18 @@
-//! Vendor signatures: ed25519 over a module's manifest and library.
+//! Vendor signatures: ed25519 over the list of every file in a module folder.
 //!
-//! A vendor runs `modhost keygen` once and `modhost sign MODULE_DIR --key vendor.key` for
-//! each release; the module folder then ships a `module.sig`. The host trusts the public
-//! keys listed in `trusted_keys`; with `require_signatures = true` it refuses unsigned
-//! modules, and it always refuses a signature that does not verify or a key it does not
-//! trust. The signed message binds both files: changing one byte of either breaks it.
+//! A vendor runs `modhost keygen` once and `modhost sign MODULE_DIR --key vendor.key`
+//! (or `modhost package --sign`) for each release; the module folder then ships a
+//! `module.sig` that lists every file of the folder (`module.yaml`, the library,
+//! `migrations/…`, anything else) with its SHA-256, signed as a whole. The host trusts
+//! the public keys listed in `trusted_keys`; with `require_signatures = true` it refuses
+//! unsigned modules, and it always refuses a signature that does not verify, a key it
+//! does not trust, and a folder whose files differ from the signed list: a file
+//! changed, added or removed.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -16,14 +22,34 @@ use crate::hex::{self, sha256_hex};
 /// The signature file in a module folder.
 pub const SIGNATURE_FILE: &str = "module.sig";
 
+/// The signature format this host writes and reads.
+const FORMAT: u32 = 2;
+
 /// What `module.sig` holds.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModuleSignature {
+    /// 2: the signature covers `files`. Format 1 (no `format` field) covered only the
+    /// manifest and the library, and is refused.
+    #[serde(default)]
+    pub format: u32,
     /// The vendor's public key, hex.
     pub key: String,
+    /// Every file of the folder but `module.sig`: path relative to the folder (with `/`)
+    /// to SHA-256, hex.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
     /// Ed25519 signature of the message, hex.
     pub signature: String,
+}
+
+/// A module folder whose signature verified.
+#[derive(Debug, Clone)]
+pub struct SignedFolder {
+    /// The public key that signed it, hex.
+    pub key: String,
+    /// The signed files and their SHA-256: later readers of the folder (migrations)
+    /// check what they read against it.
+    pub files: BTreeMap<String, String>,
 }
 
 /// Why a module's signature was refused.
@@ -35,8 +61,14 @@ pub enum SignatureError {
     Malformed { path: PathBuf, why: String },
     #[error("{}: signed by key {key}, which this host does not trust; add it to trusted_keys if you trust this vendor", dir.display())]
     Untrusted { dir: PathBuf, key: String },
-    #[error("{}: the signature does not match module.yaml and the library: one of them changed after signing", dir.display())]
+    #[error("{}: the signature does not match the signed file list: module.sig was edited after signing", dir.display())]
     Invalid { dir: PathBuf },
+    #[error("{}: {file} was {what} after signing; refusing the module (install the vendor's package again)", dir.display())]
+    Tampered {
+        dir: PathBuf,
+        file: String,
+        what: &'static str,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -60,10 +92,59 @@ pub struct TrustPolicy {
     pub require_signatures: bool,
 }
 
-/// The signed message: a domain tag and the SHA-256 (hex) of both files.
-fn message(manifest_sha256: &str, library_sha256: &str) -> Vec<u8> {
-    format!("modhost-module-signature-v1\nmanifest {manifest_sha256}\nlibrary {library_sha256}\n")
-        .into_bytes()
+/// The signed message: a domain tag, then one line per file in path order.
+fn message(files: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut text = String::from("modhost-module-signature-v2\n");
+    for (path, sha) in files {
+        text.push_str(&format!("file {sha} {path}\n"));
+    }
+    text.into_bytes()
+}
+
+/// Every file in `dir` but `module.sig`, by path relative to `dir` (with `/`). A
+/// symbolic link or a path that is not UTF-8 (or holds a newline) is refused: a signed
+/// folder holds plain files with plain names.
+pub fn folder_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, SignatureError> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|source| SignatureError::Io {
+            path: current.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| SignatureError::Io {
+                path: current.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|source| SignatureError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let relative = path
+                .strip_prefix(dir)
+                .ok()
+                .and_then(Path::to_str)
+                .filter(|r| !r.contains('\n'))
+                .map(|r| r.replace(std::path::MAIN_SEPARATOR, "/"))
+                .ok_or_else(|| SignatureError::Malformed {
+                    path: path.clone(),
+                    why: "a file name in a signed module must be UTF-8 without newlines".into(),
+                })?;
+            if kind.is_symlink() {
+                return Err(SignatureError::Malformed {
+                    path,
+                    why: "a symbolic link; a signed module folder holds plain files only".into(),
+                });
+            } else if kind.is_dir() {
+                pending.push(path);
+            } else if relative != SIGNATURE_FILE {
+                found.insert(relative, path);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// A new key pair: (secret hex, public hex).
@@ -79,24 +160,24 @@ pub fn keygen() -> (String, String) {
     )
 }
 
-/// Signs the module in `dir` (its manifest and library) with the secret in `key_file`;
-/// writes `module.sig` and returns the public key.
-pub fn sign(
-    dir: &Path,
-    manifest: &Path,
-    library: &Path,
-    key_file: &Path,
-) -> Result<String, SignatureError> {
+/// Signs every file of the module folder `dir` with the secret in `key_file`; writes
+/// `module.sig` and returns the public key.
+pub fn sign(dir: &Path, key_file: &Path) -> Result<String, SignatureError> {
     let secret = String::from_utf8_lossy(&read(key_file)?).into_owned();
     let bytes: [u8; 32] = hex::decode_array(&secret).ok_or_else(|| SignatureError::Malformed {
         path: key_file.to_path_buf(),
         why: "not a modhost secret key (64 hex characters from `modhost keygen`)".into(),
     })?;
     let key = SigningKey::from_bytes(&bytes);
-    let signed = message(&sha256_hex(&read(manifest)?), &sha256_hex(&read(library)?));
-    let signature = key.sign(&signed);
+    let mut files = BTreeMap::new();
+    for (relative, path) in folder_files(dir)? {
+        files.insert(relative, sha256_hex(&read(&path)?));
+    }
+    let signature = key.sign(&message(&files));
     let file = ModuleSignature {
+        format: FORMAT,
         key: hex::encode(&key.verifying_key().to_bytes()),
+        files,
         signature: hex::encode(&signature.to_bytes()),
     };
     let text = serde_json::to_string_pretty(&file).unwrap_or_default();
@@ -105,16 +186,22 @@ pub fn sign(
     Ok(file.key)
 }
 
-/// Checks the module in `dir` against the trust policy. The digests are those of the
-/// manifest that was parsed and of the library bytes that will be loaded, so what is
-/// verified is exactly what runs. The library's digest is asked for only when the
-/// module is signed (hashing a large library is not free).
+/// The digests of the files the caller has already read (and will use): the parsed
+/// manifest, the library bytes that will be loaded. Everything else is read here.
+pub struct KnownDigests<'a> {
+    pub manifest_sha256: &'a str,
+    /// The library's path relative to the folder, and its digest (computed only when the
+    /// module is signed: hashing a large library is not free).
+    pub library: (&'a str, &'a dyn Fn() -> String),
+}
+
+/// Checks the module in `dir` against the trust policy; `Some` with the signing key and
+/// the signed file list when it is signed.
 pub fn verify(
     dir: &Path,
-    manifest_sha256: &str,
-    library_sha256: &dyn Fn() -> String,
+    known: &KnownDigests<'_>,
     policy: &TrustPolicy,
-) -> Result<(), SignatureError> {
+) -> Result<Option<SignedFolder>, SignatureError> {
     let (trusted, required) = (&policy.trusted_keys, policy.require_signatures);
     let sig_path = dir.join(SIGNATURE_FILE);
     if !sig_path.exists() {
@@ -123,7 +210,7 @@ pub fn verify(
                 dir: dir.to_path_buf(),
             })
         } else {
-            Ok(())
+            Ok(None)
         };
     }
     let malformed = |why: String| SignatureError::Malformed {
@@ -132,6 +219,12 @@ pub fn verify(
     };
     let file: ModuleSignature = serde_json::from_slice(&read(&sig_path)?)
         .map_err(|e| malformed(format!("not a module signature: {e}")))?;
+    if file.format != FORMAT {
+        return Err(malformed(format!(
+            "signature format {} covers only module.yaml and the library; this host needs format {FORMAT}, which covers every file: re-sign the module with `modhost sign`",
+            file.format.max(1)
+        )));
+    }
     let key = file.key.trim().to_lowercase();
     if !trusted.iter().any(|t| t.trim().eq_ignore_ascii_case(&key)) {
         return Err(SignatureError::Untrusted {
@@ -147,10 +240,48 @@ pub fn verify(
         .ok_or_else(|| malformed("bad signature encoding".into()))?;
     let signature = Signature::from_bytes(&sig_bytes);
     verifying
-        .verify_strict(&message(manifest_sha256, &library_sha256()), &signature)
+        .verify_strict(&message(&file.files), &signature)
         .map_err(|_| SignatureError::Invalid {
             dir: dir.to_path_buf(),
-        })
+        })?;
+    check_files(dir, &file.files, known)?;
+    Ok(Some(SignedFolder {
+        key,
+        files: file.files,
+    }))
+}
+
+/// The folder holds exactly the signed files, each with its signed digest.
+fn check_files(
+    dir: &Path,
+    signed: &BTreeMap<String, String>,
+    known: &KnownDigests<'_>,
+) -> Result<(), SignatureError> {
+    let tampered = |file: &str, what| SignatureError::Tampered {
+        dir: dir.to_path_buf(),
+        file: file.to_string(),
+        what,
+    };
+    let present = folder_files(dir)?;
+    if let Some(added) = present.keys().find(|p| !signed.contains_key(*p)) {
+        return Err(tampered(added, "added"));
+    }
+    for (relative, expected) in signed {
+        let Some(path) = present.get(relative) else {
+            return Err(tampered(relative, "removed"));
+        };
+        let digest = if relative == "module.yaml" {
+            known.manifest_sha256.to_string()
+        } else if relative == known.library.0 {
+            (known.library.1)()
+        } else {
+            sha256_hex(&read(path)?)
+        };
+        if !digest.eq_ignore_ascii_case(expected) {
+            return Err(tampered(relative, "changed"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -164,71 +295,135 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sign_verify_tamper_untrusted_unsigned() {
+    /// Verifies `dir` as the loader does: manifest and library digests from their bytes.
+    fn check(dir: &Path, policy: &TrustPolicy) -> Result<Option<SignedFolder>, SignatureError> {
+        let manifest = sha256_hex(&std::fs::read(dir.join("module.yaml")).unwrap());
+        let library = sha256_hex(&std::fs::read(dir.join("lib.so")).unwrap());
+        let lib = move || library.clone();
+        let known = KnownDigests {
+            manifest_sha256: &manifest,
+            library: ("lib.so", &lib),
+        };
+        verify(dir, &known, policy)
+    }
+
+    fn module_folder() -> (tempfile::TempDir, tempfile::TempDir) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let (manifest, library, key_file) = (
-            dir.join("module.yaml"),
-            dir.join("lib.so"),
-            tmp.path().join("vendor.key"),
-        );
-        std::fs::write(&manifest, "name: x\n").unwrap();
-        std::fs::write(&library, b"\x7fELF...").unwrap();
-        let manifest_sha = sha256_hex(b"name: x\n");
-        let library_sha = sha256_hex(b"\x7fELF...");
+        std::fs::write(dir.join("module.yaml"), "name: x\n").unwrap();
+        std::fs::write(dir.join("lib.so"), b"\x7fELF...").unwrap();
+        std::fs::create_dir(dir.join("migrations")).unwrap();
+        std::fs::write(
+            dir.join("migrations/0001_init.sql"),
+            "CREATE TABLE t (a INT);",
+        )
+        .unwrap();
+        (tmp, tempfile::tempdir().unwrap())
+    }
+
+    #[test]
+    fn sign_verify_untrusted_unsigned() {
+        let (tmp, keys) = module_folder();
+        let dir = tmp.path();
         assert!(matches!(
-            verify(
-                dir,
-                &manifest_sha,
-                &|| library_sha.clone(),
-                &policy(&[], true)
-            ),
+            check(dir, &policy(&[], true)),
             Err(SignatureError::Unsigned { .. })
         ));
-        assert!(verify(
-            dir,
-            &manifest_sha,
-            &|| library_sha.clone(),
-            &policy(&[], false)
-        )
-        .is_ok());
+        assert!(check(dir, &policy(&[], false)).unwrap().is_none());
         let (secret, public) = keygen();
+        let key_file = keys.path().join("vendor.key");
         std::fs::write(&key_file, &secret).unwrap();
-        assert_eq!(sign(dir, &manifest, &library, &key_file).unwrap(), public);
+        assert_eq!(sign(dir, &key_file).unwrap(), public);
         let trusting = policy(std::slice::from_ref(&public), true);
-        assert!(verify(dir, &manifest_sha, &|| library_sha.clone(), &trusting).is_ok());
+        let signed = check(dir, &trusting).unwrap().expect("signed");
+        assert_eq!(signed.key, public);
+        assert_eq!(
+            signed.files.keys().collect::<Vec<_>>(),
+            ["lib.so", "migrations/0001_init.sql", "module.yaml"]
+        );
         assert!(matches!(
-            verify(
-                dir,
-                &manifest_sha,
-                &|| library_sha.clone(),
-                &policy(&[keygen().1], true)
-            ),
+            check(dir, &policy(&[keygen().1], true)),
             Err(SignatureError::Untrusted { .. })
         ));
-        let tampered = sha256_hex(b"\x7fELF..!");
+    }
+
+    /// Every file is covered: a migration changed, a file added or removed, the library
+    /// or the manifest changed: each is refused, naming the file.
+    #[test]
+    fn any_change_to_the_folder_is_refused() {
+        let (secret, public) = keygen();
+        let trusting = policy(std::slice::from_ref(&public), false);
+        type Change = fn(&Path);
+        let cases: [(&str, &str, Change); 5] = [
+            ("migrations/0001_init.sql", "changed", |d| {
+                std::fs::write(d.join("migrations/0001_init.sql"), "DROP TABLE users;").unwrap()
+            }),
+            ("migrations/0002_more.sql", "added", |d| {
+                std::fs::write(d.join("migrations/0002_more.sql"), "SELECT 1;").unwrap()
+            }),
+            ("migrations/0001_init.sql", "removed", |d| {
+                std::fs::remove_file(d.join("migrations/0001_init.sql")).unwrap()
+            }),
+            ("lib.so", "changed", |d| {
+                std::fs::write(d.join("lib.so"), b"\x7fELF..!").unwrap()
+            }),
+            ("module.yaml", "changed", |d| {
+                std::fs::write(d.join("module.yaml"), "name: y\n").unwrap()
+            }),
+        ];
+        for (file, what, change) in cases {
+            let (tmp, keys) = module_folder();
+            let key_file = keys.path().join("vendor.key");
+            std::fs::write(&key_file, &secret).unwrap();
+            sign(tmp.path(), &key_file).unwrap();
+            change(tmp.path());
+            match check(tmp.path(), &trusting) {
+                Err(SignatureError::Tampered {
+                    file: f, what: w, ..
+                }) => {
+                    assert_eq!((f.as_str(), w), (file, what));
+                }
+                other => panic!("{file} {what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_edited_file_list_or_an_old_format_is_refused() {
+        let (tmp, keys) = module_folder();
+        let dir = tmp.path();
+        let (secret, public) = keygen();
+        let key_file = keys.path().join("vendor.key");
+        std::fs::write(&key_file, &secret).unwrap();
+        sign(dir, &key_file).unwrap();
+        let trusting = policy(std::slice::from_ref(&public), false);
+        // Dropping a file from the list (to hide an added one) breaks the signature.
+        let sig = std::fs::read_to_string(dir.join(SIGNATURE_FILE)).unwrap();
+        let mut parsed: ModuleSignature = serde_json::from_str(&sig).unwrap();
+        parsed.files.remove("migrations/0001_init.sql");
+        std::fs::write(
+            dir.join(SIGNATURE_FILE),
+            serde_json::to_string(&parsed).unwrap(),
+        )
+        .unwrap();
         assert!(matches!(
-            verify(dir, &manifest_sha, &|| tampered.clone(), &trusting),
+            check(dir, &trusting),
             Err(SignatureError::Invalid { .. })
         ));
+        // A format-1 signature (manifest and library only) is refused with what to do.
+        let v1 = format!("{{\"key\":\"{public}\",\"signature\":\"00\"}}");
+        std::fs::write(dir.join(SIGNATURE_FILE), v1).unwrap();
+        let err = check(dir, &trusting).unwrap_err().to_string();
+        assert!(err.contains("re-sign the module"), "{err}");
     }
 
     /// A key file that is not hex is refused; it must never become an all-zero key.
     #[test]
     fn a_malformed_secret_key_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        std::fs::write(dir.join("module.yaml"), "name: x\n").unwrap();
-        std::fs::write(dir.join("lib.so"), b"\x7fELF").unwrap();
+        let (tmp, keys) = module_folder();
         for bad in ["", "zz", &"é".repeat(32), &"0".repeat(63)] {
-            std::fs::write(dir.join("vendor.key"), bad).unwrap();
-            let signed = sign(
-                dir,
-                &dir.join("module.yaml"),
-                &dir.join("lib.so"),
-                &dir.join("vendor.key"),
-            );
+            std::fs::write(keys.path().join("vendor.key"), bad).unwrap();
+            let signed = sign(tmp.path(), &keys.path().join("vendor.key"));
             assert!(
                 matches!(signed, Err(SignatureError::Malformed { .. })),
                 "{bad:?}: {signed:?}"

@@ -94,6 +94,8 @@ pub struct ModuleEntry {
     pub load_order: Option<usize>,
     pub runtime_path: Option<PathBuf>,
     pub plugin_api_version: Option<String>,
+    /// The public key (hex) that signed the running version; `None`: unsigned.
+    pub signed_by: Option<String>,
     /// Time to load the library and run `init`.
     pub load_time: Option<Duration>,
     pub loaded_at: Option<SystemTime>,
@@ -117,6 +119,7 @@ pub(crate) struct Prepared {
     pub registrations: Registrations,
     pub runtime_path: PathBuf,
     pub plugin_api_version: String,
+    pub signed_by: Option<String>,
     pub load_time: Duration,
 }
 
@@ -132,6 +135,7 @@ impl ModuleEntry {
             load_order: None,
             runtime_path: None,
             plugin_api_version: None,
+            signed_by: None,
             load_time: None,
             loaded_at: None,
             routes: Vec::new(),
@@ -167,6 +171,8 @@ pub struct ModuleReport {
     pub library: Option<PathBuf>,
     pub runtime_path: Option<PathBuf>,
     pub plugin_api_version: Option<String>,
+    /// The public key (hex) that signed the running version; `null`: unsigned.
+    pub signed_by: Option<String>,
     pub load_time_ms: Option<f64>,
     pub loaded_at_unix: Option<u64>,
 }
@@ -412,7 +418,8 @@ impl Host {
             .for_module(&name)
             .await
             .map_err(|e| discard_copy(e.to_string()))?;
-        match migrations::apply(&pool, dir).await {
+        let signed_files = loaded.signed.as_ref().map(|s| &s.files);
+        match migrations::apply(&pool, dir, signed_files).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(module = %name, applied = n, "migrations applied"),
             Err(e) => return Err(discard_copy(e.to_string())),
@@ -439,6 +446,7 @@ impl Host {
             registrations,
             runtime_path: loaded.runtime_path,
             plugin_api_version: loaded.plugin_api_version,
+            signed_by: loaded.signed.map(|s| s.key),
             load_time: started.elapsed(),
         })
     }
@@ -535,6 +543,7 @@ impl Host {
         e.handle = Some(p.handle);
         e.runtime_path = Some(p.runtime_path);
         e.plugin_api_version = Some(p.plugin_api_version);
+        e.signed_by = p.signed_by;
         e.load_time = Some(p.load_time);
         e.loaded_at = Some(SystemTime::now());
         e.waiting_for = None;
@@ -549,6 +558,7 @@ impl Host {
             version = %e.version.as_ref().map(|v| v.to_string()).unwrap_or_default(),
             order = e.load_order.unwrap_or_default(),
             load_ms = format!("{:.1}", p.load_time.as_secs_f64() * 1000.0),
+            signed_by = e.signed_by.as_deref().unwrap_or("unsigned"),
             routes = ?routes,
             "module loaded"
         );
@@ -761,6 +771,7 @@ impl Host {
                 library: e.library.clone(),
                 runtime_path: e.runtime_path.clone(),
                 plugin_api_version: e.plugin_api_version.clone(),
+                signed_by: e.signed_by.clone(),
                 load_time_ms: e.load_time.map(|d| d.as_secs_f64() * 1000.0),
                 loaded_at_unix: e
                     .loaded_at

@@ -17,7 +17,7 @@ use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 use async_ffi::{FfiFuture, FutureExt as _};
 use modhost_plugin_api::ffi::{
     call_error, level, FfiCallError, FfiDatabaseBox, FfiEventHandlerBox, FfiHost, FfiHostBox,
-    FfiHost_TO, FfiRoute, FfiServiceHandlerBox, FfiUnitResult,
+    FfiHost_TO, FfiRoute, FfiServiceHandlerBox, FfiUnitResult, FfiUser,
 };
 use tracing::level_filters::LevelFilter;
 
@@ -292,9 +292,11 @@ impl FfiHost for ModuleHandle {
         timeout_ms: u64,
     ) -> FfiFuture<RResult<RString, FfiCallError>> {
         let (this, service) = (self.clone(), service.to_string());
+        // Read now, while the calling handler is being polled inside its request.
+        let user = crate::services::end_user::current();
         async move {
             let deadline = Duration::from_millis(timeout_ms);
-            match this.call_checked(&service, request, deadline).await {
+            match this.call_checked(&service, request, deadline, user).await {
                 Ok(json) => RResult::ROk(json.into()),
                 Err((kind, message)) => RResult::RErr(call_err(kind, message)),
             }
@@ -388,6 +390,7 @@ impl ModuleHandle {
         service: &str,
         request: RString,
         deadline: Duration,
+        user: Option<Arc<FfiUser>>,
     ) -> Result<String, (u8, String)> {
         let host = self.host.upgrade().ok_or((
             call_error::UNAVAILABLE,
@@ -421,7 +424,7 @@ impl ModuleHandle {
             ));
         }
         host.services()
-            .call(&self.module, service, request, deadline)
+            .call(&self.module, service, request, deadline, user)
             .await
     }
 }

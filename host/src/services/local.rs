@@ -11,10 +11,10 @@ use std::{
     time::Duration,
 };
 
-use super::{CallFailure, ServiceReport};
+use super::{end_user, CallFailure, ServiceReport};
 use abi_stable::std_types::{RResult, RString};
 use futures_util::FutureExt as _;
-use modhost_plugin_api::ffi::{call_error, FfiServiceHandlerBox};
+use modhost_plugin_api::ffi::{call_error, FfiServiceHandlerBox, FfiUser};
 
 struct Provider {
     module: String,
@@ -87,6 +87,7 @@ impl ServiceRegistry {
         service: &str,
         request: RString,
         deadline: Duration,
+        user: Option<Arc<FfiUser>>,
     ) -> Result<String, CallFailure> {
         let found = {
             let providers = self.providers.read().unwrap_or_else(|p| p.into_inner());
@@ -101,7 +102,9 @@ impl ServiceRegistry {
             ));
         };
         calls.fetch_add(1, Ordering::Relaxed);
-        let call = AssertUnwindSafe(handler.call(caller.into(), request)).catch_unwind();
+        let ffi_user = user.as_deref().cloned().into();
+        let call = handler.call_as(caller.into(), ffi_user, request);
+        let call = AssertUnwindSafe(end_user::scope(user, call)).catch_unwind();
         let result = match tokio::time::timeout(deadline, call).await {
             Err(_) => Err((
                 call_error::TIMEOUT,

@@ -8,10 +8,12 @@
 //! lease per host, value = the host's address), and a call to a provider on another host
 //! would go to that host with the same JSON request and error kinds. Nothing here or in
 //! the plugin API assumes the provider is local except [`local::ServiceRegistry::call`]'s
-//! final step.
+//! final step. A call made inside a request carries the request's end user
+//! ([`end_user`]) to the provider.
 //!
 //! May use: the plugin API's FFI service types. Must not use the runtime or HTTP layers.
 
+pub mod end_user;
 pub mod local;
 
 use serde::Serialize;

@@ -67,10 +67,25 @@ struct SubscriptionQuery {
 }
 
 /// Service `billing.subscription.get`: the user's active subscription.
+///
+/// Asked inside a request, it answers only about the end user themself, or for a user
+/// who may read subscriptions (`billing.subscription.read`): a module that depends on
+/// billing cannot be used to read someone else's subscription. A call made outside a
+/// request (no end user) is answered for any user, trusting the calling module.
 async fn active_subscription(
     db: Database,
+    caller: Caller,
     query: SubscriptionQuery,
 ) -> Result<Subscription, CallError> {
+    if let Some(user) = caller.user() {
+        if user.id != query.user_id && !user.has(permissions::SUBSCRIPTION_READ) {
+            tracing::warn!(caller = %caller.module, user = %user.id, asked = %query.user_id, "subscription of another user refused");
+            return Err(CallError::not_found(format!(
+                "user {} has no active subscription",
+                query.user_id
+            )));
+        }
+    }
     let found: Option<Subscription> = db
         .query_opt_as(
             "SELECT id, user_id, plan, status FROM billing_subscriptions WHERE user_id = $1 AND status = 'active' ORDER BY id DESC LIMIT 1",
@@ -78,10 +93,7 @@ async fn active_subscription(
         )
         .await?;
     found.ok_or_else(|| {
-        CallError::new(
-            CallErrorKind::NotFound,
-            format!("user {} has no active subscription", query.user_id),
-        )
+        CallError::not_found(format!("user {} has no active subscription", query.user_id))
     })
 }
 
@@ -125,7 +137,9 @@ impl Module for Billing {
         let d = db.clone();
         ctx.provide(
             "billing.subscription.get",
-            move |_caller: Caller, query: SubscriptionQuery| active_subscription(d.clone(), query),
+            move |caller: Caller, query: SubscriptionQuery| {
+                active_subscription(d.clone(), caller, query)
+            },
         )?;
         ctx.route(
             Method::Get,
