@@ -15,7 +15,7 @@ use crate::data::database::{Databases, DbSetupError};
 use crate::http::server;
 use crate::module::discovery::{discover_one, DiscoveryError};
 use crate::module::inspect::Inspection;
-use crate::module::loader::RuntimeDir;
+use crate::module::loader::{private_scratch_dir, RuntimeDir};
 use crate::module::signing::{self, TrustPolicy};
 use crate::runtime::lifecycle::{BootError, Host};
 
@@ -87,6 +87,9 @@ pub struct CheckReport {
     pub modules: usize,
     /// One line per problem.
     pub problems: Vec<String>,
+    /// Facts worth knowing that are not problems (who signed a module, the dependencies
+    /// of a single module checked alone).
+    pub notes: Vec<String>,
 }
 
 /// Checks a modules directory: manifests, the dependency graph, and each library's
@@ -94,31 +97,62 @@ pub struct CheckReport {
 /// loaded only once it passed the checks, and no module entry point is called; loading
 /// does run the library's ELF constructors, as for any shared library, so under a
 /// policy that accepts unsigned modules an unsigned library's constructors run.
+///
+/// `dir` is a modules directory, or one module's folder (it holds a `module.yaml`): then
+/// that module is checked alone, and its dependencies are listed as notes, since they
+/// are not there to check. A directory with no module at all is a problem: a check
+/// that looked at nothing must not pass.
 pub fn check(dir: &Path, policy: &TrustPolicy) -> Result<CheckReport, AppError> {
-    let inspection = Inspection::of(dir)?;
+    let single = is_module_folder(dir);
+    let inspection = if single {
+        Inspection::of_module(dir)
+    } else {
+        Inspection::of(dir)?
+    };
     let scratch = private_scratch_dir().map_err(AppError::Scratch)?;
     let runtime = RuntimeDir::create(&scratch).map_err(AppError::Scratch)?;
-    let problems = inspection.problems(Some((&runtime, policy)));
+    let found = inspection.check(&runtime, policy, single);
     runtime.remove();
     let _ = std::fs::remove_dir_all(&scratch);
+    let modules = inspection.discovery.modules.len() + inspection.discovery.problems.len();
+    let mut problems = found.problems;
+    if modules == 0 {
+        problems.push(format!(
+            "no module in {}: it holds no folder with a module.yaml (to check one module, pass its folder)",
+            dir.display()
+        ));
+    }
     Ok(CheckReport {
-        modules: inspection.discovery.modules.len() + inspection.discovery.problems.len(),
+        modules,
         problems,
+        notes: found.notes,
     })
 }
 
-/// A new directory only this user can enter, with a name nobody could guess: the copies
-/// `check` loads must not be replaceable between the check and the load.
-fn private_scratch_dir() -> std::io::Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!("modhost-check-{}", crate::random::random_hex(8)));
-    let mut builder = std::fs::DirBuilder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        builder.mode(0o700);
-    }
-    builder.create(&path)?;
-    Ok(path)
+/// Whether `dir` is one module's folder rather than a modules directory.
+fn is_module_folder(dir: &Path) -> bool {
+    [
+        "module.yaml",
+        "module.yml",
+        "Module.yaml",
+        "module.yaml.txt",
+    ]
+    .iter()
+    .any(|f| dir.join(f).is_file())
+}
+
+/// Packages a module crate (`modhost package`).
+pub fn package(
+    options: &crate::package::create::PackageOptions,
+) -> Result<crate::package::create::Package, AppError> {
+    crate::package::create::package(options).map_err(|e| AppError::Usage(e.to_string()))
+}
+
+/// Installs a package into a modules directory (`modhost install`).
+pub fn install(
+    options: &crate::package::install::InstallOptions,
+) -> Result<crate::package::install::Installed, AppError> {
+    crate::package::install::install(options).map_err(|e| AppError::Usage(e.to_string()))
 }
 
 /// A user made by [`create_user`].
@@ -228,8 +262,8 @@ fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
 #[derive(Debug)]
 pub struct Signed {
     pub module: String,
-    pub manifest: PathBuf,
-    pub library: PathBuf,
+    /// How many files the signature covers.
+    pub files: usize,
     pub public_key: String,
 }
 
@@ -239,10 +273,12 @@ pub fn sign(dir: &Path, key: &Path) -> Result<Signed, AppError> {
         .map_err(|(_, e)| AppError::Usage(e.to_string()))?
         .ok_or_else(|| AppError::Usage(format!("{} has no module.yaml", dir.display())))?;
     let public_key = signing::sign(dir, key).map_err(|e| AppError::Usage(e.to_string()))?;
+    let files = signing::folder_files(dir)
+        .map(|f| f.len())
+        .map_err(|e| AppError::Usage(e.to_string()))?;
     Ok(Signed {
         module: found.manifest.name.to_string(),
-        manifest: found.manifest_path,
-        library: found.library,
+        files,
         public_key,
     })
 }

@@ -26,7 +26,8 @@ enum Command {
     /// Load the modules and serve HTTP until SIGINT/SIGTERM.
     Run(RunArgs),
     /// Validate manifests, signatures, libraries (ABI) and the dependency graph under the
-    /// same trust policy as `run`; exit 1 on any problem.
+    /// same trust policy as `run`, for a modules directory or one module folder; exit 1
+    /// on any problem.
     Check(CheckArgs),
     /// Print the modules, their versions and the load order.
     List(DirArgs),
@@ -37,8 +38,59 @@ enum Command {
     Admin(AdminCommand),
     /// Vendors: create an ed25519 key pair for signing modules.
     Keygen(KeygenArgs),
-    /// Vendors: sign a module folder (its module.yaml and library); writes module.sig.
+    /// Vendors: sign every file of a module folder; writes module.sig.
     Sign(SignArgs),
+    /// Vendors: release-build a module crate (anywhere), strip it, assemble it with its
+    /// module.yaml and migrations, optionally sign it, and write OUT/<name>/ and
+    /// OUT/<name>-<version>.tar.gz.
+    Package(PackageArgs),
+    /// Operators: check a package (folder or .tar.gz) under the trust policy, then move
+    /// it into the modules directory in one step (a watching host loads it once).
+    Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+struct PackageArgs {
+    /// The module's crate folder (its Cargo.toml and module.yaml).
+    #[arg(value_name = "CRATE_DIR")]
+    crate_dir: PathBuf,
+    /// Where to write the package.
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    out: PathBuf,
+    /// Sign the package with this secret key (from `modhost keygen`).
+    #[arg(long, value_name = "KEY_FILE")]
+    sign: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct InstallArgs {
+    /// A module folder, or a .tar.gz from `modhost package`.
+    #[arg(value_name = "PACKAGE")]
+    package: PathBuf,
+    /// The modules directory (also MODHOST_MODULES_DIR) [default: modules]
+    #[arg(long, value_name = "DIR")]
+    modules: Option<PathBuf>,
+    /// Replace a module of the same name that is already installed.
+    #[arg(long)]
+    replace: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// The trust policy, as `run` applies it, with additions for this command.
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// A TOML config file (also MODHOST_CONFIG): its trusted_keys and require_signatures
+    /// apply, as do MODHOST_TRUSTED_KEYS and MODHOST_REQUIRE_SIGNATURES.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Trust this vendor public key (hex) in addition to the configured ones; repeat for
+    /// several.
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    trusted_keys: Vec<String>,
+    /// Refuse unsigned modules, whatever the configuration says.
+    #[arg(long)]
+    require_signatures: bool,
 }
 
 #[derive(Debug, Args)]
@@ -145,20 +197,12 @@ struct DirArgs {
 
 #[derive(Debug, Args)]
 struct CheckArgs {
-    /// The modules directory.
+    /// A modules directory, or one module's folder (its dependencies are then reported,
+    /// not required).
     #[arg(default_value = "modules", value_name = "DIR")]
     dir: PathBuf,
-    /// A TOML config file (also MODHOST_CONFIG): its trusted_keys and require_signatures
-    /// apply, as do MODHOST_TRUSTED_KEYS and MODHOST_REQUIRE_SIGNATURES.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Trust this vendor public key (hex) in addition to the configured ones; repeat for
-    /// several.
-    #[arg(long = "trusted-key", value_name = "KEY")]
-    trusted_keys: Vec<String>,
-    /// Refuse unsigned modules, whatever the configuration says.
-    #[arg(long)]
-    require_signatures: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -245,15 +289,71 @@ fn run_command(command: Command, env: Env) -> Result<Outcome, AppError> {
         Command::Sign(args) => {
             let signed = app::sign(&args.dir, &args.key)?;
             println!(
-                "signed {} ({} and {}) with key {}",
+                "signed {} ({} file(s) in {}) with key {}",
                 signed.module,
-                signed.manifest.display(),
-                signed.library.display(),
+                signed.files,
+                args.dir.display(),
                 signed.public_key
             );
             Ok(Outcome::Done)
         }
+        Command::Package(args) => {
+            let options = modhost::package::create::PackageOptions {
+                crate_dir: args.crate_dir,
+                out_dir: args.out,
+                sign_key: args.sign,
+                cargo: env("CARGO").unwrap_or_else(|| "cargo".into()),
+            };
+            let p = app::package(&options)?;
+            println!("packaged {} {}", p.name, p.version);
+            println!("  folder:  {}", p.folder.display());
+            println!("  archive: {}", p.archive.display());
+            println!("  files:   {}", p.files.join(", "));
+            match &p.signed_by {
+                Some(key) => println!("  signed by {key}"),
+                None => println!("  unsigned (pass --sign KEY_FILE to sign it)"),
+            }
+            println!(
+                "next: modhost install {} --modules DIR",
+                p.archive.display()
+            );
+            Ok(Outcome::Done)
+        }
+        Command::Install(args) => {
+            let policy = trust_policy(args.policy, env)?;
+            let modules_dir = args
+                .modules
+                .or_else(|| env("MODHOST_MODULES_DIR").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("modules"));
+            let options = modhost::package::install::InstallOptions {
+                package: args.package,
+                modules_dir,
+                policy,
+                replace: args.replace,
+            };
+            let i = app::install(&options)?;
+            let verb = if i.replaced { "replaced" } else { "installed" };
+            let signer = i
+                .signed_by
+                .map_or_else(|| "unsigned".to_string(), |k| format!("signed by {k}"));
+            println!(
+                "{verb} {} {} in {} ({signer})",
+                i.name,
+                i.version,
+                i.dir.display()
+            );
+            Ok(Outcome::Done)
+        }
     }
+}
+
+/// The trust policy of the config file and environment, plus the command's flags.
+fn trust_policy(args: PolicyArgs, env: Env) -> Result<modhost::config::TrustPolicy, AppError> {
+    let config = load_config(args.config, env)?;
+    let mut policy = config.trust_policy();
+    policy.trusted_keys.extend(args.trusted_keys);
+    policy.require_signatures |= args.require_signatures;
+    Ok(policy)
 }
 
 /// The config file (flag, else `MODHOST_CONFIG`), then the environment.
@@ -336,14 +436,14 @@ fn read_password() -> Result<String, AppError> {
 }
 
 fn check(args: CheckArgs, env: Env) -> Result<Outcome, AppError> {
-    let config = load_config(args.config, env)?;
-    let mut policy = config.trust_policy();
-    policy.trusted_keys.extend(args.trusted_keys);
-    policy.require_signatures |= args.require_signatures;
+    let policy = trust_policy(args.policy, env)?;
     let report = app::check(&args.dir, &policy)?;
     let (dir, modules) = (args.dir.display(), report.modules);
     for problem in &report.problems {
         println!("error: {problem}");
+    }
+    for note in &report.notes {
+        println!("note: {note}");
     }
     if report.problems.is_empty() {
         println!("ok: {modules} module(s) in {dir}, no problems");

@@ -5,6 +5,8 @@
 //! environment and the flags all go through it. README's "Configuration" section shows
 //! every setting with its default (a test checks that the two agree).
 
+/// The trust policy the config describes (`trusted_keys`, `require_signatures`).
+pub use crate::module::signing::TrustPolicy;
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -398,8 +400,8 @@ impl HostConfig {
     }
 
     /// Which vendors' modules this host loads.
-    pub fn trust_policy(&self) -> crate::module::signing::TrustPolicy {
-        crate::module::signing::TrustPolicy {
+    pub fn trust_policy(&self) -> TrustPolicy {
+        TrustPolicy {
             trusted_keys: self.trusted_keys.clone(),
             require_signatures: self.require_signatures,
         }

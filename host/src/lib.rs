@@ -4,6 +4,8 @@
 //! parses its command line and calls [`app`], which holds what each command does. The
 //! folders follow the pipeline a module goes through:
 //!
+//! - [`package`]: before the pipeline, module packages: `modhost package` (vendors) and
+//!   `modhost install` (operators);
 //! - [`module`]: **find → check → resolve → load** (manifests, discovery, library
 //!   checks, signatures, dependency order, abi_stable loading);
 //! - [`runtime`]: **init → serve → reload** (the running [`Host`], module handles,
@@ -30,6 +32,7 @@ pub(crate) mod hex;
 pub(crate) mod http;
 pub mod logging;
 pub mod module;
+pub mod package;
 pub(crate) mod random;
 pub mod routes;
 pub mod runtime;

@@ -33,7 +33,7 @@ pub struct DiscoveryProblem {
 /// Why a module folder (or the modules dir) could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("cannot read the modules directory {}: {source}; create it or pass --modules DIR", path.display())]
+    #[error("cannot read the modules directory {}: {source}; create it, or name the directory that holds the module folders (`modhost run --modules DIR`, `modhost check DIR`)", path.display())]
     ModulesDir {
         path: PathBuf,
         source: std::io::Error,

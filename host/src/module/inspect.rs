@@ -7,10 +7,18 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use crate::module::discovery::{discover, Discovery, DiscoveryError};
+use crate::module::discovery::{
+    discover, discover_one, Discovery, DiscoveryError, DiscoveryProblem,
+};
 use crate::module::loader::{load_verified, RuntimeDir};
 use crate::module::resolve::{resolve, ModuleSpec, Resolution};
 use crate::module::signing::TrustPolicy;
+
+/// What [`Inspection::check`] found.
+pub struct Checked {
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
 
 /// A modules directory, discovered and resolved.
 pub struct Inspection {
@@ -29,25 +37,58 @@ impl Inspection {
         })
     }
 
-    /// Every problem: discovery, then resolution, then (if `runtime` is given) each
-    /// library's signature and integrity under `policy`, then its ABI.
-    pub fn problems(&self, runtime: Option<(&RuntimeDir, &TrustPolicy)>) -> Vec<String> {
-        let mut out: Vec<String> = self
+    /// One module's folder, alone: discovered, and not resolved (its dependencies are
+    /// elsewhere).
+    pub fn of_module(dir: &Path) -> Inspection {
+        let mut discovery = Discovery::default();
+        match discover_one(dir) {
+            Ok(Some(module)) => discovery.modules.push(module),
+            Ok(None) => {}
+            Err((label, error)) => discovery.problems.push(DiscoveryProblem {
+                dir: dir.to_path_buf(),
+                label,
+                error,
+            }),
+        }
+        Inspection {
+            discovery,
+            resolution: Resolution::default(),
+        }
+    }
+
+    /// Every problem: discovery, then resolution (unless `alone`), then each library's
+    /// signature and integrity under `policy`, then its ABI. The notes say who signed
+    /// each module and, for a module checked `alone`, which dependencies it needs.
+    pub fn check(&self, runtime: &RuntimeDir, policy: &TrustPolicy, alone: bool) -> Checked {
+        let mut problems: Vec<String> = self
             .discovery
             .problems
             .iter()
             .map(|p| p.error.to_string())
             .collect();
-        out.extend(self.resolution.failed.values().map(|e| e.to_string()));
-        if let Some((runtime, policy)) = runtime {
-            for m in &self.discovery.modules {
-                if let Err(e) = load_verified(&m.dir, &m.manifest, &m.library, policy, runtime) {
-                    out.push(e.to_string());
+        problems.extend(self.resolution.failed.values().map(|e| e.to_string()));
+        let mut notes = Vec::new();
+        for m in &self.discovery.modules {
+            let name = &m.manifest.name;
+            match load_verified(&m.dir, &m.manifest, &m.library, policy, runtime) {
+                Ok(loaded) => notes.push(match loaded.signed {
+                    Some(s) => format!("{name}: signed by {} ({} files)", s.key, s.files.len()),
+                    None => format!("{name}: unsigned"),
+                }),
+                Err(e) => problems.push(e.to_string()),
+            }
+            if alone {
+                for (dep, spec) in &m.manifest.dependencies {
+                    let optional = if spec.optional { ", optional" } else { "" };
+                    notes.push(format!(
+                        "{name} depends on {dep} {}{optional}: not present here; check the modules directory it will run in",
+                        spec.version
+                    ));
                 }
             }
         }
-        out.dedup();
-        out
+        problems.dedup();
+        Checked { problems, notes }
     }
 
     /// A table of modules: load order, name, version, status, dependencies.

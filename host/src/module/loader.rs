@@ -151,6 +151,21 @@ impl RuntimeDir {
     }
 }
 
+/// A new directory only this user can enter, with a name nobody could guess: the copies
+/// `check`, `package` and `install` load must not be replaceable between the check and
+/// the load.
+pub fn private_scratch_dir() -> std::io::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("modhost-check-{}", crate::random::random_hex(8)));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(&path)?;
+    Ok(path)
+}
+
 /// Removes runtime dirs of processes that no longer exist (Linux: checks /proc).
 fn remove_stale(base: &Path) {
     let proc_fs = Path::new("/proc/self");
