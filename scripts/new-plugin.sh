@@ -5,11 +5,13 @@
 #   scripts/new-plugin.sh NAME --dir DIR    # a standalone crate in DIR (vendors), using
 #                                           # this checkout's plugin-api by path
 #
-# NAME: a lower-case letter, then a-z, 0-9 or _. Then build and package it with
-#   scripts/build-plugins.sh plugins/NAME     (or: cargo build in DIR)
+# NAME: a lower-case letter, then a-z, 0-9 or _. Then package it (release build,
+# module.yaml, migrations/, optional signature) and install the package:
+#   modhost package DIR --out dist [--sign vendor.key]
+#   modhost install dist/NAME-0.1.0.tar.gz --modules modules
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 
 name=""; dir=""
 while [ $# -gt 0 ]; do
@@ -112,6 +114,14 @@ impl Module for Plugin {
 modhost_plugin_api::export_module!(Plugin);
 RUST
 
+if $standalone; then
+  cat > "$dir/.gitignore" <<'IGNORE'
+# Build output and packages; Cargo.lock stays (a module is a binary: pin its build).
+/target
+/dist
+IGNORE
+fi
+
 if ! $standalone; then
   python3 - "$root/Cargo.toml" "plugins/$name" <<'PY'
 import sys
@@ -123,8 +133,5 @@ if f'"{member}"' not in text:
 PY
 fi
 echo "created $dir"
-if $standalone; then
-  echo "next: (cd $dir && cargo build) then copy module.yaml and target/debug/lib$name.so into modules/$name/"
-else
-  echo "next: scripts/build-plugins.sh plugins/$name && target/debug/modhost run   # or scripts/dev loop in docs/writing-a-plugin.md"
-fi
+echo "next: modhost package $dir --out dist    # release build + module.yaml + migrations/ (add --sign vendor.key)"
+echo "      modhost install dist/$name-0.1.0.tar.gz --modules modules"

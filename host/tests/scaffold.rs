@@ -23,6 +23,8 @@ fn scaffolded_plugin_builds_loads_and_answers() {
         .status()
         .unwrap();
     assert!(status.success());
+    let ignore = std::fs::read_to_string(crate_dir.join(".gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "/target"), "{ignore}");
     // Same dependency versions and target dir as the workspace: nothing is rebuilt twice.
     std::fs::copy(workspace().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
     let target = common::profile_dir().parent().unwrap().to_path_buf();

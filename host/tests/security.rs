@@ -415,7 +415,7 @@ fn modules_use_the_core_service_handles() {
 fn openapi_describes_core_and_module_routes() {
     let (_m, host) = setup();
     let doc = http(host.addr, "GET", "/openapi.json", &[], b"").json();
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/api/v1/auth/login"]["post"]["security"]
         .as_array()
         .unwrap()
@@ -438,6 +438,72 @@ fn openapi_describes_core_and_module_routes() {
         doc["paths"]["/api/v1/blog/posts/{id}"]["get"]["parameters"][0]["name"],
         "id"
     );
+    // What the host accepts, typed: core parameters and bodies ...
+    let check = &doc["paths"]["/api/v1/authz/check"]["get"]["parameters"];
+    assert_eq!(check[0]["name"], "user_id");
+    assert_eq!(check[0]["required"], true, "{check}");
+    assert_eq!(check[1]["required"], true, "{check}");
+    let audit = &doc["paths"]["/api/v1/audit"]["get"]["parameters"];
+    let limit = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(limit["schema"]["maximum"], 1000, "{limit}");
+    let new_user = &doc["paths"]["/api/v1/identity/users"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"];
+    assert_eq!(new_user["password"]["minLength"], 8, "{new_user}");
+    // ... grants from the running modules' declarations ...
+    let grants = doc["components"]["schemas"]["Grant"]["anyOf"][0]["enum"].to_string();
+    assert!(grants.contains("\"blog.post.read\""), "{grants}");
+    assert!(grants.contains("\"*\""), "{grants}");
+    // ... and what the modules described (plugin-api 1.2): typed parameters, bodies,
+    // responses and event payloads.
+    let read = &doc["paths"]["/api/v1/blog/posts/{id}"]["get"];
+    assert_eq!(read["parameters"][0]["schema"]["type"], "integer", "{read}");
+    assert_eq!(
+        read["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["premium"]
+            ["type"],
+        "boolean",
+        "{read}"
+    );
+    let create = &doc["paths"]["/api/v1/blog/posts"]["post"]["requestBody"];
+    assert_eq!(create["required"], true, "{create}");
+    assert_eq!(
+        create["content"]["application/json"]["schema"]["properties"]["title"]["maxLength"], 200,
+        "the configured max_title_len: {create}"
+    );
+    let plans = &doc["paths"]["/api/v1/billing/subscriptions"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["plan"]["enum"];
+    assert_eq!(plans, &json!(["free", "pro"]), "the configured plans");
+    let event = &doc["x-events"]["blog.post.created"];
+    assert_eq!(event["publisher"], "blog", "{event}");
+    assert_eq!(
+        event["payload"]["properties"]["title"]["type"], "string",
+        "{event}"
+    );
+    assert_eq!(
+        doc["x-events"]["billing.subscription.created"]["publisher"],
+        "billing"
+    );
+}
+
+#[test]
+fn a_route_description_that_does_not_fit_the_route_fails_the_module() {
+    let m = Modules::new();
+    m.add_faulty("described", "bad_description", "");
+    m.add_example("hello");
+    let host = HostProcess::start(&m, &[], &[]);
+    let state = host.module("described");
+    assert_eq!(state["state"], "failed", "{state}");
+    assert!(
+        state["reason"].as_str().unwrap().contains(
+            "route GET /api/v1/described/items/{id}: its description names a path parameter `item` the path does not have"
+        ),
+        "{state}"
+    );
+    assert_eq!(host.get("/api/v1/hello/greet/x").status, 200);
 }
 
 #[test]

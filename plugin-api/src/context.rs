@@ -18,7 +18,7 @@ use crate::{
         FfiServiceHandler_TO,
     },
     services::{Caller, ServiceAdapter, Services},
-    Database, Error, IntoResponse, Method, Request, Result,
+    Database, Error, IntoResponse, Method, Request, Result, RouteDoc,
 };
 
 /// Handed to [`crate::Module::init`].
@@ -187,6 +187,31 @@ impl InitContext {
             handler,
         };
         match self.host.register_route(route) {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(Error::new(e.into_string())),
+        }
+    }
+
+    /// Describes a route registered with [`InitContext::route`] for the host's
+    /// `/openapi.json`: its parameters, request body and responses (since 1.2).
+    pub fn describe_route(&mut self, method: Method, path: &str, doc: RouteDoc) -> Result<()> {
+        let json = doc.to_json().to_string();
+        match self
+            .host
+            .describe_route(method.as_str().into(), path.into(), json.into())
+        {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(Error::new(e.into_string())),
+        }
+    }
+
+    /// The JSON Schema of the payload of `topic` (declared under `events.publishes`),
+    /// shown in `/openapi.json` under `x-events` (since 1.2).
+    pub fn describe_event(&mut self, topic: &str, schema: serde_json::Value) -> Result<()> {
+        match self
+            .host
+            .describe_event(topic.into(), schema.to_string().into())
+        {
             RResult::ROk(()) => Ok(()),
             RResult::RErr(e) => Err(Error::new(e.into_string())),
         }

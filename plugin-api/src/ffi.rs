@@ -260,6 +260,24 @@ pub trait FfiHost: Send + Sync + Clone {
     /// Resolves after `ms` milliseconds, on the host's timer.
     #[sabi(last_prefix_field)]
     fn sleep(&self, ms: u64) -> FfiFuture<()>;
+
+    /// Added in 1.2: describes a route this module registered, for `/openapi.json`;
+    /// init only. `doc_json` is an object with any of `summary` (text), `params` and
+    /// `query` (name to JSON Schema), `required_query` (names), `body` (JSON Schema) and
+    /// `responses` (status to JSON Schema). The host makes this object, so a module never
+    /// meets an older host without it (a newer module is refused by version); the
+    /// default body exists only because every method added in a minor has one.
+    fn describe_route(&self, method: RStr<'_>, path: RStr<'_>, doc_json: RString) -> FfiUnitResult {
+        let _ = (method, path, doc_json);
+        RResult::RErr("this host cannot take route descriptions".into())
+    }
+
+    /// Added in 1.2: the JSON Schema of the payload of an event this module publishes
+    /// (a topic under `events.publishes`), for `/openapi.json`; init only.
+    fn describe_event(&self, topic: RStr<'_>, schema_json: RString) -> FfiUnitResult {
+        let _ = (topic, schema_json);
+        RResult::RErr("this host cannot take event descriptions".into())
+    }
 }
 
 /// Owned, cloneable host handle.

@@ -40,6 +40,8 @@ mod context;
 #[cfg(feature = "runtime")]
 mod database;
 #[cfg(feature = "runtime")]
+mod describe;
+#[cfg(feature = "runtime")]
 mod error;
 #[cfg(feature = "runtime")]
 mod events;
@@ -68,6 +70,10 @@ pub use clients::{
 pub use context::InitContext;
 #[cfg(feature = "runtime")]
 pub use database::{Database, DbError, DbErrorKind, Row, Rows, Transaction, Value};
+#[cfg(all(feature = "runtime", feature = "schema"))]
+pub use describe::schema_of;
+#[cfg(feature = "runtime")]
+pub use describe::RouteDoc;
 #[cfg(feature = "runtime")]
 pub use error::{Error, Result};
 #[cfg(feature = "runtime")]
@@ -90,8 +96,8 @@ pub mod prelude {
     pub use crate::{
         params, AuditClient, AuthClient, AuthzClient, Cache, CallError, CallErrorKind, Caller,
         Database, DbError, DbErrorKind, Error, Event, Events, IdentityClient, InitContext,
-        IntoResponse, Method, Module, Permission, Request, Response, Result, Row, Rows, Services,
-        Timer, Transaction, User, Value,
+        IntoResponse, Method, Module, Permission, Request, Response, Result, RouteDoc, Row, Rows,
+        Services, Timer, Transaction, User, Value,
     };
 }
 

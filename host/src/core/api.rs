@@ -49,20 +49,24 @@ pub struct Endpoint {
     pub path: &'static str,
     pub access: Access<'static>,
     pub summary: &'static str,
-    /// JSON body fields (name, type, required), for the OpenAPI document.
-    pub body: &'static [(&'static str, &'static str, bool)],
-    /// Query parameters (name, type), for the OpenAPI document.
-    pub query: &'static [(&'static str, &'static str)],
+    /// JSON body fields: name, JSON Schema (as JSON text), required. The schemas say
+    /// exactly what the operation accepts: the OpenAPI document is built from them.
+    pub body: &'static [Field],
+    /// Query parameters: name, JSON Schema, required.
+    pub query: &'static [Field],
     pub op: Op,
 }
+
+/// A body field or a query parameter: name, JSON Schema (JSON text), required.
+pub type Field = (&'static str, &'static str, bool);
 
 const fn endpoint(
     method: &'static str,
     path: &'static str,
     access: Access<'static>,
     summary: &'static str,
-    body: &'static [(&'static str, &'static str, bool)],
-    query: &'static [(&'static str, &'static str)],
+    body: &'static [Field],
+    query: &'static [Field],
     op: Op,
 ) -> Endpoint {
     Endpoint {
@@ -76,6 +80,26 @@ const fn endpoint(
     }
 }
 
+/// Schemas of what the operations accept (checked where the operations run).
+mod schema {
+    pub const TEXT: &str = r#"{"type":"string"}"#;
+    /// What `identity::normalize_email` accepts.
+    pub const EMAIL: &str = r#"{"type":"string","format":"email","maxLength":254}"#;
+    /// `identity::MIN_PASSWORD` characters at least.
+    pub const PASSWORD: &str = r#"{"type":"string","minLength":8}"#;
+    /// What `authz::check_role_name` accepts.
+    pub const ROLE: &str = r#"{"type":"string","pattern":"^[a-z][a-z0-9_]{0,63}$"}"#;
+    /// Declared permissions and patterns: the `Grant` schema is made from the running
+    /// modules' declarations.
+    pub const GRANTS: &str = r##"{"type":"array","items":{"$ref":"#/components/schemas/Grant"}}"##;
+    pub const INTEGER: &str = r#"{"type":"integer","format":"int64"}"#;
+    pub const USER_LIMIT: &str = r#"{"type":"integer","minimum":1,"maximum":500}"#;
+    pub const AUDIT_LIMIT: &str = r#"{"type":"integer","minimum":1,"maximum":1000}"#;
+}
+
+/// Path parameters whose values are constrained: (name, JSON Schema).
+pub const PATH_PARAMS: &[(&str, &str)] = &[("name", schema::ROLE), ("role", schema::ROLE)];
+
 use Access::{Authenticated, Permission, Public};
 
 /// Every core endpoint.
@@ -85,7 +109,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/auth/login",
         Public,
         "Log in with email and password; returns an access and a refresh token",
-        &[("email", "string", true), ("password", "string", true)],
+        &[
+            ("email", schema::TEXT, true),
+            ("password", schema::TEXT, true),
+        ],
         &[],
         Op::Login,
     ),
@@ -94,7 +121,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/auth/refresh",
         Public,
         "Trade a refresh token for a new token pair",
-        &[("refresh_token", "string", true)],
+        &[("refresh_token", schema::TEXT, true)],
         &[],
         Op::Refresh,
     ),
@@ -103,7 +130,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/auth/revoke",
         Authenticated,
         "Revoke a token (default: the one presented)",
-        &[("token", "string", false)],
+        &[("token", schema::TEXT, false)],
         &[],
         Op::Revoke,
     ),
@@ -122,9 +149,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Permission("core.user.create"),
         "Create a user",
         &[
-            ("email", "string", true),
-            ("password", "string", true),
-            ("display_name", "string", false),
+            ("email", schema::EMAIL, true),
+            ("password", schema::PASSWORD, true),
+            ("display_name", schema::TEXT, false),
         ],
         &[],
         Op::CreateUser,
@@ -136,9 +163,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "List users, or find one by email",
         &[],
         &[
-            ("email", "string"),
-            ("limit", "integer"),
-            ("after", "string"),
+            ("email", schema::EMAIL, false),
+            ("limit", schema::USER_LIMIT, false),
+            ("after", schema::TEXT, false),
         ],
         Op::ListUsers,
     ),
@@ -175,9 +202,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Permission("core.role.write"),
         "Create a role",
         &[
-            ("name", "string", true),
-            ("description", "string", false),
-            ("permissions", "array", true),
+            ("name", schema::ROLE, true),
+            ("description", schema::TEXT, false),
+            ("permissions", schema::GRANTS, true),
         ],
         &[],
         Op::CreateRole,
@@ -187,7 +214,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/authz/roles/{name}",
         Permission("core.role.write"),
         "Replace a role's permissions",
-        &[("permissions", "array", true)],
+        &[("permissions", schema::GRANTS, true)],
         &[],
         Op::UpdateRole,
     ),
@@ -205,7 +232,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/authz/users/{id}/roles",
         Permission("core.role.assign"),
         "Give a user a role",
-        &[("role", "string", true)],
+        &[("role", schema::ROLE, true)],
         &[],
         Op::AssignRole,
     ),
@@ -224,7 +251,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Permission("core.role.read"),
         "Whether a user holds a permission",
         &[],
-        &[("user_id", "string"), ("permission", "string")],
+        &[
+            ("user_id", schema::TEXT, true),
+            ("permission", schema::TEXT, true),
+        ],
         Op::Check,
     ),
     endpoint(
@@ -243,14 +273,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Query the audit log, newest first",
         &[],
         &[
-            ("actor", "string"),
-            ("module", "string"),
-            ("action", "string"),
-            ("outcome", "string"),
-            ("since", "string"),
-            ("until", "string"),
-            ("before", "integer"),
-            ("limit", "integer"),
+            ("actor", schema::TEXT, false),
+            ("module", schema::TEXT, false),
+            ("action", schema::TEXT, false),
+            ("outcome", schema::TEXT, false),
+            ("since", schema::TEXT, false),
+            ("until", schema::TEXT, false),
+            ("before", schema::INTEGER, false),
+            ("limit", schema::AUDIT_LIMIT, false),
         ],
         Op::Audit,
     ),

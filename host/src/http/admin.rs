@@ -37,7 +37,30 @@ pub async fn answer(host: &Arc<Host>, op: Ops) -> Response<Body> {
             );
             resp
         }
-        Ops::OpenApi => json_response(StatusCode::OK, &openapi::document(&host.routes())),
+        Ops::OpenApi => {
+            let events: Vec<openapi::EventDoc> = host
+                .event_docs()
+                .into_iter()
+                .map(|(module, topic, schema)| openapi::EventDoc {
+                    module,
+                    topic,
+                    schema,
+                })
+                .collect();
+            let declared: Vec<String> = host
+                .core
+                .permissions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_module()
+                .into_values()
+                .flatten()
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &openapi::document(&host.routes(), &events, &declared),
+            )
+        }
         Ops::Modules => json_response(StatusCode::OK, &host.report()),
         Ops::Services => json_response(
             StatusCode::OK,

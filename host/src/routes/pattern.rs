@@ -80,6 +80,17 @@ impl Pattern {
             .collect()
     }
 
+    /// The parameters' names, in path order.
+    pub fn param_names(&self) -> Vec<&str> {
+        self.segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param(name) => Some(name.as_str()),
+                Segment::Static(_) => None,
+            })
+            .collect()
+    }
+
     /// Whether both patterns match exactly the same paths.
     pub fn same_shape(&self, other: &Pattern) -> bool {
         self.segments.len() == other.segments.len()

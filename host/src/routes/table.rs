@@ -37,6 +37,8 @@ pub struct Route {
     pub latency: Arc<Histogram>,
     /// Requests running in this route's handler now (for draining on reload).
     pub inflight: std::sync::atomic::AtomicUsize,
+    /// What the module described of it (plugin-api 1.2 `describe_route`), for OpenAPI.
+    doc: std::sync::OnceLock<serde_json::Value>,
 }
 
 impl Route {
@@ -59,7 +61,58 @@ impl Route {
             metrics,
             latency,
             inflight: std::sync::atomic::AtomicUsize::new(0),
+            doc: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The module's description of this route, if it gave one.
+    pub fn doc(&self) -> Option<&serde_json::Value> {
+        self.doc.get()
+    }
+
+    /// Takes the module's description (see `FfiHost::describe_route`): a JSON object
+    /// whose `params` name only this route's path parameters and whose `responses` are
+    /// keyed by HTTP status. Once per route.
+    pub fn describe(&self, doc_json: &str) -> Result<(), String> {
+        let what = format!("route {} {}", self.info.method, self.info.path);
+        let doc: serde_json::Value = serde_json::from_str(doc_json)
+            .map_err(|e| format!("{what}: its description is not JSON: {e}"))?;
+        let Some(fields) = doc.as_object() else {
+            return Err(format!("{what}: its description must be a JSON object"));
+        };
+        const KEYS: [&str; 6] = [
+            "summary",
+            "params",
+            "query",
+            "required_query",
+            "body",
+            "responses",
+        ];
+        if let Some(unknown) = fields.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(format!(
+                "{what}: unknown key `{unknown}` in its description; use {}",
+                KEYS.join(", ")
+            ));
+        }
+        let names = self.pattern.param_names();
+        if let Some(params) = doc.get("params").and_then(|p| p.as_object()) {
+            if let Some(stray) = params.keys().find(|k| !names.iter().any(|n| n == *k)) {
+                return Err(format!("{what}: its description names a path parameter `{stray}` the path does not have"));
+            }
+        }
+        if let Some(responses) = doc.get("responses").and_then(|r| r.as_object()) {
+            if let Some(bad) = responses
+                .keys()
+                .find(|k| !k.parse::<u16>().is_ok_and(|s| (100..600).contains(&s)))
+            {
+                return Err(format!(
+                    "{what}: response `{bad}` in its description is not an HTTP status"
+                ));
+            }
+        }
+        self.doc
+            .set(doc)
+            .map_err(|_| format!("{what}: described twice"))
     }
 
     /// Whether `other` would answer exactly the same requests.

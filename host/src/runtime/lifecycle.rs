@@ -100,6 +100,8 @@ pub struct ModuleEntry {
     pub load_time: Option<Duration>,
     pub loaded_at: Option<SystemTime>,
     pub routes: Vec<Arc<Route>>,
+    /// Payload schemas of the topics it publishes, as it described them.
+    pub event_docs: Vec<(String, serde_json::Value)>,
     pub(crate) instance: Option<Arc<FfiModuleBox>>,
     pub(crate) handle: Option<ModuleHandle>,
     /// A required dependency this module waits for (it starts when that one does).
@@ -139,6 +141,7 @@ impl ModuleEntry {
             load_time: None,
             loaded_at: None,
             routes: Vec::new(),
+            event_docs: Vec::new(),
             instance: None,
             handle: None,
             waiting_for: None,
@@ -308,6 +311,19 @@ impl Host {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The event payloads the running modules described (for OpenAPI).
+    pub fn event_docs(&self) -> Vec<(String, String, serde_json::Value)> {
+        self.entries()
+            .iter()
+            .filter(|e| matches!(e.state, ModuleState::Started))
+            .flat_map(|e| {
+                e.event_docs
+                    .iter()
+                    .map(|(topic, schema)| (e.name.clone(), topic.clone(), schema.clone()))
+            })
+            .collect()
     }
 
     pub(crate) fn publish_routes(&self) {
@@ -539,6 +555,7 @@ impl Host {
         e.library = Some(p.library);
         e.manifest = Some(p.manifest);
         e.routes = p.registrations.routes;
+        e.event_docs = p.registrations.event_docs;
         e.instance = Some(p.instance);
         e.handle = Some(p.handle);
         e.runtime_path = Some(p.runtime_path);

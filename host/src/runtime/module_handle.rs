@@ -32,6 +32,8 @@ pub struct Registrations {
     pub routes: Vec<Arc<Route>>,
     pub subscriptions: Vec<(String, Arc<FfiEventHandlerBox>)>,
     pub services: Vec<(String, Arc<FfiServiceHandlerBox>)>,
+    /// Payload schemas of published topics (`describe_event`), for OpenAPI.
+    pub event_docs: Vec<(String, serde_json::Value)>,
     pub errors: Vec<String>,
 }
 
@@ -333,6 +335,36 @@ impl FfiHost for ModuleHandle {
                 return Err(format!("module `{}` subscribes to `{pattern}`, which its module.yaml does not declare under events.subscribes", self.module));
             }
             pending.subscriptions.push((pattern.clone(), Arc::new(handler)));
+            Ok(())
+        })
+    }
+
+    fn describe_route(&self, method: RStr<'_>, path: RStr<'_>, doc_json: RString) -> FfiUnitResult {
+        let what = format!("description of route {method} {path}");
+        self.while_open(&what, |pending| {
+            let route = pending
+                .routes
+                .iter()
+                .find(|r| r.info.method == method.as_str() && r.info.path == path.as_str())
+                .ok_or_else(|| {
+                    format!("{what}: no such route registered; register it with `route` first")
+                })?;
+            route.describe(doc_json.as_str())
+        })
+    }
+
+    fn describe_event(&self, topic: RStr<'_>, schema_json: RString) -> FfiUnitResult {
+        let topic = topic.to_string();
+        self.while_open(&format!("description of event {topic}"), |pending| {
+            if !self.rules.publishes.contains(&topic) {
+                return Err(format!("module `{}` describes `{topic}`, which its module.yaml does not declare under events.publishes", self.module));
+            }
+            let schema: serde_json::Value = serde_json::from_str(schema_json.as_str())
+                .map_err(|e| format!("event {topic}: its schema is not JSON: {e}"))?;
+            if pending.event_docs.iter().any(|(t, _)| t == &topic) {
+                return Err(format!("event {topic}: described twice"));
+            }
+            pending.event_docs.push((topic.clone(), schema));
             Ok(())
         })
     }

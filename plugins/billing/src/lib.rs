@@ -2,15 +2,16 @@
 //! `billing_subscriptions` in the module's own database). Publishes
 //! `billing.subscription.created`; provides the service `billing.subscription.get`.
 
-use modhost_plugin_api::{prelude::*, Events};
+use modhost_plugin_api::{prelude::*, schema_of};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 modhost_plugin_api::include_permissions!();
 
 #[derive(Default)]
 pub struct Billing;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 struct Plan {
     id: String,
     monthly_cents: u64,
@@ -21,7 +22,8 @@ struct Config {
     plans: Vec<Plan>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A subscription; also the payload of `billing.subscription.created`.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 struct Subscription {
     id: i64,
     user_id: String,
@@ -116,6 +118,7 @@ impl Module for Billing {
     async fn init(&self, ctx: &mut InitContext) -> Result<()> {
         let config: Config = ctx.config()?;
         let plans = config.plans;
+        let config_plans = plans.clone();
         let db = ctx.database();
         let listed = plans.clone();
         ctx.route(
@@ -147,8 +150,47 @@ impl Module for Billing {
             permissions::SUBSCRIPTION_READ,
             move |req| get(db.clone(), req),
         )?;
+        describe(ctx, &config_plans)?;
         Ok(())
     }
+}
+
+/// What `/openapi.json` says of the routes and the event. The plans come from config, so
+/// the schema of a new subscription is built at init.
+fn describe(ctx: &mut InitContext, plans: &[Plan]) -> Result<()> {
+    let plan_ids: Vec<&str> = plans.iter().map(|p| p.id.as_str()).collect();
+    let subscription = schema_of::<Subscription>();
+    ctx.describe_route(
+        Method::Get,
+        "/api/v1/billing/plans",
+        RouteDoc::new("The plans on offer").response(
+            200,
+            json!({ "type": "array", "items": schema_of::<Plan>() }),
+        ),
+    )?;
+    ctx.describe_route(
+        Method::Post,
+        "/api/v1/billing/subscriptions",
+        RouteDoc::new("Subscribe a user to a plan; publishes billing.subscription.created")
+            .body(json!({
+                "type": "object",
+                "properties": {
+                    "user_id": { "type": "string", "minLength": 1, "pattern": "\\S" },
+                    "plan": { "enum": plan_ids },
+                },
+                "required": ["user_id", "plan"],
+                "additionalProperties": false,
+            }))
+            .response(201, subscription.clone()),
+    )?;
+    ctx.describe_route(
+        Method::Get,
+        "/api/v1/billing/subscriptions/{id}",
+        RouteDoc::new("A subscription by id")
+            .param("id", json!({ "type": "integer", "format": "int64" }))
+            .response(200, subscription.clone()),
+    )?;
+    ctx.describe_event("billing.subscription.created", subscription)
 }
 
 modhost_plugin_api::export_module!(Billing);

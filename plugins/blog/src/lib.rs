@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use modhost_plugin_api::{prelude::*, Cache, CallErrorKind, Events, Services};
+use modhost_plugin_api::{prelude::*, schema_of, CallErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -16,7 +16,7 @@ modhost_plugin_api::include_permissions!();
 #[derive(Default)]
 pub struct Blog;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 struct Post {
     id: i64,
     title: String,
@@ -45,6 +45,14 @@ impl From<PostRow> for Post {
             created_at: r.created_at,
         }
     }
+}
+
+/// The payload of `blog.post.created`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+struct PostCreated {
+    id: i64,
+    title: String,
+    premium: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,12 +165,12 @@ impl Posts {
             )
             .await?
             .ok_or_else(|| Response::error(500, "insert returned no row"))?;
-        self.events
-            .publish(
-                "blog.post.created",
-                &json!({ "id": post.id, "title": post.title, "premium": post.premium }),
-            )
-            .await?;
+        let created = PostCreated {
+            id: post.id,
+            title: post.title.clone(),
+            premium: post.premium,
+        };
+        self.events.publish("blog.post.created", &created).await?;
         tracing::info!(id = post.id, "post created");
         Ok(Response::json(201, &post))
     }
@@ -287,6 +295,7 @@ impl Module for Blog {
             permissions::POST_UPDATE,
             move |req| b.clone().update(req),
         )?;
+        let max_title = blog.config.max_title_len;
         let b = blog;
         ctx.route(
             Method::Delete,
@@ -294,8 +303,73 @@ impl Module for Blog {
             permissions::POST_DELETE,
             move |req| b.clone().delete(req),
         )?;
+        describe(ctx, max_title)?;
         Ok(())
     }
+}
+
+/// What `/openapi.json` says of the routes and the event: exactly what they accept.
+fn describe(ctx: &mut InitContext, max_title: usize) -> Result<()> {
+    let id = json!({ "type": "integer", "format": "int64", "minimum": 1 });
+    let input = json!({
+        "type": "object",
+        "properties": {
+            // At least one character that is not white space.
+            "title": { "type": "string", "minLength": 1, "maxLength": max_title, "pattern": "\\S" },
+            "body": { "type": "string" },
+            "premium": { "type": "boolean" },
+        },
+        "required": ["title"],
+        "additionalProperties": false,
+    });
+    let post = schema_of::<Post>();
+    let list = json!({ "type": "array", "items": post });
+    let path = "/api/v1/blog/posts";
+    let one = "/api/v1/blog/posts/{id}";
+    ctx.describe_route(
+        Method::Get,
+        path,
+        RouteDoc::new("List posts, oldest first")
+            .query(
+                "limit",
+                json!({ "type": "integer", "minimum": 1, "maximum": 1000 }),
+                false,
+            )
+            .query(
+                "after",
+                json!({ "type": "integer", "format": "int64" }),
+                false,
+            )
+            .response(200, list),
+    )?;
+    ctx.describe_route(
+        Method::Post,
+        path,
+        RouteDoc::new("Create a post; publishes blog.post.created")
+            .body(input.clone())
+            .response(201, post.clone()),
+    )?;
+    ctx.describe_route(
+        Method::Get,
+        one,
+        RouteDoc::new("Read a post (402 for a premium post without the premium plan)")
+            .param("id", id.clone())
+            .response(200, post.clone()),
+    )?;
+    ctx.describe_route(
+        Method::Put,
+        one,
+        RouteDoc::new("Replace a post")
+            .param("id", id.clone())
+            .body(input)
+            .response(200, post),
+    )?;
+    ctx.describe_route(
+        Method::Delete,
+        one,
+        RouteDoc::new("Delete a post").param("id", id),
+    )?;
+    ctx.describe_event("blog.post.created", schema_of::<PostCreated>())
 }
 
 modhost_plugin_api::export_module!(Blog);

@@ -310,6 +310,19 @@ impl Module for Faulty {
                     |_req| async { Response::new(200) },
                 );
             }
+            // A description naming a path parameter the route does not have: the host
+            // fails the module's init even though the error is ignored here.
+            "bad_description" => {
+                let path = format!("/api/v1/{name}/items/{{id}}");
+                ctx.route(
+                    Method::Get,
+                    &path,
+                    format!("{name}.probe.read"),
+                    |_req| async { Response::new(200) },
+                )?;
+                let doc = RouteDoc::new("an item").param("item", serde_json::json!({}));
+                let _ = ctx.describe_route(Method::Get, &path, doc);
+            }
             "conflict" => {
                 let path = format!("/api/v1/{name}/items/{{id}}");
                 let other = format!("/api/v1/{name}/items/{{item}}");
