@@ -21,6 +21,8 @@ cargo test --workspace --no-fail-fast
 # plugin-api's `build` module (the build-script helper) is compiled only with the `build`
 # feature, which the workspace run above does not turn on: run its tests and doctest too.
 cargo test -p modhost-plugin-api --features build
+echo "== the plugin API reference (cargo doc -p modhost-plugin-api)"
+RUSTDOCFLAGS="-D warnings" cargo doc -p modhost-plugin-api --no-deps --features schema,build
 echo "== schemathesis against /openapi.json"
 scripts/schemathesis.sh
 echo "== scripts"

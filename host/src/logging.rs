@@ -17,7 +17,11 @@ pub enum LogTarget {
 /// Installs the global subscriber (once; later calls are ignored) and a panic hook that
 /// logs panics instead of printing them raw.
 pub fn init(format: LogFormat, target: LogTarget) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // PostgreSQL's NOTICEs ("schema core already exists, skipping" from the idempotent
+    // setup statements) are not news: sqlx logs them at info, so keep them below it
+    // unless RUST_LOG asks for them.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let writer = match target {
         LogTarget::Stdout => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
         LogTarget::Stderr => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),

@@ -657,3 +657,42 @@ fn unreachable_database_is_retried_then_reported() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+/// `admin create-user` against PostgreSQL prints its result and nothing else: no
+/// NOTICE from the idempotent setup statements on a database that is already set up.
+#[test]
+fn create_user_on_postgres_prints_no_database_notices() {
+    let Some(db) = PgTestDb::create() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    for email in ["first@example.com", "second@example.com"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_modhost"))
+            .args([
+                "admin",
+                "create-user",
+                email,
+                "--database-url",
+                &db.url,
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .env("MODHOST_POSTGRES_ROLE_PREFIX", &db.prefix)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.starts_with(&format!("created user {email}")),
+            "{stdout}"
+        );
+        assert!(
+            !stderr.contains("notice") && !stderr.contains("already exists"),
+            "second run must not print database notices: {stderr}"
+        );
+    }
+}

@@ -410,3 +410,53 @@ impl Transaction {
         done(self.inner.rollback().await, |()| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CallError, CallErrorKind};
+
+    fn body(r: &Response) -> serde_json::Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    /// `?` on a database error in a handler returning the SDK's `Result` answers what
+    /// the database error answers: a generic message with the id, never the database's
+    /// text.
+    #[test]
+    fn a_database_error_through_error_keeps_its_response_and_hides_its_text() {
+        let db = DbError::new(
+            DbErrorKind::Constraint,
+            "UNIQUE constraint failed: notes.text",
+            "abc123",
+        );
+        for response in [Response::from(db.clone()), Response::from(Error::from(db))] {
+            assert_eq!(response.status, 409);
+            let json = body(&response);
+            assert_eq!(json["error_id"], "abc123");
+            assert!(!json.to_string().contains("UNIQUE"), "{json}");
+        }
+        let down = DbError::new(DbErrorKind::Unavailable, "connection refused", "x");
+        assert_eq!(Response::from(Error::from(down)).status, 503);
+        let query = DbError::new(DbErrorKind::Query, "syntax error at SELEC", "y");
+        let response = Response::from(Error::from(query));
+        assert_eq!(response.status, 500);
+        assert!(!body(&response).to_string().contains("SELEC"));
+    }
+
+    #[test]
+    fn a_call_error_through_error_keeps_its_status_and_shortcuts_set_the_kind() {
+        let e = CallError::not_found("no such note");
+        assert_eq!(e.kind, CallErrorKind::NotFound);
+        assert_eq!(Response::from(Error::from(e)).status, 404);
+        assert_eq!(CallError::bad_request("x").kind, CallErrorKind::BadRequest);
+        assert_eq!(CallError::unavailable("x").status(), 503);
+        assert_eq!(CallError::failed("x").status(), 500);
+        assert_eq!(CallError::not_allowed("x").kind, CallErrorKind::NotAllowed);
+        // An error of the module's own still answers 500 with its message.
+        assert_eq!(
+            body(&Response::from(Error::new("bad config")))["error"],
+            "bad config"
+        );
+    }
+}
