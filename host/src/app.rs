@@ -80,6 +80,65 @@ pub fn run(config: HostConfig) -> Result<(), AppError> {
     })
 }
 
+/// Where `modhost core` listens.
+#[derive(Debug, Clone)]
+pub struct CoreListeners {
+    pub auth: std::net::SocketAddr,
+    pub identity: std::net::SocketAddr,
+    pub authz: std::net::SocketAddr,
+    pub audit: std::net::SocketAddr,
+    /// All four services on this one address instead.
+    pub all: Option<std::net::SocketAddr>,
+}
+
+impl Default for CoreListeners {
+    /// The platform's ports: Auth 8081, Identity 8082, Authz 8083, Audit 8084.
+    fn default() -> Self {
+        let local = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Self {
+            auth: local(8081),
+            identity: local(8082),
+            authz: local(8083),
+            audit: local(8084),
+            all: None,
+        }
+    }
+}
+
+/// Serves the core services over gRPC until SIGINT or SIGTERM (`modhost core`), on the
+/// host's core data (`database_url`, else SQLite in the data dir).
+pub fn core(config: HostConfig, listeners: CoreListeners) -> Result<(), AppError> {
+    use crate::wire::core_server::{self, CoreServices, Served};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)?;
+    runtime.block_on(async move {
+        tracing::info!(
+            data = %config.data_dir.display(),
+            "modhost {} core services starting",
+            env!("CARGO_PKG_VERSION")
+        );
+        let databases = Databases::connect(&config.database()).await?;
+        let core = Core::open(databases.core(), config.auth.clone()).await?;
+        let list = match listeners.all {
+            Some(addr) => vec![(Served::All, addr)],
+            None => vec![
+                (Served::Auth, listeners.auth),
+                (Served::Identity, listeners.identity),
+                (Served::Authz, listeners.authz),
+                (Served::Audit, listeners.audit),
+            ],
+        };
+        let services = CoreServices::new(std::sync::Arc::new(core));
+        core_server::serve(services, list, server::shutdown_signal())
+            .await
+            .map_err(|e| AppError::Usage(e.to_string()))?;
+        tracing::info!("core services stopped");
+        Ok(())
+    })
+}
+
 /// What `modhost check` found.
 #[derive(Debug)]
 pub struct CheckReport {

@@ -25,6 +25,9 @@ pub struct Cli {
 enum Command {
     /// Load the modules and serve HTTP until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Serve the core services (Auth, Identity, Authz, Audit) over gRPC until
+    /// SIGINT/SIGTERM, on the host's core data.
+    Core(CoreArgs),
     /// Validate manifests, signatures, libraries (ABI) and the dependency graph under the
     /// same trust policy as `run`, for a modules directory or one module folder; exit 1
     /// on any problem.
@@ -47,6 +50,27 @@ enum Command {
     /// Operators: check a package (folder or .tar.gz) under the trust policy, then move
     /// it into the modules directory in one step (a watching host loads it once).
     Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+struct CoreArgs {
+    /// Address of the Auth service.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    auth_listen: String,
+    /// Address of the Identity service.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8082")]
+    identity_listen: String,
+    /// Address of the Authz service.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8083")]
+    authz_listen: String,
+    /// Address of the Audit service.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8084")]
+    audit_listen: String,
+    /// Serve all four services on this one address instead.
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<String>,
+    #[command(flatten)]
+    data: DataArgs,
 }
 
 #[derive(Debug, Args)]
@@ -238,7 +262,7 @@ pub fn main() -> ExitCode {
         None => LogFormat::Text,
     };
     let target = match cli.command {
-        Command::Run(_) => logging::LogTarget::Stdout,
+        Command::Run(_) | Command::Core(_) => logging::LogTarget::Stdout,
         _ => logging::LogTarget::Stderr,
     };
     logging::init(format, target);
@@ -265,6 +289,28 @@ type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 fn run_command(command: Command, env: Env) -> Result<Outcome, AppError> {
     match command {
         Command::Run(args) => app::run(run_config(args, env)?).map(|()| Outcome::Done),
+        Command::Core(args) => {
+            let config = data_config(&args.data, env)?;
+            let addr = |flag: &str, value: &str| {
+                value.parse::<std::net::SocketAddr>().map_err(|e| {
+                    AppError::Usage(format!(
+                        "--{flag} {value}: not an address like 127.0.0.1:8081 ({e})"
+                    ))
+                })
+            };
+            let listeners = app::CoreListeners {
+                auth: addr("auth-listen", &args.auth_listen)?,
+                identity: addr("identity-listen", &args.identity_listen)?,
+                authz: addr("authz-listen", &args.authz_listen)?,
+                audit: addr("audit-listen", &args.audit_listen)?,
+                all: args
+                    .grpc_listen
+                    .as_deref()
+                    .map(|v| addr("grpc-listen", v))
+                    .transpose()?,
+            };
+            app::core(config, listeners).map(|()| Outcome::Done)
+        }
         Command::Check(args) => check(args, env),
         Command::List(args) => {
             print!("{}", Inspection::of(&args.dir)?.table());
@@ -387,11 +433,9 @@ fn run_config(args: RunArgs, env: Env) -> Result<HostConfig, AppError> {
     Ok(config)
 }
 
-fn admin(cmd: AdminCommand, env: Env) -> Result<(), AppError> {
-    let data = match &cmd {
-        AdminCommand::CreateUser(a) => &a.data,
-        AdminCommand::Token(a) => &a.data,
-    };
+/// The configuration of a command that works on the host's data: file, environment,
+/// then `--data-dir` and `--database-url`.
+fn data_config(data: &DataArgs, env: Env) -> Result<HostConfig, AppError> {
     let mut config = load_config(data.config.clone(), env)?;
     if let Some(dir) = &data.data_dir {
         config.data_dir = dir.clone();
@@ -399,6 +443,15 @@ fn admin(cmd: AdminCommand, env: Env) -> Result<(), AppError> {
     if let Some(url) = &data.database_url {
         config.set("database_url", url, "--database-url")?;
     }
+    Ok(config)
+}
+
+fn admin(cmd: AdminCommand, env: Env) -> Result<(), AppError> {
+    let data = match &cmd {
+        AdminCommand::CreateUser(a) => &a.data,
+        AdminCommand::Token(a) => &a.data,
+    };
+    let config = data_config(data, env)?;
     match cmd {
         AdminCommand::CreateUser(a) => {
             let password = match a.password_stdin {

@@ -17,6 +17,7 @@
 //! - the ports, each a trait with its engines beside it: [`events`], [`cache`],
 //!   [`services`];
 //! - [`core`]: the core services (auth, identity, authz, audit);
+//! - [`wire`]: the wire protocol (gRPC from `proto/`) and `modhost core`'s server;
 //! - [`config`], [`logging`], [`hex`] and [`random`] are shared by all of them.
 //!
 //! Dependencies point one way: `http` → `runtime` → `module`, `data`, `routes` and the
@@ -37,5 +38,6 @@ pub(crate) mod random;
 pub mod routes;
 pub mod runtime;
 pub mod services;
+pub mod wire;
 
 pub use runtime::lifecycle::Host;

@@ -42,7 +42,7 @@ impl SigningKey {
     /// A key from its hex form (at least 32 bytes).
     pub fn from_hex(hex: &str) -> Result<Self, String> {
         let hex = hex.trim();
-        if hex.len() < 64 || hex.len() % 2 != 0 {
+        if hex.len() < 64 || !hex.len().is_multiple_of(2) {
             return Err("the signing key must be at least 64 hex characters (32 bytes)".into());
         }
         crate::hex::decode(hex)

@@ -1,0 +1,502 @@
+//! `modhost core`: the core services as gRPC services, over one [`Core`] (and so one
+//! database). Each service listens on its own address (Auth 8081, Identity 8082, Authz
+//! 8083, Audit 8084 by default), or all four share one; every listener also answers the
+//! standard health check (`grpc.health.v1`) and server reflection, so `grpcurl` works.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tonic::{Request, Response, Status};
+
+use super::core_v1::{
+    self as pb,
+    audit_server::{Audit, AuditServer},
+    auth_server::{Auth, AuthServer},
+    authz_server::{Authz, AuthzServer},
+    identity_server::{Identity, IdentityServer},
+};
+use crate::core::{audit::AuditFilter, Core, CoreError};
+
+/// The four services; `Clone` is cheap (one shared [`Core`]).
+#[derive(Clone)]
+pub struct CoreServices {
+    core: Arc<Core>,
+}
+
+impl CoreServices {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+/// A core error as a gRPC status. The messages are the core's own, which never carry
+/// database text (that is logged under an error id).
+fn status(e: CoreError) -> Status {
+    let message = e.to_string();
+    match e {
+        CoreError::Invalid(_) => Status::invalid_argument(message),
+        CoreError::NotFound(_) => Status::not_found(message),
+        CoreError::Conflict(_) => Status::already_exists(message),
+        CoreError::Unauthorized(_) => Status::unauthenticated(message),
+        CoreError::Forbidden(_) => Status::permission_denied(message),
+        CoreError::Database(_) => Status::unavailable(message),
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn user(u: modhost_plugin_api::UserInfo) -> pb::User {
+    pb::User {
+        id: u.id,
+        email: u.email,
+        display_name: u.display_name,
+        disabled: u.disabled,
+        created_at: u.created_at,
+    }
+}
+
+fn role(r: crate::core::authz::RoleInfo) -> pb::Role {
+    pb::Role {
+        name: r.name,
+        description: r.description,
+        builtin: r.builtin,
+        permissions: r.permissions,
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for CoreServices {
+    async fn login(&self, req: Request<pb::LoginRequest>) -> Reply<pb::TokenPair> {
+        let r = req.into_inner();
+        let pair = self
+            .core
+            .login(&r.email, &r.password)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::TokenPair {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: pair.token_type.to_string(),
+            expires_in: pair.expires_in,
+        }))
+    }
+
+    async fn refresh(&self, req: Request<pb::RefreshRequest>) -> Reply<pb::TokenPair> {
+        let pair = self
+            .core
+            .refresh(&req.into_inner().refresh_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::TokenPair {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: pair.token_type.to_string(),
+            expires_in: pair.expires_in,
+        }))
+    }
+
+    async fn revoke(&self, req: Request<pb::RevokeRequest>) -> Reply<pb::RevokeResponse> {
+        let r = req.into_inner();
+        let actor_token = if r.actor_token.is_empty() {
+            &r.token
+        } else {
+            &r.actor_token
+        };
+        let actor = self.core.authenticate(actor_token).await.map_err(status)?;
+        self.core.revoke(&actor, &r.token).await.map_err(status)?;
+        Ok(Response::new(pb::RevokeResponse {}))
+    }
+
+    async fn authenticate(&self, req: Request<pb::AuthenticateRequest>) -> Reply<pb::Principal> {
+        let u = self
+            .core
+            .authenticate(&req.into_inner().access_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::Principal {
+            user_id: u.id,
+            email: u.email,
+            permissions: u.permissions,
+            expires_at: u.expires_at,
+            token_id: u.jti,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for CoreServices {
+    async fn create_user(&self, req: Request<pb::CreateUserRequest>) -> Reply<pb::User> {
+        let r = req.into_inner();
+        let created = self
+            .core
+            .create_user(&r.actor, &r.email, &r.password, &r.display_name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(user(created)))
+    }
+
+    async fn get_user(&self, req: Request<pb::GetUserRequest>) -> Reply<pb::User> {
+        let found = self
+            .core
+            .get_user(&req.into_inner().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(user(found)))
+    }
+
+    async fn find_user_by_email(
+        &self,
+        req: Request<pb::FindUserByEmailRequest>,
+    ) -> Reply<pb::User> {
+        let found = self
+            .core
+            .find_by_email(&req.into_inner().email)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(user(found)))
+    }
+
+    async fn list_users(&self, req: Request<pb::ListUsersRequest>) -> Reply<pb::UserList> {
+        let r = req.into_inner();
+        let after = (!r.after.is_empty()).then_some(r.after.as_str());
+        let users = self.core.list_users(r.limit, after).await.map_err(status)?;
+        Ok(Response::new(pb::UserList {
+            users: users.into_iter().map(user).collect(),
+        }))
+    }
+
+    async fn disable_user(&self, req: Request<pb::DisableUserRequest>) -> Reply<pb::User> {
+        let r = req.into_inner();
+        let disabled = self
+            .core
+            .disable_user(&r.actor, &r.id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(user(disabled)))
+    }
+}
+
+#[tonic::async_trait]
+impl Authz for CoreServices {
+    async fn list_roles(&self, _req: Request<pb::ListRolesRequest>) -> Reply<pb::RoleList> {
+        let roles = self.core.roles().await.map_err(status)?;
+        Ok(Response::new(pb::RoleList {
+            roles: roles.into_iter().map(role).collect(),
+        }))
+    }
+
+    async fn create_role(&self, req: Request<pb::CreateRoleRequest>) -> Reply<pb::Role> {
+        let r = req.into_inner();
+        let created = self
+            .core
+            .create_role(&r.actor, &r.name, &r.description, &r.permissions)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(role(created)))
+    }
+
+    async fn update_role(&self, req: Request<pb::UpdateRoleRequest>) -> Reply<pb::Role> {
+        let r = req.into_inner();
+        let updated = self
+            .core
+            .set_role_permissions(&r.actor, &r.name, &r.permissions)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(role(updated)))
+    }
+
+    async fn delete_role(
+        &self,
+        req: Request<pb::DeleteRoleRequest>,
+    ) -> Reply<pb::DeleteRoleResponse> {
+        let r = req.into_inner();
+        self.core
+            .delete_role(&r.actor, &r.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteRoleResponse {}))
+    }
+
+    async fn assign_role(&self, req: Request<pb::RoleAssignment>) -> Reply<pb::RoleAssignment> {
+        let r = req.into_inner();
+        self.core
+            .assign_role(&r.actor, &r.user_id, &r.role)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(r))
+    }
+
+    async fn unassign_role(&self, req: Request<pb::RoleAssignment>) -> Reply<pb::RoleAssignment> {
+        let r = req.into_inner();
+        self.core
+            .unassign_role(&r.actor, &r.user_id, &r.role)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(r))
+    }
+
+    async fn check(&self, req: Request<pb::CheckRequest>) -> Reply<pb::CheckResponse> {
+        let r = req.into_inner();
+        let allowed = self
+            .core
+            .check(&r.user_id, &r.permission)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CheckResponse { allowed }))
+    }
+
+    async fn user_permissions(
+        &self,
+        req: Request<pb::UserPermissionsRequest>,
+    ) -> Reply<pb::PermissionList> {
+        let grants = self
+            .core
+            .grants(&req.into_inner().user_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::PermissionList {
+            permissions: grants.permissions.clone(),
+        }))
+    }
+
+    async fn register_permissions(
+        &self,
+        req: Request<pb::RegisterPermissionsRequest>,
+    ) -> Reply<pb::RegisterPermissionsResponse> {
+        let r = req.into_inner();
+        if r.module.is_empty() {
+            return Err(Status::invalid_argument("module must not be empty"));
+        }
+        if let Some(foreign) = r
+            .permissions
+            .iter()
+            .find(|p| !p.starts_with(&format!("{}.", r.module)))
+        {
+            return Err(Status::invalid_argument(format!(
+                "permission `{foreign}` is outside module `{}`'s namespace",
+                r.module
+            )));
+        }
+        self.core
+            .permissions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .register(&r.module, r.permissions)
+            .map_err(|e| Status::already_exists(e.to_string()))?;
+        Ok(Response::new(pb::RegisterPermissionsResponse {}))
+    }
+
+    async fn declared_permissions(
+        &self,
+        _req: Request<pb::DeclaredPermissionsRequest>,
+    ) -> Reply<pb::DeclaredPermissions> {
+        let by_module = self
+            .core
+            .permissions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_module()
+            .into_iter()
+            .map(|(module, permissions)| (module, pb::PermissionList { permissions }))
+            .collect();
+        Ok(Response::new(pb::DeclaredPermissions { by_module }))
+    }
+}
+
+#[tonic::async_trait]
+impl Audit for CoreServices {
+    async fn record(&self, req: Request<pb::RecordRequest>) -> Reply<pb::RecordResponse> {
+        let records = req.into_inner().records;
+        let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+        for r in records {
+            let entry = crate::core::audit::Audit::new(&r.actor, &r.action, &r.target)
+                .module(if r.module.is_empty() {
+                    "core"
+                } else {
+                    &r.module
+                })
+                .outcome(if r.outcome.is_empty() {
+                    "success"
+                } else {
+                    &r.outcome
+                })
+                .detail(&r.detail);
+            self.core.record(entry).await;
+        }
+        Ok(Response::new(pb::RecordResponse { recorded: count }))
+    }
+
+    async fn query(&self, req: Request<pb::AuditQuery>) -> Reply<pb::AuditEntries> {
+        let q = req.into_inner();
+        let filter = AuditFilter {
+            actor: q.actor,
+            module: q.module,
+            action: q.action,
+            outcome: q.outcome,
+            since: q.since,
+            until: q.until,
+            before: q.before,
+            limit: q.limit,
+        };
+        let entries = self.core.audit_query(&filter).await.map_err(status)?;
+        Ok(Response::new(pb::AuditEntries {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::AuditEntry {
+                    id: e.id,
+                    time: e.time,
+                    actor: e.actor,
+                    module: e.module,
+                    action: e.action,
+                    target: e.target,
+                    outcome: e.outcome,
+                    detail: e.detail,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Which services a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Auth,
+    Identity,
+    Authz,
+    Audit,
+    /// All four on one address (`--grpc-listen`).
+    All,
+}
+
+impl Served {
+    /// The gRPC service names this listener answers for (health checks use them).
+    pub fn names(self) -> &'static [&'static str] {
+        match self {
+            Served::Auth => &["modhost.core.v1.Auth"],
+            Served::Identity => &["modhost.core.v1.Identity"],
+            Served::Authz => &["modhost.core.v1.Authz"],
+            Served::Audit => &["modhost.core.v1.Audit"],
+            Served::All => &[
+                "modhost.core.v1.Auth",
+                "modhost.core.v1.Identity",
+                "modhost.core.v1.Authz",
+                "modhost.core.v1.Audit",
+            ],
+        }
+    }
+}
+
+/// Why the core services could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "cannot listen on {addr} for the {what} service: {source}; is another process using it?"
+    )]
+    Listen {
+        addr: SocketAddr,
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("the gRPC server on {addr} failed: {source}")]
+    Server {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
+}
+
+/// Binds every listener (so a taken port fails before anything serves), logs each
+/// address, then serves until `shutdown` resolves.
+pub async fn serve(
+    services: CoreServices,
+    listeners: Vec<(Served, SocketAddr)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let mut bound = Vec::new();
+    for (served, addr) in listeners {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr,
+                what: format!("{served:?}"),
+                source,
+            })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        tracing::info!(service = ?served, %local, "core gRPC service listening on {local}");
+        bound.push((served, local, listener));
+    }
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (served, local, listener) in bound {
+        let router = router(&services, served).await?;
+        let mut stopped = stop.subscribe();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stopped.recv().await;
+                })
+                .await
+                .map_err(|source| ServeError::Server {
+                    addr: local,
+                    source,
+                })
+        });
+    }
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!("core services stopping");
+            let _ = stop.send(());
+        }
+        Some(Ok(Err(e))) = tasks.join_next() => {
+            let _ = stop.send(());
+            return Err(e);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The services of one listener, with health and reflection.
+async fn router(
+    services: &CoreServices,
+    served: Served,
+) -> Result<tonic::transport::server::Router, ServeError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in served.names() {
+        reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    // Reflection lists what this listener serves: its services, health and itself.
+    let mut reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(super::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection");
+    for name in served.names() {
+        reflection = reflection.with_service_name(*name);
+    }
+    let reflection = reflection
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let mut server = tonic::transport::Server::builder();
+    let router = server.add_service(health).add_service(reflection);
+    let s = services.clone();
+    Ok(match served {
+        Served::Auth => router.add_service(AuthServer::new(s)),
+        Served::Identity => router.add_service(IdentityServer::new(s)),
+        Served::Authz => router.add_service(AuthzServer::new(s)),
+        Served::Audit => router.add_service(AuditServer::new(s)),
+        Served::All => router
+            .add_service(AuthServer::new(s.clone()))
+            .add_service(IdentityServer::new(s.clone()))
+            .add_service(AuthzServer::new(s.clone()))
+            .add_service(AuditServer::new(s)),
+    })
+}
