@@ -108,7 +108,7 @@ impl Default for CoreListeners {
 /// Serves the core services over gRPC until SIGINT or SIGTERM (`modhost core`), on the
 /// host's core data (`database_url`, else SQLite in the data dir).
 pub fn core(config: HostConfig, listeners: CoreListeners) -> Result<(), AppError> {
-    use crate::wire::core_server::{self, CoreServices, Served};
+    use crate::core::grpc_server::{self as core_server, CoreServices, Served};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -250,7 +250,7 @@ pub fn create_user(
 
 /// A token holding every permission, valid for `ttl` (`modhost admin token`).
 pub fn console_token(config: &HostConfig, ttl: Duration) -> Result<String, AppError> {
-    with_core(config, |core| async move { Ok(core.console_token(ttl)) })
+    with_core(config, |core| async move { Ok(core.console_token(ttl)?) })
 }
 
 /// Opens the host's core area on a small runtime of its own and runs `work` on it.

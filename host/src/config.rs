@@ -58,6 +58,8 @@ pub struct HostConfig {
     pub database_max_connections: u32,
     pub postgres_role_prefix: String,
     pub auth: crate::core::AuthSettings,
+    /// Core services over gRPC (`core_url`); absent: embedded.
+    pub core: crate::core::remote::RemoteSettings,
     pub events: crate::events::BusSettings,
     /// Upper bound of the cache's memory, keys and values.
     pub cache_max_bytes: u64,
@@ -94,6 +96,7 @@ impl Default for HostConfig {
             database_max_connections: 5,
             postgres_role_prefix: "modhost_".to_string(),
             auth: crate::core::AuthSettings::default(),
+            core: crate::core::remote::RemoteSettings::default(),
             events: crate::events::BusSettings::default(),
             cache_max_bytes: 64 * 1024 * 1024,
             cache_default_ttl: Duration::from_secs(300),
@@ -205,6 +208,28 @@ const SETTINGS: &[(&str, Setter)] = &[
     }),
     ("auth_refresh_ttl", |c, v| {
         c.auth.refresh_ttl = parse_duration(v)?;
+        Ok(())
+    }),
+    ("core_url", |c, v| {
+        let v = v.trim();
+        if v.is_empty() {
+            c.core.url = None;
+            return Ok(());
+        }
+        crate::core::remote::CoreAddresses::parse(v)?;
+        c.core.url = Some(v.to_string());
+        Ok(())
+    }),
+    ("core_staleness", |c, v| {
+        c.core.staleness = parse_duration(v)?;
+        Ok(())
+    }),
+    ("core_timeout", |c, v| {
+        c.core.timeout = parse_duration(v)?;
+        Ok(())
+    }),
+    ("audit_spool_max_bytes", |c, v| {
+        c.core.spool_max_bytes = parse_bytes(v)?;
         Ok(())
     }),
     ("event_queue_capacity", |c, v| {

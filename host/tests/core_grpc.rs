@@ -5,78 +5,15 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
-use common::KillOnDrop;
+use common::core::CoreProcess;
 use modhost::wire::core_v1 as pb;
 use pb::{
     audit_client::AuditClient, auth_client::AuthClient, authz_client::AuthzClient,
     identity_client::IdentityClient,
 };
 use tonic::{transport::Channel, Code};
-
-/// A running `modhost core`, with the addresses it logged.
-struct CoreProcess {
-    _child: KillOnDrop,
-    /// Service (`Auth`, `Identity`, `Authz`, `Audit` or `All`) to its address.
-    addrs: Vec<(String, SocketAddr)>,
-}
-
-impl CoreProcess {
-    fn start(data: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> CoreProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_modhost"));
-        cmd.args(["--log-format", "json", "core", "--data-dir"])
-            .arg(data)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = KillOnDrop::spawn(&mut cmd);
-        let expected = if args.contains(&"--grpc-listen") {
-            1
-        } else {
-            4
-        };
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if let (Some(service), Some(local)) = (v["service"].as_str(), v["local"].as_str()) {
-                    let _ = tx.send((service.to_string(), local.parse().expect("address")));
-                }
-            }
-        });
-        let mut addrs = Vec::new();
-        let until = Instant::now() + Duration::from_secs(60);
-        while addrs.len() < expected {
-            let left = until.saturating_duration_since(Instant::now());
-            let got = rx
-                .recv_timeout(left)
-                .expect("modhost core did not log its listening addresses within 60 s");
-            addrs.push(got);
-        }
-        CoreProcess {
-            _child: child,
-            addrs,
-        }
-    }
-
-    fn addr(&self, service: &str) -> SocketAddr {
-        self.addrs
-            .iter()
-            .find(|(s, _)| s == service || s == "All")
-            .map(|(_, a)| *a)
-            .unwrap_or_else(|| panic!("no address for {service}: {:?}", self.addrs))
-    }
-}
 
 async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
@@ -275,14 +212,23 @@ async fn exercise(core: &CoreProcess) {
             module: "blog".into(),
             outcome: "success".into(),
             detail: String::new(),
+            time: String::new(),
+            record_id: format!("rec-{i}"),
         })
         .collect();
     let recorded = audit
-        .record(pb::RecordRequest { records })
+        .record(pb::RecordRequest {
+            records: records.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(recorded.recorded, 3);
+    // A batch sent again (its answer was lost) is stored once.
+    audit
+        .record(pb::RecordRequest { records })
+        .await
+        .expect("the resent batch is accepted");
     let posts = audit
         .query(pb::AuditQuery {
             module: Some("blog".into()),

@@ -449,7 +449,10 @@ async fn auth(core: &Core, op: Op, req: &CoreRequest<'_>) -> Result<Reply, Reply
             };
             let caller = req.caller()?;
             let token = revoke.token.as_deref().or(req.bearer).unwrap_or_default();
-            core.revoke(caller, token).await.map_err(error_reply)?;
+            let actor_token = req.bearer.unwrap_or_default();
+            core.revoke(caller, actor_token, token)
+                .await
+                .map_err(error_reply)?;
             Ok((200, json!({ "revoked": true })))
         }
         Op::Me => {

@@ -7,7 +7,7 @@
 use modhost_plugin_api::{ffi::FfiValue, AuditEntry};
 use serde::Deserialize;
 
-use super::{as_int, as_text, rows, text_param, Core, CoreError};
+use super::{as_int, as_text, rows, text_param, CoreError, LocalCore};
 use crate::data::db_handle::AreaDatabase;
 
 /// One entry to record.
@@ -19,6 +19,10 @@ pub struct Audit {
     pub target: String,
     pub outcome: String,
     pub detail: String,
+    /// When it happened (RFC 3339); `None`: when it is written.
+    pub time: Option<String>,
+    /// Unique per record, for records that may be delivered twice (from module hosts).
+    pub record_id: Option<String>,
 }
 
 impl Audit {
@@ -31,6 +35,8 @@ impl Audit {
             target: target.to_string(),
             outcome: "success".into(),
             detail: String::new(),
+            time: None,
+            record_id: None,
         }
     }
 
@@ -71,24 +77,54 @@ pub struct AuditFilter {
     pub limit: Option<i64>,
 }
 
-/// Appends an entry, its fields cut to the length caps (`audit_limit.rs`).
+/// Appends an entry, its fields cut to the length caps (`audit_limit.rs`); logs a
+/// failure (the action it describes has already happened).
 pub(super) async fn insert(db: &AreaDatabase, entry: Audit) {
-    let a = entry.clipped();
-    let result = db
-        .exec(
-            "INSERT INTO audit_log (time, actor, module, action, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            vec![text_param(&super::now_rfc3339()), text_param(&a.actor), text_param(&a.module), text_param(&a.action), text_param(&a.target), text_param(&a.outcome), text_param(&a.detail)],
-        )
-        .await;
-    if let Err(e) = result {
-        tracing::error!(action = %a.action, actor = %a.actor, target = %a.target, error = %e.message, "cannot write the audit log");
+    let (action, actor, target) = (
+        entry.action.clone(),
+        entry.actor.clone(),
+        entry.target.clone(),
+    );
+    if let Err(e) = insert_all(db, vec![entry]).await {
+        tracing::error!(%action, %actor, %target, error = %e.message, "cannot write the audit log");
     }
 }
 
-impl Core {
+/// Appends entries in one transaction: all or none. A record whose `record_id` is
+/// already stored is skipped (a retried delivery).
+pub(super) async fn insert_all(
+    db: &AreaDatabase,
+    entries: Vec<Audit>,
+) -> Result<(), modhost_plugin_api::ffi::FfiDbError> {
+    let now = super::now_rfc3339();
+    let statements = entries
+        .into_iter()
+        .map(|entry| {
+            let a = entry.clipped();
+            let time = a.time.clone().unwrap_or_else(|| now.clone());
+            let id = match &a.record_id {
+                Some(id) => text_param(id),
+                None => FfiValue::Null,
+            };
+            (
+                "INSERT INTO audit_log (time, actor, module, action, target, outcome, detail, record_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (record_id) DO NOTHING",
+                vec![text_param(&time), text_param(&a.actor), text_param(&a.module), text_param(&a.action), text_param(&a.target), text_param(&a.outcome), text_param(&a.detail), id],
+            )
+        })
+        .collect();
+    db.exec_all(statements).await
+}
+
+impl LocalCore {
     /// Appends an entry.
     pub async fn record(&self, a: Audit) {
         insert(&self.db, a).await;
+    }
+
+    /// Appends entries from a module host, all or none; an error means none was stored
+    /// (the host keeps them and retries).
+    pub async fn record_all(&self, entries: Vec<Audit>) -> Result<(), CoreError> {
+        insert_all(&self.db, entries).await.map_err(CoreError::from)
     }
 
     /// Entries matching `f`, newest first.

@@ -87,7 +87,7 @@ pub(super) fn clip(text: &str, max: usize) -> String {
 
 impl Audit {
     /// The entry with every field within the length caps.
-    pub(super) fn clipped(self) -> Audit {
+    pub(super) fn clipped(&self) -> Audit {
         Audit {
             actor: clip(&self.actor, MAX_FIELD),
             module: clip(&self.module, MAX_NAME),
@@ -95,6 +95,8 @@ impl Audit {
             target: clip(&self.target, MAX_FIELD),
             outcome: clip(&self.outcome, MAX_NAME),
             detail: clip(&self.detail, MAX_FIELD),
+            time: self.time.as_deref().map(|t| clip(t, MAX_NAME)),
+            record_id: self.record_id.as_deref().map(|r| clip(r, MAX_NAME)),
         }
     }
 }
@@ -116,7 +118,7 @@ impl Core {
                 first: true,
                 window_end,
             } => {
-                let (db, denials) = (self.db.clone(), self.denials.clone());
+                let (recorder, denials) = (self.recorder(), self.denials.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep_until(window_end.into()).await;
                     let count = denials
@@ -128,7 +130,7 @@ impl Core {
                         .detail(&format!(
                             "{count} more denied request(s) were not written one by one (at most {DENIALS_PER_WINDOW} per {WINDOW:?})"
                         ));
-                    super::audit::insert(&db, summary).await;
+                    recorder.record(summary).await;
                 });
             }
         }
@@ -162,7 +164,7 @@ mod tests {
     #[tokio::test]
     async fn a_flood_of_denials_writes_a_window_and_a_summary() {
         let dir = tempfile::tempdir().unwrap();
-        let core = crate::core::authz::tests::core(dir.path()).await;
+        let core = crate::core::authz::tests::facade(dir.path()).await;
         for i in 0..100 {
             let entry =
                 Audit::new("anonymous", "request.denied", &format!("GET /x/{i}")).outcome("denied");

@@ -11,7 +11,7 @@ use super::{
     identity::verify_password,
     now_secs, text_param,
     tokens::{Claims, TokenError},
-    Core, CoreError,
+    CoreError, LocalCore,
 };
 
 /// The subject of operator tokens minted by `modhost admin token`.
@@ -50,7 +50,7 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
-impl Core {
+impl LocalCore {
     fn claims(&self, sub: &str, email: &str, typ: &str, ttl: Duration) -> Claims {
         let now = now_secs();
         Claims {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use modhost_plugin_api::{ffi::FfiValue, permission_matches};
 use serde::Serialize;
 
-use super::{as_int, as_text, audit::Audit, rows, text_param, Core, CoreError};
+use super::{as_int, as_text, audit::Audit, rows, text_param, CoreError, LocalCore};
 
 /// What a user may do, as cached for the request path.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ fn check_role_name(name: &str) -> Result<(), CoreError> {
     }
 }
 
-impl Core {
+impl LocalCore {
     fn validate_grants(&self, permissions: &[String]) -> Result<(), CoreError> {
         let registry = self.permissions.read().unwrap_or_else(|p| p.into_inner());
         for p in permissions {
@@ -353,8 +353,9 @@ pub(super) mod tests {
     use tokio::sync::Notify;
 
     use crate::{
-        core::{AuthSettings, Core, CoreError},
+        core::{AuthSettings, CoreError, LocalCore},
         data::database::{DatabaseSettings, Databases},
+        module::permissions::PermissionRegistry,
     };
 
     /// A test's hold on `grants()` between its reads and its cache insert.
@@ -364,7 +365,7 @@ pub(super) mod tests {
         resume: Notify,
     }
 
-    impl Core {
+    impl LocalCore {
         pub(in crate::core) async fn pause_before_caching_grants(&self) {
             let pause = self
                 .grants_pause
@@ -379,7 +380,7 @@ pub(super) mod tests {
     }
 
     /// A core on a fresh SQLite area, with module `app`'s permissions registered.
-    pub(in crate::core) async fn core(dir: &std::path::Path) -> Core {
+    pub(in crate::core) async fn core(dir: &std::path::Path) -> LocalCore {
         let settings = DatabaseSettings {
             url: None,
             data_dir: dir.to_path_buf(),
@@ -388,16 +389,30 @@ pub(super) mod tests {
             role_prefix: "modhost_".into(),
         };
         let databases = Databases::connect(&settings).await.expect("sqlite opens");
-        let core = Core::open(databases.core(), AuthSettings::default())
-            .await
-            .expect("core opens");
+        let mut registry = PermissionRegistry::default();
         let declared = ["app.doc.read", "app.doc.write", "app.doc.delete"];
-        core.permissions
-            .write()
-            .expect("registry lock")
+        registry
             .register("app", declared.iter().map(|p| p.to_string()))
             .expect("no duplicates");
-        core
+        let registry = Arc::new(std::sync::RwLock::new(registry));
+        LocalCore::open(databases.core(), AuthSettings::default(), registry)
+            .await
+            .expect("core opens")
+    }
+
+    /// The embedded core behind its door ([`crate::core::Core`]), on a fresh SQLite area.
+    pub(in crate::core) async fn facade(dir: &std::path::Path) -> crate::core::Core {
+        let settings = DatabaseSettings {
+            url: None,
+            data_dir: dir.to_path_buf(),
+            connect_timeout: Duration::from_secs(5),
+            max_connections: 2,
+            role_prefix: "modhost_".into(),
+        };
+        let databases = Databases::connect(&settings).await.expect("sqlite opens");
+        crate::core::Core::open(databases.core(), AuthSettings::default())
+            .await
+            .expect("core opens")
     }
 
     fn strings(list: &[&str]) -> Vec<String> {

@@ -30,7 +30,7 @@ fn failure(e: CoreError) -> CallFailure {
         CoreError::Invalid(_) | CoreError::Unauthorized(_) => call_error::BAD_REQUEST,
         CoreError::Forbidden(_) => call_error::NOT_ALLOWED,
         CoreError::Conflict(_) => call_error::FAILED,
-        CoreError::Database(_) => call_error::UNAVAILABLE,
+        CoreError::Database(_) | CoreError::Unavailable(_) => call_error::UNAVAILABLE,
     };
     (kind, e.to_string())
 }

@@ -6,7 +6,7 @@ use argon2::{
 };
 use modhost_plugin_api::{ffi::FfiValue, UserInfo};
 
-use super::{as_int, as_text, audit::Audit, rows, text_param, Core, CoreError};
+use super::{as_int, as_text, audit::Audit, rows, text_param, CoreError, LocalCore};
 
 /// Longest email accepted.
 const MAX_EMAIL: usize = 254;
@@ -104,7 +104,7 @@ pub(super) async fn verify_password(password: String, hash: String) -> bool {
     .unwrap_or(false)
 }
 
-impl Core {
+impl LocalCore {
     /// Creates a user. `actor` is who asks (for the audit log).
     pub async fn create_user(
         &self,

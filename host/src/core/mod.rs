@@ -2,11 +2,15 @@
 //! (roles and permission checks) and audit (the append-only log). Their data lives in
 //! the host's own `core` area.
 //!
-//! One [`Core`] value owns the area, the signing key and the in-memory caches that keep
-//! the request path free of database reads (granted permissions per user, revoked
-//! token ids). Every change made through [`Core`] invalidates what it affects. Files:
-//! `tokens.rs` (JWT), `identity.rs`, `authz.rs`, `audit.rs`, `auth.rs` (login, refresh,
-//! revoke, authenticate), `api.rs` (HTTP), `calls.rs` (the handles modules get).
+//! Everything goes through [`Core`] (`facade.rs`), which is either the embedded
+//! [`LocalCore`] or [`remote::RemoteCore`], the client of `modhost core` over gRPC. One
+//! [`LocalCore`] owns the area, the signing key and the in-memory caches that keep the
+//! request path free of database reads (granted permissions per user, revoked token
+//! ids); every change made through it invalidates what it affects. Files: `tokens.rs`
+//! (JWT), `identity.rs`, `authz.rs`, `audit.rs`, `auth.rs` (login, refresh, revoke,
+//! authenticate), `api.rs` (HTTP), `calls.rs` (the handles modules get),
+//! `grpc_server.rs` (`modhost core`), `remote.rs` and `spool.rs` (the gRPC client and
+//! its durable audit spool).
 
 pub(crate) mod api;
 pub mod audit;
@@ -14,8 +18,14 @@ pub(crate) mod audit_limit;
 pub mod auth;
 pub mod authz;
 pub(crate) mod calls;
+mod facade;
+pub mod grpc_server;
 pub mod identity;
+pub mod remote;
+mod spool;
 pub mod tokens;
+
+pub use facade::Core;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -84,6 +94,9 @@ pub enum CoreError {
     Forbidden(String),
     #[error("the core database failed: {0}")]
     Database(String),
+    /// Remote core services could not be reached (or did not answer in time).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl CoreError {
@@ -95,7 +108,7 @@ impl CoreError {
             CoreError::Conflict(_) => 409,
             CoreError::Unauthorized(_) => 401,
             CoreError::Forbidden(_) => 403,
-            CoreError::Database(_) => 503,
+            CoreError::Database(_) | CoreError::Unavailable(_) => 503,
         }
     }
 }
@@ -124,12 +137,13 @@ pub enum CoreSetupError {
     Key(String),
 }
 
-/// The core services.
-pub struct Core {
+/// The core services on this host's own data: the embedded default, and what
+/// `modhost core` serves over gRPC.
+pub struct LocalCore {
     db: AreaDatabase,
     key: SigningKey,
     settings: AuthSettings,
-    pub permissions: RwLock<PermissionRegistry>,
+    permissions: Arc<RwLock<PermissionRegistry>>,
     grants: Mutex<GrantsCache>,
     /// Test-only pause between computing grants and caching them.
     #[cfg(test)]
@@ -138,25 +152,30 @@ pub struct Core {
     /// Tokens whose signature was verified, by token: bounded, each kept a minute, and
     /// dropped when revoked. Expiry and revocation are still checked on every use.
     verified: moka::sync::Cache<String, Arc<tokens::Claims>>,
-    /// Denied requests audited in the current window (see `audit_limit.rs`).
-    denials: audit_limit::SharedBudget,
 }
 
-impl Core {
+impl LocalCore {
     /// Migrates the core area, loads (or creates) the signing key and the revoked
     /// token ids.
-    pub async fn open(pool: AreaPool, settings: AuthSettings) -> Result<Core, CoreSetupError> {
-        let (version, sql) = match pool.backend() {
+    pub async fn open(
+        pool: AreaPool,
+        settings: AuthSettings,
+        permissions: Arc<RwLock<PermissionRegistry>>,
+    ) -> Result<LocalCore, CoreSetupError> {
+        let (first, record_ids) = match pool.backend() {
             BackendKind::Sqlite => (
-                1,
                 include_str!("../../core-migrations/0001_core.sqlite.sql"),
+                include_str!("../../core-migrations/0002_audit_record_id.sqlite.sql"),
             ),
             BackendKind::Postgres => (
-                1,
                 include_str!("../../core-migrations/0001_core.postgres.sql"),
+                include_str!("../../core-migrations/0002_audit_record_id.postgres.sql"),
             ),
         };
-        let list = [migrations::embedded(version, "core", sql)];
+        let list = [
+            migrations::embedded(1, "core", first),
+            migrations::embedded(2, "audit_record_id", record_ids),
+        ];
         migrations::apply_list(&pool, &list, std::path::Path::new("<built-in core schema>"))
             .await?;
         let db = AreaDatabase::new("core", pool);
@@ -178,24 +197,25 @@ impl Core {
         .map(|r| as_text(&r[0]))
         .collect::<Result<_, _>>()
         .map_err(|e| CoreSetupError::Key(e.to_string()))?;
-        let mut registry = PermissionRegistry::default();
-        // Cannot clash: the registry is empty.
-        let _ = registry.register("core", CORE_PERMISSIONS.iter().map(|p| p.to_string()));
-        Ok(Core {
+        Ok(LocalCore {
             db,
             key,
             settings,
-            permissions: RwLock::new(registry),
+            permissions,
             grants: Mutex::new(GrantsCache::default()),
             #[cfg(test)]
             grants_pause: Mutex::new(None),
             revoked: RwLock::new(revoked),
-            denials: Default::default(),
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_TOKENS)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
         })
+    }
+
+    /// The core area.
+    pub(crate) fn db(&self) -> &AreaDatabase {
+        &self.db
     }
 
     /// Forgets cached grants. Called after a role, assignment or user change has been

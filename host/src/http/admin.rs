@@ -22,6 +22,10 @@ use crate::runtime::reload::ReloadError;
 pub async fn answer(host: &Arc<Host>, op: Ops) -> Response<Body> {
     match op {
         Ops::Health => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        Ops::Ready if !host.core.reachable() => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "not ready", "core": "unreachable" }),
+        ),
         Ops::Ready if host.is_ready() => {
             json_response(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
         }

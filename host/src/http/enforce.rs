@@ -54,8 +54,8 @@ pub async fn authorize(
     };
     let user = match core.authenticate(token).await {
         Ok(u) => u,
-        Err(CoreError::Database(e)) => {
-            tracing::error!(error = %e, "cannot authenticate: core database unavailable");
+        Err(CoreError::Database(e) | CoreError::Unavailable(e)) => {
+            tracing::error!(error = %e, "cannot authenticate: the core services are unavailable");
             return Err(json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "authentication is unavailable; try again later",

@@ -201,6 +201,8 @@ pub enum BootError {
     Database(#[from] DbSetupError),
     #[error(transparent)]
     Core(#[from] CoreSetupError),
+    #[error(transparent)]
+    RemoteCore(#[from] crate::core::remote::RemoteSetupError),
     #[error("--strict: {} module(s) failed:\n  {}", .0.len(), .0.join("\n  "))]
     Strict(Vec<String>),
 }
@@ -237,7 +239,13 @@ impl Host {
             })?;
         let databases = Databases::connect(&config.database()).await?;
         tracing::info!(database = %databases.describe(), "database ready");
-        let core = Arc::new(Core::open(databases.core(), config.auth.clone()).await?);
+        let core = Arc::new(match &config.core.url {
+            None => Core::open(databases.core(), config.auth.clone()).await?,
+            Some(url) => {
+                tracing::info!(core = %url, "core services are remote (gRPC)");
+                Core::remote(&config.core, &config.data_dir)?
+            }
+        });
         let Inspection {
             discovery,
             resolution,
@@ -417,11 +425,7 @@ impl Host {
         let name = manifest.name.to_string();
         let rules = ModuleRules::of(manifest);
         self.core
-            .permissions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .register(&name, rules.permissions.iter().cloned())
-            .map_err(|e| e.to_string())?;
+            .register_permissions(&name, rules.permissions.iter().cloned().collect())?;
         let started = Instant::now();
         let loaded = self.load_off_runtime(dir, library, manifest).await?;
         // From here on, a failure also deletes the runtime copy just made.

@@ -1,15 +1,10 @@
-//! The wire protocol: gRPC services compiled from `proto/` (tonic and prost, with a
-//! pure-Rust protobuf compiler, so no `protoc` is needed), and their servers.
+//! The wire protocol: gRPC types and stubs compiled from `proto/` (tonic and prost, with
+//! a pure-Rust protobuf compiler, so no `protoc` is needed).
 //!
-//! - [`core_v1`]: the generated types and stubs of `modhost.core.v1` (Auth, Identity,
-//!   Authz, Audit);
-//! - [`core_server`]: `modhost core`, which serves them over the host's [`Core`].
+//! - [`core_v1`]: `modhost.core.v1` (Auth, Identity, Authz, Audit): served by
+//!   `core/grpc_server.rs`, called by `core/remote.rs`.
 //!
-//! May use: `core`. Must not use the runtime or HTTP layers.
-//!
-//! [`Core`]: crate::core::Core
-
-pub mod core_server;
+//! May use: nothing else of the host (the services that speak it depend on it).
 
 /// Generated from `proto/modhost/core/v1/core.proto`.
 #[allow(clippy::all, missing_docs)]

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod core;
 pub mod pg;
 
 use std::{

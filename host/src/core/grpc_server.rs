@@ -1,5 +1,5 @@
-//! `modhost core`: the core services as gRPC services, over one [`Core`] (and so one
-//! database). Each service listens on its own address (Auth 8081, Identity 8082, Authz
+//! `modhost core`: the core services as gRPC services, over one embedded [`Core`] (and
+//! so one database). Each service listens on its own address (Auth 8081, Identity 8082, Authz
 //! 8083, Audit 8084 by default), or all four share one; every listener also answers the
 //! standard health check (`grpc.health.v1`) and server reflection, so `grpcurl` works.
 
@@ -7,14 +7,14 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tonic::{Request, Response, Status};
 
-use super::core_v1::{
+use crate::core::{audit::AuditFilter, Core, CoreError};
+use crate::wire::core_v1::{
     self as pb,
     audit_server::{Audit, AuditServer},
     auth_server::{Auth, AuthServer},
     authz_server::{Authz, AuthzServer},
     identity_server::{Identity, IdentityServer},
 };
-use crate::core::{audit::AuditFilter, Core, CoreError};
 
 /// The four services; `Clone` is cheap (one shared [`Core`]).
 #[derive(Clone)]
@@ -38,7 +38,7 @@ fn status(e: CoreError) -> Status {
         CoreError::Conflict(_) => Status::already_exists(message),
         CoreError::Unauthorized(_) => Status::unauthenticated(message),
         CoreError::Forbidden(_) => Status::permission_denied(message),
-        CoreError::Database(_) => Status::unavailable(message),
+        CoreError::Database(_) | CoreError::Unavailable(_) => Status::unavailable(message),
     }
 }
 
@@ -102,7 +102,10 @@ impl Auth for CoreServices {
             &r.actor_token
         };
         let actor = self.core.authenticate(actor_token).await.map_err(status)?;
-        self.core.revoke(&actor, &r.token).await.map_err(status)?;
+        self.core
+            .revoke(&actor, actor_token, &r.token)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RevokeResponse {}))
     }
 
@@ -307,21 +310,34 @@ impl Audit for CoreServices {
     async fn record(&self, req: Request<pb::RecordRequest>) -> Reply<pb::RecordResponse> {
         let records = req.into_inner().records;
         let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
-        for r in records {
-            let entry = crate::core::audit::Audit::new(&r.actor, &r.action, &r.target)
-                .module(if r.module.is_empty() {
+        let entries = records
+            .into_iter()
+            .map(|r| {
+                let module = if r.module.is_empty() {
                     "core"
                 } else {
                     &r.module
-                })
-                .outcome(if r.outcome.is_empty() {
+                };
+                let outcome = if r.outcome.is_empty() {
                     "success"
                 } else {
                     &r.outcome
-                })
-                .detail(&r.detail);
-            self.core.record(entry).await;
-        }
+                };
+                let mut entry = crate::core::audit::Audit::new(&r.actor, &r.action, &r.target)
+                    .module(module)
+                    .outcome(outcome)
+                    .detail(&r.detail);
+                entry.time = (!r.time.is_empty()).then(|| r.time.clone());
+                entry.record_id = (!r.record_id.is_empty()).then(|| r.record_id.clone());
+                entry
+            })
+            .collect();
+        let Some(local) = self.core.local() else {
+            return Err(Status::failed_precondition(
+                "this process forwards to another core; it does not store audit records",
+            ));
+        };
+        local.record_all(entries).await.map_err(status)?;
         Ok(Response::new(pb::RecordResponse { recorded: count }))
     }
 
@@ -474,7 +490,7 @@ async fn router(
     }
     // Reflection lists what this listener serves: its services, health and itself.
     let mut reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(super::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::wire::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health")
