@@ -89,6 +89,11 @@ pub struct CoreListeners {
     pub audit: std::net::SocketAddr,
     /// All four services on this one address instead.
     pub all: Option<std::net::SocketAddr>,
+    /// TLS: the certificate and key files (PEM), and the CA of the client certificates
+    /// to require (mutual TLS).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for CoreListeners {
@@ -101,6 +106,9 @@ impl Default for CoreListeners {
             authz: local(8083),
             audit: local(8084),
             all: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -130,13 +138,42 @@ pub fn core(config: HostConfig, listeners: CoreListeners) -> Result<(), AppError
                 (Served::Audit, listeners.audit),
             ],
         };
+        let tls = server_tls(&listeners)?;
         let services = CoreServices::new(std::sync::Arc::new(core));
-        core_server::serve(services, list, server::shutdown_signal())
+        core_server::serve(services, list, tls, server::shutdown_signal())
             .await
             .map_err(|e| AppError::Usage(e.to_string()))?;
         tracing::info!("core services stopped");
         Ok(())
     })
+}
+
+/// The TLS files of `modhost core`, read.
+fn server_tls(
+    listeners: &CoreListeners,
+) -> Result<Option<crate::core::grpc_server::ServerTls>, AppError> {
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| AppError::Usage(format!("--{flag} {}: {e}", path.display())))
+    };
+    match (&listeners.tls_cert, &listeners.tls_key) {
+        (None, None) if listeners.tls_client_ca.is_some() => Err(AppError::Usage(
+            "--tls-client-ca needs --tls-cert and --tls-key".into(),
+        )),
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(crate::core::grpc_server::ServerTls {
+            cert: read("tls-cert", cert)?,
+            key: read("tls-key", key)?,
+            client_ca: listeners
+                .tls_client_ca
+                .as_deref()
+                .map(|ca| read("tls-client-ca", ca))
+                .transpose()?,
+        })),
+        _ => Err(AppError::Usage(
+            "--tls-cert and --tls-key go together".into(),
+        )),
+    }
 }
 
 /// What `modhost check` found.

@@ -69,6 +69,15 @@ struct CoreArgs {
     /// Serve all four services on this one address instead.
     #[arg(long, value_name = "ADDR")]
     grpc_listen: Option<String>,
+    /// TLS: the core's certificate (PEM); hosts then use an https:// core_url.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: require hosts to present a certificate signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -308,6 +317,9 @@ fn run_command(command: Command, env: Env) -> Result<Outcome, AppError> {
                     .as_deref()
                     .map(|v| addr("grpc-listen", v))
                     .transpose()?,
+                tls_cert: args.tls_cert,
+                tls_key: args.tls_key,
+                tls_client_ca: args.tls_client_ca,
             };
             app::core(config, listeners).map(|()| Outcome::Done)
         }

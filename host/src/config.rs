@@ -228,6 +228,18 @@ const SETTINGS: &[(&str, Setter)] = &[
         c.core.timeout = parse_duration(v)?;
         Ok(())
     }),
+    ("core_tls_ca", |c, v| {
+        c.core.tls_ca = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+        Ok(())
+    }),
+    ("core_tls_cert", |c, v| {
+        c.core.tls_cert = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+        Ok(())
+    }),
+    ("core_tls_key", |c, v| {
+        c.core.tls_key = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+        Ok(())
+    }),
     ("audit_spool_max_bytes", |c, v| {
         c.core.spool_max_bytes = parse_bytes(v)?;
         Ok(())

@@ -419,6 +419,17 @@ pub enum ServeError {
     },
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// TLS for the listeners: the core's certificate and key, and optionally the CA whose
+/// client certificates it requires (mutual TLS). PEM text.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Option<Vec<u8>>,
 }
 
 /// Binds every listener (so a taken port fails before anything serves), logs each
@@ -426,6 +437,7 @@ pub enum ServeError {
 pub async fn serve(
     services: CoreServices,
     listeners: Vec<(Served, SocketAddr)>,
+    tls: Option<ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let mut bound = Vec::new();
@@ -438,13 +450,19 @@ pub async fn serve(
                 source,
             })?;
         let local = listener.local_addr().unwrap_or(addr);
-        tracing::info!(service = ?served, %local, "core gRPC service listening on {local}");
+        tracing::info!(
+            service = ?served,
+            %local,
+            tls = tls.is_some(),
+            mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            "core gRPC service listening on {local}"
+        );
         bound.push((served, local, listener));
     }
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = tokio::task::JoinSet::new();
     for (served, local, listener) in bound {
-        let router = router(&services, served).await?;
+        let router = router(&services, served, tls.as_ref()).await?;
         let mut stopped = stop.subscribe();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tasks.spawn(async move {
@@ -481,6 +499,7 @@ pub async fn serve(
 async fn router(
     services: &CoreServices,
     served: Served,
+    tls: Option<&ServerTls>,
 ) -> Result<tonic::transport::server::Router, ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in served.names() {
@@ -502,6 +521,16 @@ async fn router(
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        server = server
+            .tls_config(config)
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
     let router = server.add_service(health).add_service(reflection);
     let s = services.clone();
     Ok(match served {

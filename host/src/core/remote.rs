@@ -48,6 +48,11 @@ pub struct RemoteSettings {
     /// Audit records waiting for the core may use this much disk; past it, new ones
     /// are dropped (logged, counted).
     pub spool_max_bytes: u64,
+    /// TLS (with an `https://` URL): the CA that signed the core's certificate (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this host's certificate and key (PEM), signed by a CA the core trusts.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for RemoteSettings {
@@ -57,6 +62,9 @@ impl Default for RemoteSettings {
             staleness: Duration::from_secs(30),
             timeout: Duration::from_secs(2),
             spool_max_bytes: 64 * 1024 * 1024,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -138,12 +146,56 @@ pub struct RemoteCore {
     spool: AuditSpool,
 }
 
-fn channel(url: &str, timeout: Duration) -> Result<Channel, String> {
-    Ok(Channel::from_shared(url.to_string())
+/// TLS settings for the channels, read from the files named in the settings.
+fn client_tls(
+    settings: &RemoteSettings,
+    url: &str,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |what: &str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+    };
+    if !url.starts_with("https://") {
+        if settings.tls_ca.is_some() || settings.tls_cert.is_some() {
+            return Err(format!(
+                "`{url}`: core_tls_* settings need an https:// core_url"
+            ));
+        }
+        return Ok(None);
+    }
+    let ca = settings.tls_ca.as_ref().ok_or_else(|| {
+        format!("`{url}`: an https:// core_url needs core_tls_ca (the CA that signed the core's certificate)")
+    })?;
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("core_tls_ca", ca)?));
+    match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(
+                read("core_tls_cert", cert)?,
+                read("core_tls_key", key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => return Err("core_tls_cert and core_tls_key go together".into()),
+    }
+    Ok(Some(tls))
+}
+
+fn channel(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, String> {
+    let mut endpoint = Channel::from_shared(url.to_string())
         .map_err(|e| format!("`{url}`: {e}"))?
         .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect_lazy())
+        .timeout(timeout);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| format!("`{url}`: {e}"))?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 /// Asks the Auth service's health every second, so `/readyz` knows whether the core
@@ -231,7 +283,8 @@ impl RemoteCore {
             .ok_or_else(|| RemoteSetupError::Url("not set".into()))?;
         let at = CoreAddresses::parse(url).map_err(RemoteSetupError::Url)?;
         let t = settings.timeout;
-        let ch = |u: &str| channel(u, t).map_err(RemoteSetupError::Url);
+        let tls = client_tls(settings, url).map_err(RemoteSetupError::Url)?;
+        let ch = |u: &str| channel(u, t, tls.as_ref()).map_err(RemoteSetupError::Url);
         let audit = AuditClient::new(ch(&at.audit)?);
         let reachable = Arc::new(AtomicBool::new(true));
         let dir = data_dir.join("core-spool");
