@@ -9,7 +9,8 @@
 #   5. event bus throughput and module-to-module call round trip;
 #   6. instructions per request (callgrind): N and 3N keep-alive requests, per request =
 #      (total(3N) - total(N)) / 2N, modhost vs. the plain hyper baseline (which checks
-#      tokens with the jsonwebtoken crate), public and private route.
+#      tokens as modhost does, with the jsonwebtoken crate), public and private route;
+#   7. the core services in-process vs over gRPC on loopback, and logins per second.
 #
 #   scripts/bench.sh [--quick] [--wasm] [--instructions]
 #     --quick:        shorter runs, for a smoke test
@@ -45,7 +46,7 @@ if ! command -v valgrind >/dev/null; then
   fi
 fi
 scripts/build-plugins.sh --release --out "$root/target/bench-modules" plugins/hello >/dev/null
-cargo build -q --release -p modhost -p modhost-bench --features modhost-bench/jwt
+cargo build -q --release -p modhost -p modhost-bench
 bin="$root/target/release"
 key=$(printf 'ab%.0s' $(seq 1 32))
 tmp=$(mktemp -d)
@@ -125,5 +126,9 @@ wait 2>/dev/null || true
   echo '```'
   echo
   instructions
+  echo
+  echo "## 7. Core services: in-process vs over gRPC (loopback)"
+  echo
+  "$bin/harness" core "$bin/modhost" "$requests" "$secs"
 } >> "$out"
 echo "bench: wrote $out"

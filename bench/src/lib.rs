@@ -6,4 +6,5 @@ pub fn greeting_body(greeting: &str, name: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+pub mod core_rpc;
 pub mod instructions;

@@ -139,12 +139,37 @@ pub fn core(config: HostConfig, listeners: CoreListeners) -> Result<(), AppError
             ],
         };
         let tls = server_tls(&listeners)?;
-        let services = CoreServices::new(std::sync::Arc::new(core));
+        let core = std::sync::Arc::new(core);
+        // Picks up a key rotation made by `modhost core rotate-key` (another process).
+        let watched = core.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Some(local) = watched.local() {
+                    if let Err(e) = local.reload_keys().await {
+                        tracing::warn!(error = %e, "cannot read the token signing keys again");
+                    }
+                }
+            }
+        });
+        let services = CoreServices::new(core);
         core_server::serve(services, list, tls, server::shutdown_signal())
             .await
             .map_err(|e| AppError::Usage(e.to_string()))?;
         tracing::info!("core services stopped");
         Ok(())
+    })
+}
+
+/// Makes a new token signing key in the core's data (`modhost core rotate-key`); the
+/// old key keeps checking tokens until they have expired. A running `modhost core`
+/// picks the new key up within seconds.
+pub fn rotate_key(config: &HostConfig) -> Result<crate::core::tokens::PublicKey, AppError> {
+    with_core(config, |core| async move {
+        let local = core
+            .local()
+            .ok_or_else(|| AppError::Usage("rotate-key works on the core's own data".into()))?;
+        Ok(local.rotate_key().await?)
     })
 }
 
@@ -249,6 +274,15 @@ pub fn install(
     options: &crate::package::install::InstallOptions,
 ) -> Result<crate::package::install::Installed, AppError> {
     crate::package::install::install(options).map_err(|e| AppError::Usage(e.to_string()))
+}
+
+/// The embedded core services on `config`'s data, for tools and benchmarks (`modhost
+/// run` and `modhost core` open them themselves).
+pub async fn open_core(config: &HostConfig) -> Result<std::sync::Arc<Core>, AppError> {
+    let databases = Databases::connect(&config.database()).await?;
+    Ok(std::sync::Arc::new(
+        Core::open(databases.core(), config.auth.clone()).await?,
+    ))
 }
 
 /// A user made by [`create_user`].

@@ -52,8 +52,19 @@ enum Command {
     Install(InstallArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum CoreAction {
+    /// Make a new token signing key; the old one keeps checking tokens until they have
+    /// expired (the refresh token lifetime). A running `modhost core` picks it up within
+    /// seconds.
+    RotateKey(DataArgs),
+}
+
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct CoreArgs {
+    #[command(subcommand)]
+    action: Option<CoreAction>,
     /// Address of the Auth service.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     auth_listen: String,
@@ -298,6 +309,14 @@ type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 fn run_command(command: Command, env: Env) -> Result<Outcome, AppError> {
     match command {
         Command::Run(args) => app::run(run_config(args, env)?).map(|()| Outcome::Done),
+        Command::Core(CoreArgs {
+            action: Some(CoreAction::RotateKey(data)),
+            ..
+        }) => {
+            let key = app::rotate_key(&data_config(&data, env)?)?;
+            println!("new token signing key {} (Ed25519, x = {})", key.kid, key.x);
+            Ok(Outcome::Done)
+        }
         Command::Core(args) => {
             let config = data_config(&args.data, env)?;
             let addr = |flag: &str, value: &str| {

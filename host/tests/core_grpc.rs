@@ -403,3 +403,157 @@ fn a_taken_port_is_refused_naming_the_service_and_the_address() {
         "{err}"
     );
 }
+
+/// The next message of the change stream, within 10 s.
+async fn next_change(changes: &mut tonic::Streaming<pb::Change>) -> pb::Change {
+    tokio::time::timeout(Duration::from_secs(10), changes.message())
+        .await
+        .expect("a change within 10 s")
+        .expect("the stream")
+        .expect("a message")
+}
+
+/// The change stream starts with a resync and then carries grant changes and
+/// revocations; `modhost core rotate-key` makes a new key that the running core takes
+/// within seconds, while tokens signed with the old one keep working.
+#[test]
+fn changes_stream_and_keys_rotate() {
+    use pb::change::Event;
+    let data = tempfile::tempdir().unwrap();
+    let core = CoreProcess::start(data.path(), &["--grpc-listen", "127.0.0.1:0"], &[]);
+    runtime().block_on(async {
+        let ch = channel(core.addr("All")).await;
+        let (mut auth, mut authz, mut identity) = (
+            AuthClient::new(ch.clone()),
+            AuthzClient::new(ch.clone()),
+            IdentityClient::new(ch.clone()),
+        );
+        let mut changes = authz
+            .watch(pb::WatchRequest {})
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = next_change(&mut changes).await;
+        assert!(matches!(first.event, Some(Event::Resync(_))), "{first:?}");
+
+        let user = identity
+            .create_user(pb::CreateUserRequest {
+                actor: "console".into(),
+                email: "kid@example.com".into(),
+                password: "correct horse".into(),
+                display_name: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        authz
+            .create_role(pb::CreateRoleRequest {
+                actor: "console".into(),
+                name: "watchers".into(),
+                description: String::new(),
+                permissions: vec![],
+            })
+            .await
+            .unwrap();
+        let next = next_change(&mut changes).await;
+        assert!(
+            matches!(next.event, Some(Event::GrantsChanged(_))),
+            "{next:?}"
+        );
+
+        let keys = auth
+            .public_keys(pb::PublicKeysRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .keys;
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let old_kid = keys[0].kid.clone();
+        let login = |auth: &mut AuthClient<Channel>| {
+            let mut auth = auth.clone();
+            async move {
+                auth.login(pb::LoginRequest {
+                    email: "kid@example.com".into(),
+                    password: "correct horse".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+            }
+        };
+        let before = login(&mut auth).await;
+        auth.revoke(pb::RevokeRequest {
+            actor_token: before.access_token.clone(),
+            token: before.refresh_token.clone(),
+        })
+        .await
+        .unwrap();
+        let revoked = loop {
+            match next_change(&mut changes).await.event {
+                Some(Event::TokenRevoked(t)) => break t,
+                _ => continue,
+            }
+        };
+        assert_eq!(revoked.token_id.len(), 32, "{revoked:?}");
+
+        // Rotate the key from another process, as an operator would.
+        let out = Command::new(env!("CARGO_BIN_EXE_modhost"))
+            .args(["core", "rotate-key", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(15);
+        let keys = loop {
+            let keys = auth
+                .public_keys(pb::PublicKeysRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .keys;
+            if keys.len() == 2 {
+                break keys;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the core did not take the new key: {keys:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let old = keys
+            .iter()
+            .find(|k| k.kid == old_kid)
+            .expect("the old key is still listed");
+        assert!(
+            old.valid_until > 0,
+            "the old key is retired with a deadline: {old:?}"
+        );
+        let after = login(&mut auth).await;
+        let header = |token: &str| {
+            use base64::Engine as _;
+            let part = token.split('.').next().unwrap();
+            let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&json).unwrap()
+        };
+        assert_eq!(header(&before.access_token)["kid"], old_kid.as_str());
+        assert_ne!(header(&after.access_token)["kid"], old_kid.as_str());
+        assert_eq!(header(&after.access_token)["alg"], "EdDSA");
+        // A token signed with the old key still works until it expires.
+        for token in [before.access_token, after.access_token] {
+            let who = auth
+                .authenticate(pb::AuthenticateRequest {
+                    access_token: token,
+                })
+                .await
+                .expect("authenticate")
+                .into_inner();
+            assert_eq!(who.user_id, user.id);
+        }
+    });
+}

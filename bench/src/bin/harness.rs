@@ -4,6 +4,7 @@
 //!   harness startup MODHOST_BIN LIBHELLO COUNT[,COUNT...]
 //!   harness reload MODHOST_BIN LIBHELLO RELOADS default|poll:MS
 //!   harness instructions MODHOST_BIN BASELINE_BIN MODULES_DIR KEY_HEX TOKEN N
+//!   harness core MODHOST_BIN N SECONDS
 //!
 //! `reload` runs the host with the default watcher (file-system events) or the polling
 //! fallback every MS milliseconds. `instructions` counts instructions per request with
@@ -391,6 +392,12 @@ fn main() {
         Some("startup") => startup(&args[1..]),
         Some("reload") => reload(&args[1..]),
         Some("instructions") => instructions(&args[1..]),
+        Some("core") => {
+            let bin = PathBuf::from(args.get(1).expect("harness core MODHOST_BIN N SECONDS"));
+            let n = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(2000);
+            let seconds = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(5);
+            modhost_bench::core_rpc::run(&bin, n, seconds);
+        }
         _ => {
             eprintln!("usage: harness http|startup|reload ... (see the source's doc comment)");
             std::process::exit(2);

@@ -68,8 +68,8 @@ impl LocalCore {
         let access = self.claims(user_id, email, "access", self.settings.access_ttl);
         let refresh = self.claims(user_id, email, "refresh", self.settings.refresh_ttl);
         TokenPair {
-            access_token: self.key.sign(&access),
-            refresh_token: self.key.sign(&refresh),
+            access_token: self.sign(&access),
+            refresh_token: self.sign(&refresh),
             token_type: "Bearer",
             expires_in: secs(self.settings.access_ttl),
         }
@@ -134,7 +134,7 @@ impl LocalCore {
     /// `core.admin.write` anyone's.
     pub async fn revoke(&self, actor: &AuthUser, token: &str) -> Result<(), CoreError> {
         let now = now_secs();
-        let claims = match self.key.verify(token, now) {
+        let claims = match self.verify_token(token, now) {
             Ok(c) => c,
             Err(TokenError::Expired) => return Ok(()),
             Err(e) => return Err(CoreError::Invalid(format!("cannot revoke: {e}"))),
@@ -168,6 +168,10 @@ impl LocalCore {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(claims.jti.clone());
+            let _ = self.changes.send(super::Change::Revoked {
+                jti: claims.jti.clone(),
+                expires_at: claims.exp,
+            });
         }
         Ok(())
     }
@@ -180,8 +184,7 @@ impl LocalCore {
             Some(_) => return Err(CoreError::Unauthorized(TokenError::Expired.to_string())),
             None => {
                 let claims = self
-                    .key
-                    .verify(token, now)
+                    .verify_token(token, now)
                     .map_err(|e| CoreError::Unauthorized(e.to_string()))?;
                 let claims = Arc::new(claims);
                 self.verified.insert(token.to_string(), claims.clone());
@@ -236,8 +239,7 @@ impl LocalCore {
 
     /// An operator token with every permission, for `modhost admin token`.
     pub fn console_token(&self, ttl: Duration) -> String {
-        self.key
-            .sign(&self.claims(CONSOLE_SUBJECT, CONSOLE_SUBJECT, "access", ttl))
+        self.sign(&self.claims(CONSOLE_SUBJECT, CONSOLE_SUBJECT, "access", ttl))
     }
 }
 

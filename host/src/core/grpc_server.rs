@@ -26,6 +26,13 @@ impl CoreServices {
     pub fn new(core: Arc<Core>) -> Self {
         Self { core }
     }
+
+    /// The embedded core these services serve.
+    fn local(&self) -> Result<&crate::core::LocalCore, Status> {
+        self.core
+            .local()
+            .ok_or_else(|| Status::failed_precondition("this process forwards to another core"))
+    }
 }
 
 /// A core error as a gRPC status. The messages are the core's own, which never carry
@@ -121,6 +128,30 @@ impl Auth for CoreServices {
             permissions: u.permissions,
             expires_at: u.expires_at,
             token_id: u.jti,
+        }))
+    }
+
+    async fn public_keys(&self, _req: Request<pb::PublicKeysRequest>) -> Reply<pb::PublicKeyList> {
+        let local = self.local()?;
+        Ok(Response::new(pb::PublicKeyList {
+            keys: local
+                .public_keys()
+                .into_iter()
+                .map(|(k, until)| pb::PublicKeyInfo {
+                    kid: k.kid,
+                    x: k.x,
+                    valid_until: until.unwrap_or(0),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoked_tokens(
+        &self,
+        _req: Request<pb::RevokedTokensRequest>,
+    ) -> Reply<pb::RevokedTokenList> {
+        Ok(Response::new(pb::RevokedTokenList {
+            token_ids: self.local()?.revoked_tokens(),
         }))
     }
 }
@@ -286,6 +317,63 @@ impl Authz for CoreServices {
             .register(&r.module, r.permissions)
             .map_err(|e| Status::already_exists(e.to_string()))?;
         Ok(Response::new(pb::RegisterPermissionsResponse {}))
+    }
+
+    async fn user_grants(&self, req: Request<pb::UserGrantsRequest>) -> Reply<pb::Grants> {
+        let grants = self
+            .core
+            .grants(&req.into_inner().user_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::Grants {
+            email: grants.email.clone(),
+            disabled: grants.disabled,
+            permissions: grants.permissions.clone(),
+        }))
+    }
+
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Change, Status>>;
+
+    async fn watch(&self, _req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
+        use crate::core::Change;
+        use pb::change::Event;
+        let mut changes = self.local()?.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let message = |event| Ok(pb::Change { event: Some(event) });
+        tokio::spawn(async move {
+            if tx
+                .send(message(Event::Resync(pb::Resync {})))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                let event = match changes.recv().await {
+                    Ok(Change::Grants(user)) => Event::GrantsChanged(pb::GrantsChanged {
+                        user_id: user.unwrap_or_default(),
+                    }),
+                    Ok(Change::Revoked { jti, expires_at }) => {
+                        Event::TokenRevoked(pb::TokenRevoked {
+                            token_id: jti,
+                            expires_at,
+                        })
+                    }
+                    Ok(Change::Keys) => Event::KeysChanged(pb::KeysChanged {}),
+                    // Fell behind: the host must start over.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        Event::Resync(pb::Resync {})
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(message(event)).await.is_err() {
+                    return; // the host went away
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn declared_permissions(

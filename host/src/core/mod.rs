@@ -22,6 +22,7 @@ mod facade;
 pub mod grpc_server;
 pub mod identity;
 pub mod remote;
+mod replica;
 mod spool;
 pub mod tokens;
 
@@ -42,7 +43,7 @@ use crate::module::permissions::PermissionRegistry;
 
 pub use auth::AuthUser;
 use authz::Grants;
-use tokens::SigningKey;
+use tokens::{Claims, PublicKey, SigningKey, TokenError, Verifier};
 
 /// The core's own permissions, registered under module `core`.
 pub const CORE_PERMISSIONS: &[&str] = &[
@@ -141,7 +142,7 @@ pub enum CoreSetupError {
 /// `modhost core` serves over gRPC.
 pub struct LocalCore {
     db: AreaDatabase,
-    key: SigningKey,
+    keys: RwLock<Keys>,
     settings: AuthSettings,
     permissions: Arc<RwLock<PermissionRegistry>>,
     grants: Mutex<GrantsCache>,
@@ -152,6 +153,19 @@ pub struct LocalCore {
     /// Tokens whose signature was verified, by token: bounded, each kept a minute, and
     /// dropped when revoked. Expiry and revocation are still checked on every use.
     verified: moka::sync::Cache<String, Arc<tokens::Claims>>,
+    /// What changed, for hosts that keep copies (`Authz.Watch`).
+    changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+/// A change that invalidates what a host using remote core services keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Grants changed: of this user, or (`None`) of anyone (a role or assignment).
+    Grants(Option<String>),
+    /// A token was revoked; it expires at `expires_at` anyway.
+    Revoked { jti: String, expires_at: i64 },
+    /// The signing keys changed.
+    Keys,
 }
 
 impl LocalCore {
@@ -179,11 +193,7 @@ impl LocalCore {
         migrations::apply_list(&pool, &list, std::path::Path::new("<built-in core schema>"))
             .await?;
         let db = AreaDatabase::new("core", pool);
-        let key = match &settings.signing_key {
-            Some(hex) => SigningKey::from_hex(hex)
-                .map_err(|e| CoreSetupError::Key(format!("auth_signing_key: {e}")))?,
-            None => stored_key(&db).await?,
-        };
+        let keys = load_keys(&db, &settings).await?;
         let now = now_secs();
         let revoked = rows(
             db.fetch(
@@ -199,13 +209,14 @@ impl LocalCore {
         .map_err(|e| CoreSetupError::Key(e.to_string()))?;
         Ok(LocalCore {
             db,
-            key,
+            keys: RwLock::new(keys),
             settings,
             permissions,
             grants: Mutex::new(GrantsCache::default()),
             #[cfg(test)]
             grants_pause: Mutex::new(None),
             revoked: RwLock::new(revoked),
+            changes: tokio::sync::broadcast::channel(1024).0,
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_TOKENS)
                 .time_to_live(Duration::from_secs(60))
@@ -222,9 +233,27 @@ impl LocalCore {
     /// committed; grants computed from reads that began before it are then not cached
     /// (see [`GrantsCache`]).
     fn invalidate(&self) {
-        let mut cache = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        cache.generation += 1;
-        cache.by_user.clear();
+        {
+            let mut cache = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+            cache.generation += 1;
+            cache.by_user.clear();
+        }
+        let _ = self.changes.send(Change::Grants(None));
+    }
+
+    /// Changes as they happen, for `Authz.Watch`.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Ids of revoked tokens not yet expired.
+    pub fn revoked_tokens(&self) -> Vec<String> {
+        self.revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -240,8 +269,43 @@ struct GrantsCache {
     by_user: HashMap<String, Arc<Grants>>,
 }
 
-/// The dev-mode signing key: generated once and kept in `core_settings`.
-async fn stored_key(db: &AreaDatabase) -> Result<SigningKey, CoreSetupError> {
+/// The signing key and the public keys that check tokens.
+struct Keys {
+    signing: SigningKey,
+    /// Every key whose tokens are still accepted, with the time (Unix seconds) after
+    /// which it is not (`None`: the current key).
+    public: Vec<(PublicKey, Option<i64>)>,
+    verifier: Verifier,
+}
+
+impl Keys {
+    fn new(signing: SigningKey, public: Vec<(PublicKey, Option<i64>)>) -> Keys {
+        let verifier = Verifier::new(&public.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
+        Keys {
+            signing,
+            public,
+            verifier,
+        }
+    }
+}
+
+/// A public key as stored in `core_settings` (`auth_public_key:<kid>`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredPublicKey {
+    x: String,
+    /// Unix seconds after which its tokens are refused; `None`: the current key.
+    valid_until: Option<i64>,
+}
+
+/// The signing key: `auth_signing_key` from the config, else the one kept in
+/// `core_settings` (generated the first time); and the public keys still valid.
+async fn load_keys(db: &AreaDatabase, settings: &AuthSettings) -> Result<Keys, CoreSetupError> {
+    if let Some(hex) = &settings.signing_key {
+        let key = SigningKey::from_hex(hex)
+            .map_err(|e| CoreSetupError::Key(format!("auth_signing_key: {e}")))?;
+        let public = vec![(key.public_key().clone(), None)];
+        return Ok(Keys::new(key, public));
+    }
     let err = |e: modhost_plugin_api::ffi::FfiDbError| CoreSetupError::Key(e.message.into_string());
     let found = rows(
         db.fetch(
@@ -251,19 +315,164 @@ async fn stored_key(db: &AreaDatabase) -> Result<SigningKey, CoreSetupError> {
         .await
         .map_err(err)?,
     );
-    if let Some(row) = found.first() {
-        let hex = as_text(&row[0]).map_err(|e| CoreSetupError::Key(e.to_string()))?;
-        return SigningKey::from_hex(&hex).map_err(CoreSetupError::Key);
+    let signing = match found.first() {
+        Some(row) => {
+            let hex = as_text(&row[0]).map_err(|e| CoreSetupError::Key(e.to_string()))?;
+            SigningKey::from_hex(&hex).map_err(|e| {
+                CoreSetupError::Key(format!(
+                    "the stored token signing key: {e} (a key from before Ed25519 tokens: delete the auth_signing_key row of core_settings to make a new one)"
+                ))
+            })?
+        }
+        None => {
+            let key = SigningKey::generate();
+            let stored =
+                serde_json::json!({ "x": key.public_key().x, "valid_until": null }).to_string();
+            db.exec_all(vec![
+                (
+                    "INSERT INTO core_settings (key, value) VALUES ('auth_signing_key', $1)",
+                    vec![text_param(&key.to_hex())],
+                ),
+                (
+                    "INSERT INTO core_settings (key, value) VALUES ($1, $2)",
+                    vec![
+                        text_param(&format!("auth_public_key:{}", key.public_key().kid)),
+                        text_param(&stored),
+                    ],
+                ),
+            ])
+            .await
+            .map_err(err)?;
+            tracing::info!(kid = %key.public_key().kid, "generated a token signing key (Ed25519) and stored it in the core area (set auth_signing_key to use your own)");
+            key
+        }
+    };
+    let now = now_secs();
+    let mut public = Vec::new();
+    for row in rows(
+        db.fetch(
+            "SELECT key, value FROM core_settings WHERE key LIKE 'auth_public_key:%'",
+            vec![],
+        )
+        .await
+        .map_err(err)?,
+    ) {
+        let (name, value) = match (as_text(&row[0]), as_text(&row[1])) {
+            (Ok(n), Ok(v)) => (n, v),
+            _ => continue,
+        };
+        let Ok(stored) = serde_json::from_str::<StoredPublicKey>(&value) else {
+            continue;
+        };
+        let kid = name.trim_start_matches("auth_public_key:").to_string();
+        if stored.valid_until.is_none_or(|t| t > now) {
+            public.push((PublicKey { kid, x: stored.x }, stored.valid_until));
+        }
     }
-    let hex = crate::random::random_hex(32);
-    db.exec(
-        "INSERT INTO core_settings (key, value) VALUES ('auth_signing_key', $1)",
-        vec![FfiValue::Text(hex.as_str().into())],
-    )
-    .await
-    .map_err(err)?;
-    tracing::info!("generated a token signing key and stored it in the core area (set auth_signing_key to use your own)");
-    SigningKey::from_hex(&hex).map_err(CoreSetupError::Key)
+    if !public.iter().any(|(k, _)| k == signing.public_key()) {
+        public.push((signing.public_key().clone(), None));
+    }
+    Ok(Keys::new(signing, public))
+}
+
+impl LocalCore {
+    /// Signs claims with the current key.
+    fn sign(&self, claims: &Claims) -> String {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .signing
+            .sign(claims)
+    }
+
+    /// Checks a token against the keys still valid.
+    fn verify_token(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .verifier
+            .verify(token, now)
+    }
+
+    /// The public keys whose tokens are accepted, with the time after which each is not
+    /// (`None`: the current key).
+    pub fn public_keys(&self) -> Vec<(PublicKey, Option<i64>)> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .public
+            .clone()
+    }
+
+    /// Reads the keys again (`modhost core` does every few seconds, to pick up a
+    /// rotation made by `modhost core rotate-key`); `true` if they changed.
+    pub async fn reload_keys(&self) -> Result<bool, CoreSetupError> {
+        let fresh = load_keys(&self.db, &self.settings).await?;
+        let changed = {
+            let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+            let changed = keys.public != fresh.public;
+            *keys = fresh;
+            changed
+        };
+        if changed {
+            let _ = self.changes.send(Change::Keys);
+        }
+        Ok(changed)
+    }
+
+    /// Makes a new signing key; the old one keeps checking tokens until they have all
+    /// expired (the refresh token lifetime from now). Returns the new public key.
+    pub async fn rotate_key(&self) -> Result<PublicKey, CoreError> {
+        if self.settings.signing_key.is_some() {
+            return Err(CoreError::Invalid(
+                "auth_signing_key is set in the configuration: rotate by changing it there".into(),
+            ));
+        }
+        let old = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .signing
+            .public_key()
+            .clone();
+        let new = SigningKey::generate();
+        let until = now_secs()
+            .saturating_add(i64::try_from(self.settings.refresh_ttl.as_secs()).unwrap_or(i64::MAX));
+        let retired = serde_json::json!({ "x": old.x, "valid_until": until }).to_string();
+        let current =
+            serde_json::json!({ "x": new.public_key().x, "valid_until": null }).to_string();
+        self.db
+            .exec_all(vec![
+                (
+                    "UPDATE core_settings SET value = $1 WHERE key = 'auth_signing_key'",
+                    vec![text_param(&new.to_hex())],
+                ),
+                (
+                    "DELETE FROM core_settings WHERE key = $1",
+                    vec![text_param(&format!("auth_public_key:{}", old.kid))],
+                ),
+                (
+                    "INSERT INTO core_settings (key, value) VALUES ($1, $2)",
+                    vec![
+                        text_param(&format!("auth_public_key:{}", old.kid)),
+                        text_param(&retired),
+                    ],
+                ),
+                (
+                    "INSERT INTO core_settings (key, value) VALUES ($1, $2)",
+                    vec![
+                        text_param(&format!("auth_public_key:{}", new.public_key().kid)),
+                        text_param(&current),
+                    ],
+                ),
+            ])
+            .await?;
+        self.reload_keys()
+            .await
+            .map_err(|e| CoreError::Database(e.to_string()))?;
+        tracing::info!(new = %new.public_key().kid, old = %old.kid, old_valid_until = until, "token signing key rotated");
+        Ok(new.public_key().clone())
+    }
 }
 
 /// Seconds since the Unix epoch.

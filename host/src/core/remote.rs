@@ -2,13 +2,12 @@
 //! `modhost core`. The host keeps no token secret and no user data; it asks the core.
 //!
 //! Consistency and availability, the choices made here:
-//! - every authenticated request asks the core (`Auth.Authenticate`), so a role, grant,
-//!   user change or revocation made on any host applies on every host from the next
-//!   request;
-//! - the last good answer per token is kept for `core_staleness`: while the core is
-//!   unreachable, a token it accepted less than that long ago still passes with the
-//!   permissions it had, and after that requests needing a token fail closed (503).
-//!   Public routes never need the core;
+//! - tokens are checked here, with the core's public keys; revocations and users'
+//!   grants are kept here too, current through the core's change stream (`replica.rs`):
+//!   a role, grant, user change or revocation made on any host applies on every host as
+//!   soon as the core sends it;
+//! - while the stream is down, what is kept is used for `core_staleness`; after that,
+//!   requests needing a token fail closed (503). Public routes never need the core;
 //! - audit records go through a durable local spool (`spool.rs`), delivered in order.
 
 use std::{
@@ -17,7 +16,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use modhost_plugin_api::{AuditEntry, UserInfo};
@@ -27,6 +26,7 @@ use super::{
     audit::{Audit, AuditFilter},
     auth::{AuthUser, TokenPair},
     authz::{Grants, RoleInfo},
+    replica::Replica,
     spool::AuditSpool,
     CoreError,
 };
@@ -127,21 +127,14 @@ pub enum RemoteSetupError {
     },
 }
 
-/// A token's last good answer from the core.
-#[derive(Clone)]
-struct Answer {
-    user: AuthUser,
-    at: Instant,
-}
-
 /// The client side of the core services.
 pub struct RemoteCore {
     auth: AuthClient<Channel>,
     identity: IdentityClient<Channel>,
     authz: AuthzClient<Channel>,
     audit: AuditClient<Channel>,
-    answers: moka::sync::Cache<String, Answer>,
-    staleness: Duration,
+    replica: Arc<Replica>,
+    timeout: Duration,
     reachable: Arc<AtomicBool>,
     spool: AuditSpool,
 }
@@ -230,7 +223,7 @@ fn unreachable(s: &Status) -> bool {
 }
 
 /// A status from the core as a core error.
-fn error(s: Status) -> CoreError {
+pub(super) fn error(s: Status) -> CoreError {
     let message = s.message().to_string();
     match s.code() {
         Code::InvalidArgument => CoreError::Invalid(message),
@@ -297,16 +290,16 @@ impl RemoteCore {
         .map_err(|source| RemoteSetupError::Spool { path: dir, source })?;
         let auth = ch(&at.auth)?;
         tokio::spawn(probe(auth.clone(), reachable.clone()));
+        let (auth, authz) = (AuthClient::new(auth), AuthzClient::new(ch(&at.authz)?));
+        let replica = Replica::new(auth.clone(), authz.clone(), settings.staleness);
+        tokio::spawn(replica.clone().sync());
         Ok(Self {
-            auth: AuthClient::new(auth),
+            auth,
             identity: IdentityClient::new(ch(&at.identity)?),
-            authz: AuthzClient::new(ch(&at.authz)?),
+            authz,
             audit,
-            answers: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(settings.staleness.max(Duration::from_millis(1)))
-                .build(),
-            staleness: settings.staleness,
+            replica,
+            timeout: settings.timeout,
             reachable,
             spool,
         })
@@ -333,51 +326,38 @@ impl RemoteCore {
         }
     }
 
-    /// Asks the core about `token`; while it is unreachable, the last answer, if it is
-    /// at most `core_staleness` old (and the token has not expired).
+    /// Checks an access token here (keys, revocations and grants kept from the core).
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser, CoreError> {
-        let asked = self
-            .auth
-            .clone()
-            .authenticate(pb::AuthenticateRequest {
-                access_token: token.to_string(),
-            })
-            .await;
-        match asked {
-            Ok(p) => {
-                self.reachable.store(true, Ordering::Relaxed);
-                let p = p.into_inner();
-                let user = AuthUser {
-                    id: p.user_id,
-                    email: p.email,
-                    permissions: p.permissions,
-                    expires_at: p.expires_at,
-                    jti: p.token_id,
-                };
-                self.answers.insert(
-                    token.to_string(),
-                    Answer {
-                        user: user.clone(),
-                        at: Instant::now(),
-                    },
-                );
-                Ok(user)
-            }
-            Err(s) if unreachable(&s) => {
-                self.reachable.store(false, Ordering::Relaxed);
-                let now = super::now_secs();
-                match self.answers.get(token) {
-                    Some(a) if a.at.elapsed() <= self.staleness && a.user.expires_at > now => {
-                        Ok(a.user)
-                    }
-                    _ => Err(error(s)),
-                }
-            }
-            Err(s) => {
-                self.answers.invalidate(token);
-                Err(error(s))
-            }
+        let claims = self.replica.verify(token, self.timeout).await?;
+        if claims.typ != "access" {
+            return Err(CoreError::Unauthorized("expected an access token".into()));
         }
+        if claims.sub == super::auth::CONSOLE_SUBJECT {
+            return Ok(AuthUser {
+                id: claims.sub.clone(),
+                email: claims.sub,
+                permissions: vec!["*".into()],
+                expires_at: claims.exp,
+                jti: claims.jti,
+            });
+        }
+        let grants = match self.replica.grants(&claims.sub, self.timeout).await {
+            Ok(g) => g,
+            Err(CoreError::NotFound(_)) => {
+                return Err(CoreError::Unauthorized("unknown user".into()))
+            }
+            Err(e) => return Err(e),
+        };
+        if grants.disabled {
+            return Err(CoreError::Unauthorized("this user is disabled".into()));
+        }
+        Ok(AuthUser {
+            id: claims.sub,
+            email: grants.email.clone(),
+            permissions: grants.permissions.clone(),
+            expires_at: claims.exp,
+            jti: claims.jti,
+        })
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, CoreError> {
@@ -414,7 +394,9 @@ impl RemoteCore {
             })
             .await;
         self.seen(r)?;
-        self.answers.invalidate(token);
+        if let Ok(claims) = self.replica.verify(token, self.timeout).await {
+            self.replica.revoke(claims.jti);
+        }
         Ok(())
     }
 
@@ -577,35 +559,18 @@ impl RemoteCore {
         self.seen(r).map(|_| ())
     }
 
+    /// Whether the user holds `permission`, from the kept grants.
     pub async fn check(&self, user_id: &str, permission: &str) -> Result<bool, CoreError> {
-        let r = self
-            .authz
-            .clone()
-            .check(pb::CheckRequest {
-                user_id: user_id.into(),
-                permission: permission.into(),
-            })
-            .await;
-        Ok(self.seen(r)?.allowed)
+        match self.replica.grants(user_id, self.timeout).await {
+            Ok(g) => Ok(!g.disabled && g.allows(permission)),
+            Err(CoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
-    /// The user's grants: the user (email, disabled) and their permissions.
+    /// The user's grants, kept or asked of the core.
     pub async fn grants(&self, user_id: &str) -> Result<Arc<Grants>, CoreError> {
-        let user = self.get_user(user_id).await?;
-        let r = self
-            .authz
-            .clone()
-            .user_permissions(pb::UserPermissionsRequest {
-                user_id: user_id.into(),
-            })
-            .await;
-        let permissions = self.seen(r)?.permissions;
-        Ok(Arc::new(Grants {
-            email: user.email,
-            disabled: user.disabled,
-            roles: Vec::new(),
-            permissions,
-        }))
+        self.replica.grants(user_id, self.timeout).await
     }
 
     /// Declares a module's permissions to the core.

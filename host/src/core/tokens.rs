@@ -1,12 +1,16 @@
-//! Signed tokens: JWTs with HMAC-SHA256 (HS256), and the signing key.
+//! Signed tokens: JWTs signed with Ed25519 (EdDSA), made and checked with the
+//! `jsonwebtoken` crate. The header names the signing key (`kid`), so keys can rotate:
+//! whoever holds the public keys ([`PublicKey`]) checks tokens; only the holder of the
+//! [`SigningKey`] (the core) makes them.
 //!
-//! Only HS256 is accepted; the header's `alg` must say so, which rules out `none` and
-//! algorithm confusion. Signatures are compared in constant time.
+//! Only EdDSA is accepted, with the expiry required and checked, which rules out `none`
+//! and algorithm confusion.
+
+use std::collections::HashMap;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use hmac::{Hmac, KeyInit, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 /// The claims modhost puts in its tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,81 +36,134 @@ pub enum TokenError {
     BadSignature,
     #[error("token expired")]
     Expired,
+    /// Signed with a key this verifier does not know (yet: keys rotate).
+    #[error("token signed with an unknown key")]
+    UnknownKey(String),
 }
 
-/// The HS256 signing key.
+/// A public key that checks tokens: its id and the key (base64url, as a JWK's `x`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKey {
+    pub kid: String,
+    pub x: String,
+}
+
+/// The Ed25519 key that signs tokens.
 #[derive(Clone)]
-pub struct SigningKey(Vec<u8>);
+pub struct SigningKey {
+    seed: [u8; 32],
+    public: PublicKey,
+    encoding: EncodingKey,
+}
+
+/// PKCS#8 v1 DER of an Ed25519 private key (RFC 8410): this prefix, then the 32-byte seed.
+const PKCS8_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
 
 impl SigningKey {
-    /// A key from its hex form (at least 32 bytes).
+    /// A key from its seed, hex (64 characters).
     pub fn from_hex(hex: &str) -> Result<Self, String> {
-        let hex = hex.trim();
-        if hex.len() < 64 || !hex.len().is_multiple_of(2) {
-            return Err("the signing key must be at least 64 hex characters (32 bytes)".into());
+        let seed: [u8; 32] = crate::hex::decode_array(hex.trim()).ok_or_else(|| {
+            "the signing key must be 64 hex characters (an Ed25519 seed, from `modhost core rotate-key` or 32 random bytes)".to_string()
+        })?;
+        Ok(Self::from_seed(seed))
+    }
+
+    /// A new random key.
+    pub fn generate() -> Self {
+        let mut seed = [0u8; 32];
+        if let Err(e) = getrandom::fill(&mut seed) {
+            panic!("the operating system's random number generator failed: {e}");
         }
-        crate::hex::decode(hex)
-            .map(SigningKey)
-            .ok_or_else(|| "the signing key must be hex".into())
+        Self::from_seed(seed)
     }
 
-    /// The key's bytes (for tools that check modhost's tokens with another library).
-    pub fn secret(&self) -> &[u8] {
-        &self.0
-    }
-
-    fn mac(&self) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length.
-        match Hmac::<Sha256>::new_from_slice(&self.0) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC takes keys of any length"),
+    fn from_seed(seed: [u8; 32]) -> Self {
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes();
+        let kid = crate::hex::sha256_hex(&public)[..16].to_string();
+        let mut der = PKCS8_ED25519_PREFIX.to_vec();
+        der.extend_from_slice(&seed);
+        Self {
+            seed,
+            public: PublicKey {
+                kid,
+                x: URL_SAFE_NO_PAD.encode(public),
+            },
+            encoding: EncodingKey::from_ed_der(&der),
         }
     }
 
-    /// Signs `claims` into a compact JWT.
+    /// The seed, hex (for storing the key).
+    pub fn to_hex(&self) -> String {
+        crate::hex::encode(&self.seed)
+    }
+
+    /// The public half, which checks this key's tokens.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// Signs `claims` into a compact JWT naming this key.
     pub fn sign(&self, claims: &Claims) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let mut mac = self.mac();
-        mac.update(header.as_bytes());
-        mac.update(b".");
-        mac.update(payload.as_bytes());
-        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        format!("{header}.{payload}.{sig}")
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.public.kid.clone());
+        // Signing cannot fail: the key is a valid Ed25519 key and the claims serialise.
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap_or_default()
+    }
+}
+
+/// Public keys that check tokens, by id.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: HashMap<String, DecodingKey>,
+    validation: Validation,
+}
+
+impl Verifier {
+    /// A verifier of tokens signed by any of `keys`.
+    pub fn new(keys: &[PublicKey]) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = 0;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        Self {
+            keys: keys
+                .iter()
+                .map(|k| (k.kid.clone(), DecodingKey::from_ed_components(&k.x)))
+                .filter_map(|(kid, key)| key.ok().map(|k| (kid, k)))
+                .collect(),
+            validation,
+        }
     }
 
     /// Checks the signature and expiry (`now` in Unix seconds) and returns the claims.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed);
-        };
-        let header_json = URL_SAFE_NO_PAD
-            .decode(header)
-            .map_err(|_| TokenError::Malformed)?;
-        let header: serde_json::Value =
-            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
-        if header["alg"] != "HS256" {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Malformed);
         }
-        let sig = URL_SAFE_NO_PAD
-            .decode(sig)
-            .map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac();
-        let signed = token.rfind('.').map_or(token, |i| &token[..i]);
-        mac.update(signed.as_bytes());
-        mac.verify_slice(&sig)
-            .map_err(|_| TokenError::BadSignature)?;
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| TokenError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
-        if claims.exp <= now {
+        let kid = header.kid.ok_or(TokenError::Malformed)?;
+        let key = self
+            .keys
+            .get(&kid)
+            .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+        // The library checks `exp` against its own clock; this checks it against `now`
+        // too, so callers decide what "now" is.
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                _ => TokenError::Malformed,
+            }
+        })?;
+        if data.claims.exp <= now {
             return Err(TokenError::Expired);
         }
-        Ok(claims)
+        Ok(data.claims)
     }
 }
 
@@ -130,40 +187,73 @@ mod tests {
         }
     }
 
+    fn now() -> i64 {
+        crate::core::now_secs()
+    }
+
     #[test]
-    fn round_trip_expiry_and_tampering() {
-        let t = key().sign(&claims(100));
-        assert_eq!(key().verify(&t, 50).unwrap().sub, "u1");
-        assert_eq!(key().verify(&t, 100), Err(TokenError::Expired));
+    fn round_trip_expiry_tampering_and_unknown_keys() {
+        let verifier = Verifier::new(&[key().public_key().clone()]);
+        let t = key().sign(&claims(now() + 100));
+        assert_eq!(verifier.verify(&t, now()).unwrap().sub, "u1");
+        assert_eq!(
+            verifier.verify(&t, now() + 100),
+            Err(TokenError::Expired),
+            "expired at `now`"
+        );
+        let past = key().sign(&claims(now() - 10));
+        assert_eq!(verifier.verify(&past, now()), Err(TokenError::Expired));
+        // Another key, even under the same kid, does not verify.
         let other = SigningKey::from_hex(&"cd".repeat(32)).unwrap();
-        assert_eq!(other.verify(&t, 50), Err(TokenError::BadSignature));
+        assert_eq!(
+            Verifier::new(&[other.public_key().clone()]).verify(&t, now()),
+            Err(TokenError::UnknownKey(key().public_key().kid.clone()))
+        );
+        let impostor = PublicKey {
+            kid: key().public_key().kid.clone(),
+            x: other.public_key().x.clone(),
+        };
+        assert_eq!(
+            Verifier::new(&[impostor]).verify(&t, now()),
+            Err(TokenError::BadSignature)
+        );
         // A forged payload with the original signature.
         let mut parts: Vec<&str> = t.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(
             serde_json::to_vec(&Claims {
                 sub: "admin".into(),
-                ..claims(100)
+                ..claims(now() + 100)
             })
             .unwrap(),
         );
         parts[1] = &forged;
         assert_eq!(
-            key().verify(&parts.join("."), 50),
+            verifier.verify(&parts.join("."), now()),
             Err(TokenError::BadSignature)
         );
-        // alg=none is refused.
-        let none = format!(
-            "{}.{}.",
-            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
-            parts[1]
+        // alg=none and HS256 are refused.
+        for alg in [
+            r#"{"alg":"none","kid":"x"}"#,
+            r#"{"alg":"HS256","kid":"x"}"#,
+        ] {
+            let other = format!("{}.{}.", URL_SAFE_NO_PAD.encode(alg), parts[1]);
+            assert_eq!(verifier.verify(&other, now()), Err(TokenError::Malformed));
+        }
+        assert_eq!(
+            verifier.verify("garbage", now()),
+            Err(TokenError::Malformed)
         );
-        assert_eq!(key().verify(&none, 50), Err(TokenError::Malformed));
-        assert_eq!(key().verify("garbage", 50), Err(TokenError::Malformed));
     }
 
     #[test]
-    fn short_or_non_hex_keys_are_refused() {
+    fn keys_are_ed25519_seeds_in_hex() {
         assert!(SigningKey::from_hex("abcd").is_err());
         assert!(SigningKey::from_hex(&"zz".repeat(32)).is_err());
+        let k = SigningKey::generate();
+        assert_eq!(
+            SigningKey::from_hex(&k.to_hex()).unwrap().public_key(),
+            k.public_key()
+        );
+        assert_ne!(SigningKey::generate().public_key().kid, k.public_key().kid);
     }
 }
