@@ -200,6 +200,40 @@ pub fn run(modhost: &Path, n: usize, login_seconds: u64) {
         })
         .await;
 
+        // A host on remote core services: tokens checked here with the core's public
+        // keys, grants kept current by the change stream.
+        let settings = modhost::core::remote::RemoteSettings {
+            url: Some(format!("http://{addr}")),
+            ..Default::default()
+        };
+        let remote_core = modhost::core::Core::remote(&settings, &scratch.join("host"))
+            .expect("remote core");
+        remote_core.authenticate(&token).await.expect("first check syncs");
+        let host_auth = time(n, || async {
+            remote_core.authenticate(&token).await.expect("authenticate");
+        })
+        .await;
+
+        // The signature check alone, without the verified-token cache.
+        let key = modhost::core::tokens::SigningKey::generate();
+        let verifier = modhost::core::tokens::Verifier::new(&[key.public_key().clone()]);
+        let claims = modhost::core::tokens::Claims {
+            iss: "modhost".into(),
+            sub: "u1".into(),
+            email: "a@b.c".into(),
+            iat: 0,
+            exp: modhost::core::now_secs() + 3600,
+            jti: "j1".into(),
+            typ: "access".into(),
+        };
+        let signed = key.sign(&claims);
+        let raw_verify = time(n, || async {
+            verifier
+                .verify(&signed, modhost::core::now_secs())
+                .expect("verify");
+        })
+        .await;
+
         // Logins per second through the core: 4 clients at once.
         let until = Instant::now() + Duration::from_secs(login_seconds);
         let mut clients = Vec::new();
@@ -234,6 +268,14 @@ pub fn run(modhost: &Path, n: usize, login_seconds: u64) {
         println!(
             "| token check (`Auth.Authenticate`: signature, revocation, grants) | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
             local_auth.0, local_auth.1, remote_auth.0, remote_auth.1
+        );
+        println!(
+            "| token check on a host with `core_url` (local Ed25519 check, kept grants) | | | {:.1} µs | {:.1} µs |",
+            host_auth.0, host_auth.1
+        );
+        println!(
+            "| Ed25519 JWT signature and expiry check alone (jsonwebtoken, no cache) | {:.1} µs | {:.1} µs | | |",
+            raw_verify.0, raw_verify.1
         );
         println!();
         println!(

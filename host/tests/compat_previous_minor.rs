@@ -166,7 +166,8 @@ fn a_module_built_against_plugin_api_1_0_runs_on_this_host() {
         "/api/v1/probe/call",
         br#"{"service":"compat.note.get","request":{"id":42}}"#,
     );
-    assert!(missing.text().contains("NotFound"), "{}", missing.text());
+    assert_eq!(missing.status, 422, "{}", missing.text());
+    assert_eq!(missing.json()["kind"], "NotFound", "{}", missing.text());
 
     // Hot reload hands the 1.0 module's state to its new instance.
     let reload = host.request("POST", "/admin/modules/compat/reload", b"");
@@ -216,6 +217,14 @@ fn limited_user(host: &HostProcess) -> (String, String) {
 #[test]
 fn the_end_user_travels_with_a_service_call_so_a_provider_is_not_a_confused_deputy() {
     let m = modules_with_compat();
+    // A current module with a public route that calls billing.
+    m.add(
+        "anon",
+        "faulty",
+        "name: anon\nversion: 1.0.0\npermissions: [anon.probe.read, anon.probe.write]\n\
+         dependencies:\n  billing: \">=1.0\"\npublic_routes:\n  - POST /api/v1/anon/call\n\
+         config:\n  mode: ok\n",
+    );
     let host = HostProcess::start(&m, &[], &[]);
     let ours = modhost_plugin_api::PLUGIN_API_VERSION;
     assert_ne!(
@@ -242,6 +251,16 @@ fn the_end_user_travels_with_a_service_call_so_a_provider_is_not_a_confused_depu
     );
     assert_eq!(own.status, 200, "{}", own.text());
     assert_eq!(own.json()["user_id"], reader_id.as_str());
+    // A request without a token, on a public route, is anonymous: not "no request".
+    let anonymous = http(
+        host.addr,
+        "POST",
+        "/api/v1/anon/call",
+        &[],
+        br#"{"service":"billing.subscription.get","request":{"user_id":"someone-else"}}"#,
+    );
+    assert_eq!(anonymous.status, 422, "{}", anonymous.text());
+    assert_eq!(anonymous.json()["kind"], "NotFound", "{}", anonymous.text());
     // A user holding billing.subscription.read (the operator) may ask about anyone.
     let operator = host.get("/api/v1/compat/billing/someone-else");
     assert_eq!(operator.status, 200, "{}", operator.text());

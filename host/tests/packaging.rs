@@ -269,6 +269,76 @@ fn check_on_one_module_folder_checks_it_and_reports_its_dependencies() {
         "{out}"
     );
 
+    // `--out` pointing where the crate itself lives is refused: nothing is deleted.
+    let (code, out, err) = modhost_in(tmp.path(), &["package", "hailer", "--out", "."]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("is not an earlier package of this module"),
+        "{err}"
+    );
+    assert!(
+        tmp.path().join("hailer/src/lib.rs").is_file(),
+        "the crate is untouched"
+    );
+
+    // A module installed under another folder name is the one to replace.
+    let modules = tmp.path().join("mods");
+    std::fs::create_dir_all(&modules).unwrap();
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(tmp.path().join("dist/hailer"))
+        .arg(modules.join("hailer-old"))
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let archive = tmp.path().join("dist/hailer-0.1.0.tar.gz");
+    let (code, out, err) = modhost_in(
+        tmp.path(),
+        &[
+            "install",
+            archive.to_str().unwrap(),
+            "--modules",
+            modules.to_str().unwrap(),
+            "--trusted-key",
+            &public,
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("hailer-old") && err.contains("--replace"),
+        "{err}"
+    );
+
+    // An archive holding a symbolic link is refused before anything is installed.
+    let evil = tmp.path().join("evil.tar.gz");
+    {
+        let file = std::fs::File::create(&evil).unwrap();
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        tar.append_link(&mut header, "hailer", "/etc").unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+    let (code, out, err) = modhost_in(
+        tmp.path(),
+        &[
+            "install",
+            evil.to_str().unwrap(),
+            "--modules",
+            modules.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("is a link or a special file"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(&modules)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["hailer-old"], "nothing else was installed");
+
     // A directory with no module is not a pass.
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();

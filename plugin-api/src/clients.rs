@@ -163,19 +163,35 @@ impl CallError {
     }
 }
 
+/// The error's public message when it has one (an error made from a database error
+/// never carries the database's text across), else its message.
 impl From<Error> for CallError {
     fn from(e: Error) -> Self {
-        CallError::new(CallErrorKind::Failed, e.message())
+        match e.public() {
+            Some(p) => CallError::new(CallErrorKind::Failed, public_text(p)),
+            None => CallError::new(CallErrorKind::Failed, e.message()),
+        }
     }
 }
 
+/// A generic message with the error id: the calling module, and its client, never see
+/// the database's text (the host logged it under that id).
 impl From<crate::DbError> for CallError {
     fn from(e: crate::DbError) -> Self {
         let kind = match e.kind {
             crate::DbErrorKind::Unavailable => CallErrorKind::Unavailable,
             _ => CallErrorKind::Failed,
         };
-        CallError::new(kind, e.message)
+        let error = Error::from(e);
+        let message = error.public().map(public_text).unwrap_or_default();
+        CallError::new(kind, message)
+    }
+}
+
+fn public_text(p: &PublicError) -> String {
+    match &p.error_id {
+        Some(id) => format!("{} (error id {id})", p.message),
+        None => p.message.clone(),
     }
 }
 

@@ -453,6 +453,20 @@ mod tests {
         assert_eq!(CallError::unavailable("x").status(), 503);
         assert_eq!(CallError::failed("x").status(), 500);
         assert_eq!(CallError::not_allowed("x").kind, CallErrorKind::NotAllowed);
+        // A database error in a service handler: the caller gets the generic text and
+        // the id, never the database's text.
+        let db = DbError::new(
+            DbErrorKind::Constraint,
+            "UNIQUE constraint failed: x",
+            "id7",
+        );
+        for call in [
+            CallError::from(db.clone()),
+            CallError::from(Error::from(db)),
+        ] {
+            assert!(!call.message.contains("UNIQUE"), "{call:?}");
+            assert!(call.message.contains("id7"), "{call:?}");
+        }
         // An error of the module's own still answers 500 with its message.
         assert_eq!(
             body(&Response::from(Error::new("bad config")))["error"],

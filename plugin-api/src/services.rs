@@ -73,9 +73,10 @@ impl Caller {
     }
 
     /// The end user whose request the calling module was handling when it called
-    /// (since plugin-api 1.1), with that user's permissions. `None` when the call was
-    /// not made inside a request (an event handler, `start`) or came from a module on
-    /// an older host.
+    /// (since plugin-api 1.1), with that user's permissions. For a request that carried
+    /// no token (a public route) it is an anonymous user: an empty id and no permissions
+    /// ([`User::is_anonymous`]). `None` only when the call was not made inside a request
+    /// (an event handler, `start`).
     ///
     /// A module calling you is trusted with what *it* may call, not with what its user
     /// may see: when your answer depends on who asks (someone's data, an admin action),

@@ -20,6 +20,12 @@ impl User {
         }
     }
 
+    /// Whether this is the anonymous user of a request without a token (an empty id,
+    /// no permissions), as a service provider may see it in [`crate::Caller::user`].
+    pub fn is_anonymous(&self) -> bool {
+        self.id.is_empty()
+    }
+
     /// Whether the user holds `permission` (wildcards as in
     /// [`crate::permission_matches`]).
     pub fn has(&self, permission: impl AsRef<str>) -> bool {

@@ -69,6 +69,8 @@ pub enum MigrationError {
     Bookkeeping(String),
     #[error("{}: not the migration the module's signature covers (changed after the signature was checked); refusing to run it", path.display())]
     Unsigned { path: PathBuf },
+    #[error("{}: a migration the module's signature covers is missing (removed after the signature was checked); refusing to run the others", path.display())]
+    SignedMissing { path: PathBuf },
 }
 
 /// Reads the migrations in `module_dir/migrations` for `backend`, ordered by version.
@@ -188,6 +190,18 @@ pub async fn apply(
                 return Err(MigrationError::Unsigned {
                     path: m.path.clone(),
                 });
+            }
+        }
+        // Every signed migration is still there: one removed after the signature was
+        // checked is refused, not skipped.
+        let prefix = format!("{MIGRATIONS_DIR}/");
+        for path in signed
+            .keys()
+            .filter(|k| k.starts_with(&prefix) && k.ends_with(".sql"))
+        {
+            let file = module_dir.join(path);
+            if !file.is_file() {
+                return Err(MigrationError::SignedMissing { path: file });
             }
         }
     }

@@ -88,10 +88,13 @@ pub async fn call(
     user: Option<AuthUser>,
 ) -> Response<Body> {
     let user = user.map(|u| Arc::new(ffi_user(&u)));
-    let request = ffi_request(parts, body, params, user.clone());
+    // Service calls the handler makes carry its user to the provider; a request without
+    // a token (a public route) carries an anonymous user, so a provider never mistakes
+    // it for a call made outside any request.
+    let end = user.clone().or_else(|| Some(anonymous()));
+    let request = ffi_request(parts, body, params, user);
     let timeout = config.request_timeout;
-    // Service calls the handler makes carry its user to the provider.
-    let call = end_user::scope(user, route.handler.call(request));
+    let call = end_user::scope(end, route.handler.call(request));
     let mut call = std::pin::pin!(AssertUnwindSafe(call).catch_unwind());
     // Most handlers answer on their first poll: only arm the timeout timer (a shared
     // timer-wheel entry per request) for those that do not.
@@ -170,6 +173,20 @@ impl FfiRequestView for HostRequest {
     fn user(&self) -> ROption<FfiUser> {
         self.user.as_deref().cloned().into()
     }
+}
+
+/// The end user of a request that carried no token: no id, no permissions.
+fn anonymous() -> Arc<FfiUser> {
+    static ANONYMOUS: std::sync::OnceLock<Arc<FfiUser>> = std::sync::OnceLock::new();
+    ANONYMOUS
+        .get_or_init(|| {
+            Arc::new(FfiUser {
+                id: RString::new(),
+                email: RString::new(),
+                permissions: abi_stable::std_types::RVec::new(),
+            })
+        })
+        .clone()
 }
 
 fn ffi_user(u: &AuthUser) -> FfiUser {

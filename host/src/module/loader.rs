@@ -340,7 +340,7 @@ fn check_layout(
 /// The compatibility promise (docs/compatibility.md): a module built against plugin-api
 /// 1.x runs on every host 1.y with y >= x. Another major (or, before 1.0, another minor)
 /// is refused; so is a *newer* minor, which could call methods this host lacks. Checked
-/// on the library's header, before its layout and before any of its code runs.
+/// on the library's header, before its layout and before any entry point is called.
 fn check_compatible(module: &str, found: VersionNumber) -> Result<(), LoadError> {
     let host = host_version();
     if found.major != host.major || (host.major == 0 && found.minor != host.minor) {

@@ -163,6 +163,14 @@ pub fn keygen() -> (String, String) {
 /// Signs every file of the module folder `dir` with the secret in `key_file`; writes
 /// `module.sig` and returns the public key.
 pub fn sign(dir: &Path, key_file: &Path) -> Result<String, SignatureError> {
+    if let (Ok(key), Ok(folder)) = (key_file.canonicalize(), dir.canonicalize()) {
+        if key.starts_with(&folder) {
+            return Err(SignatureError::Malformed {
+                path: key_file.to_path_buf(),
+                why: "the secret key is inside the module folder: it would be signed and shipped with the module; keep it elsewhere".into(),
+            });
+        }
+    }
     let secret = String::from_utf8_lossy(&read(key_file)?).into_owned();
     let bytes: [u8; 32] = hex::decode_array(&secret).ok_or_else(|| SignatureError::Malformed {
         path: key_file.to_path_buf(),
@@ -224,6 +232,19 @@ pub fn verify(
             "signature format {} covers only module.yaml and the library; this host needs format {FORMAT}, which covers every file: re-sign the module with `modhost sign`",
             file.format.max(1)
         )));
+    }
+    let well_formed = file.files.iter().all(|(path, digest)| {
+        digest.len() == 64
+            && digest.chars().all(|c| c.is_ascii_hexdigit())
+            && !path.is_empty()
+            && !path.starts_with('/')
+            && !path.contains('\n')
+            && !path.split('/').any(|part| part == ".." || part.is_empty())
+    });
+    if !well_formed {
+        return Err(malformed(
+            "the signed file list holds a path or a digest that is not well formed".into(),
+        ));
     }
     let key = file.key.trim().to_lowercase();
     if !trusted.iter().any(|t| t.trim().eq_ignore_ascii_case(&key)) {

@@ -63,7 +63,7 @@ pub enum PackageError {
     NoLibrary { dir: PathBuf },
     #[error("module.yaml pins sha256 {pinned}, but the built library has {built}; remove the `sha256:` line or update it")]
     Pin { pinned: String, built: String },
-    #[error("{} exists and is not a module package; pick another --out", path.display())]
+    #[error("{} exists and is not an earlier package of this module (a crate, the crate being packaged, or another folder); pick another --out", path.display())]
     OutExists { path: PathBuf },
     #[error("{}: {source}", path.display())]
     Io {
@@ -119,9 +119,10 @@ pub fn package(options: &PackageOptions) -> Result<Package, PackageError> {
             .to_string(),
     };
 
-    // Assemble beside the final folder, then move it into place.
+    // Assemble and check beside the final folder, then move it into place.
     std::fs::create_dir_all(&options.out_dir).map_err(io(&options.out_dir))?;
     let folder = options.out_dir.join(&name);
+    refuse_non_package(&folder, crate_dir)?;
     let staging = options
         .out_dir
         .join(format!(".{name}-{}", crate::random::random_hex(6)));
@@ -131,6 +132,7 @@ pub fn package(options: &PackageOptions) -> Result<Package, PackageError> {
             Some(key) => Some(signing::sign(&staging, key)?),
             None => None,
         };
+        check_loads(&staging, signed_by.as_deref())?;
         Ok((files, signed_by))
     });
     let (mut files, signed_by) = match assembled {
@@ -144,7 +146,6 @@ pub fn package(options: &PackageOptions) -> Result<Package, PackageError> {
         files.push(signing::SIGNATURE_FILE.to_string());
     }
     replace_dir(&staging, &folder)?;
-    check_loads(&folder, signed_by.as_deref())?;
     let archive = options
         .out_dir
         .join(format!("{name}-{}.tar.gz", manifest.version));
@@ -227,6 +228,9 @@ fn assemble(
     let manifest = dir.join(MANIFEST_FILE);
     std::fs::copy(crate_dir.join(MANIFEST_FILE), &manifest).map_err(io(&manifest))?;
     let lib = dir.join(library_name);
+    if let Some(parent) = lib.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
     std::fs::write(&lib, library).map_err(io(&lib))?;
     let mut files = vec![MANIFEST_FILE.to_string(), library_name.to_string()];
     let migrations = crate_dir.join(MIGRATIONS_DIR);
@@ -247,18 +251,49 @@ fn assemble(
     Ok(files)
 }
 
-/// Moves the assembled `staging` folder to `folder`, replacing an earlier package.
-fn replace_dir(staging: &Path, folder: &Path) -> Result<(), PackageError> {
-    if folder.exists() {
-        if !folder.join(MANIFEST_FILE).is_file() {
-            let _ = std::fs::remove_dir_all(staging);
-            return Err(PackageError::OutExists {
-                path: folder.to_path_buf(),
-            });
-        }
-        std::fs::remove_dir_all(folder).map_err(io(folder))?;
+/// Refuses an output folder that is not an earlier package: anything but a package
+/// folder, a crate (it holds a `Cargo.toml`), or the crate being packaged or a folder
+/// holding it (`--out` pointing at the crate's own parent).
+fn refuse_non_package(folder: &Path, crate_dir: &Path) -> Result<(), PackageError> {
+    if !folder.exists() {
+        return Ok(());
     }
-    std::fs::rename(staging, folder).map_err(io(folder))
+    let refused = || PackageError::OutExists {
+        path: folder.to_path_buf(),
+    };
+    let (Ok(out), Ok(krate)) = (folder.canonicalize(), crate_dir.canonicalize()) else {
+        return Err(refused());
+    };
+    if krate.starts_with(&out)
+        || folder.join("Cargo.toml").exists()
+        || !folder.join(MANIFEST_FILE).is_file()
+    {
+        return Err(refused());
+    }
+    Ok(())
+}
+
+/// Moves the assembled and checked `staging` folder to `folder`: the earlier package is
+/// moved aside first and deleted only once the new one is in place. `staging` is gone
+/// afterwards, whatever happens.
+fn replace_dir(staging: &Path, folder: &Path) -> Result<(), PackageError> {
+    let aside = staging.with_extension("old");
+    let result = (|| {
+        if folder.exists() {
+            std::fs::rename(folder, &aside).map_err(io(folder))?;
+        }
+        match std::fs::rename(staging, folder) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Put the earlier package back.
+                let _ = std::fs::rename(&aside, folder);
+                Err(io(folder)(e))
+            }
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&aside);
+    let _ = std::fs::remove_dir_all(staging);
+    result
 }
 
 /// Loads the package as a host would (signature, pin, ELF headers, plugin-api version

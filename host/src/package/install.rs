@@ -69,6 +69,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     }
 }
 
+/// The most a `.tar.gz` package may unpack to.
+const MAX_UNPACKED_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Removes the staging folder whatever happens.
 struct Staging(PathBuf);
 
@@ -113,7 +116,17 @@ pub fn install(options: &InstallOptions) -> Result<Installed, InstallError> {
             why: format!("no {MANIFEST_FILE}"),
         })?;
     let name = found.manifest.name.to_string();
-    let target = modules.join(&name);
+    // The module may be installed under another folder name: that folder is the one
+    // to replace (two folders with one module would fail both).
+    let installed = crate::module::discovery::discover(modules)
+        .ok()
+        .and_then(|d| {
+            d.modules
+                .into_iter()
+                .find(|m| m.manifest.name.as_str() == name)
+                .map(|m| m.dir)
+        });
+    let target = installed.unwrap_or_else(|| modules.join(&name));
     let replaced = target.exists();
     if replaced && !options.replace {
         return Err(InstallError::Exists { name, dir: target });
@@ -203,8 +216,40 @@ fn unpack(archive: &Path, staging: &Path) -> Result<PathBuf, InstallError> {
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     tar.set_preserve_permissions(false);
     let root = staging.join("unpacked");
-    tar.unpack(&root)
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    let mut total: u64 = 0;
+    let entries = tar
+        .entries()
         .map_err(|e| not_a_package(format!("not a readable .tar.gz ({e})")))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| not_a_package(format!("not a readable .tar.gz ({e})")))?;
+        let kind = entry.header().entry_type();
+        let path = entry
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if !(kind.is_file() || kind.is_dir()) {
+            return Err(not_a_package(format!(
+                "`{path}` is a link or a special file; a package holds plain files and folders only"
+            )));
+        }
+        total = total.saturating_add(entry.header().size().unwrap_or(0));
+        if total > MAX_UNPACKED_BYTES {
+            return Err(not_a_package(format!(
+                "it unpacks to more than {MAX_UNPACKED_BYTES} bytes"
+            )));
+        }
+        // `unpack_in` refuses paths that leave `root` (absolute, `..`).
+        let inside = entry
+            .unpack_in(&root)
+            .map_err(|e| not_a_package(format!("cannot unpack `{path}`: {e}")))?;
+        if !inside {
+            return Err(not_a_package(format!(
+                "`{path}` points outside the package"
+            )));
+        }
+    }
     if root.join(MANIFEST_FILE).is_file() {
         // The folder's files at the archive's top level.
         return Ok(root);
@@ -213,8 +258,9 @@ fn unpack(archive: &Path, staging: &Path) -> Result<PathBuf, InstallError> {
     for entry in std::fs::read_dir(&root).map_err(io(&root))? {
         folders.push(entry.map_err(io(&root))?.path());
     }
+    let is_folder = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
     match folders.as_slice() {
-        [one] if one.join(MANIFEST_FILE).is_file() => Ok(one.clone()),
+        [one] if is_folder(one) && one.join(MANIFEST_FILE).is_file() => Ok(one.clone()),
         _ => Err(not_a_package(format!(
             "it must hold one module folder with a {MANIFEST_FILE}"
         ))),
@@ -245,13 +291,19 @@ fn exchange(new: &Path, installed: &Path) -> std::io::Result<()> {
             return Ok(());
         }
         let err = std::io::Error::last_os_error();
-        // Not supported by this file system: fall back below.
-        if err.raw_os_error() != Some(libc::EINVAL) {
+        // Not supported by this file system or kernel: fall back below.
+        let unsupported = [libc::EINVAL, libc::ENOSYS, libc::EPERM];
+        if !err.raw_os_error().is_some_and(|c| unsupported.contains(&c)) {
             return Err(err);
         }
     }
     // Two renames: a watching host may briefly see the module gone.
     let old = new.with_extension("old");
     std::fs::rename(installed, &old)?;
-    std::fs::rename(new, installed)
+    if let Err(e) = std::fs::rename(new, installed) {
+        // Put the installed module back before reporting.
+        let _ = std::fs::rename(&old, installed);
+        return Err(e);
+    }
+    Ok(())
 }
