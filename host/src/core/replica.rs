@@ -29,6 +29,9 @@ use crate::wire::core_v1::{self as pb, auth_client::AuthClient, authz_client::Au
 /// The kept copies, shared by the request path and the sync task.
 pub struct Replica {
     verifier: RwLock<Verifier>,
+    /// Tokens whose signature was checked, for a minute: the expiry and the revocation
+    /// list are still checked on every use; a key change forgets them all.
+    verified: moka::sync::Cache<String, Arc<Claims>>,
     revoked: RwLock<HashSet<String>>,
     grants: moka::sync::Cache<String, Arc<Grants>>,
     /// Bumped by every grants change: a fetch that began before one is not kept.
@@ -55,6 +58,10 @@ impl Replica {
     ) -> Arc<Replica> {
         Arc::new(Replica {
             verifier: RwLock::new(Verifier::new(&[])),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
             revoked: RwLock::new(HashSet::new()),
             grants: moka::sync::Cache::builder().max_capacity(100_000).build(),
             generation: AtomicU64::new(0),
@@ -103,15 +110,24 @@ impl Replica {
             return Err(Self::unavailable());
         }
         let now = super::now_secs();
-        let checked = self.verifier().verify(token, now);
-        let claims = match checked {
-            Err(TokenError::UnknownKey(_)) if self.may_ask_keys() => {
-                self.fetch_keys().await?;
-                self.verifier().verify(token, now)
+        let claims = match self.verified.get(token) {
+            Some(claims) if claims.exp > now => claims,
+            Some(_) => return Err(CoreError::Unauthorized(TokenError::Expired.to_string())),
+            None => {
+                let checked = self.verifier().verify(token, now);
+                let claims = match checked {
+                    Err(TokenError::UnknownKey(_)) if self.may_ask_keys() => {
+                        self.fetch_keys().await?;
+                        self.verifier().verify(token, now)
+                    }
+                    other => other,
+                }
+                .map_err(|e| CoreError::Unauthorized(e.to_string()))?;
+                let claims = Arc::new(claims);
+                self.verified.insert(token.to_string(), claims.clone());
+                claims
             }
-            other => other,
-        }
-        .map_err(|e| CoreError::Unauthorized(e.to_string()))?;
+        };
         if self
             .revoked
             .read()
@@ -120,7 +136,7 @@ impl Replica {
         {
             return Err(CoreError::Unauthorized("token revoked".into()));
         }
-        Ok(claims)
+        Ok((*claims).clone())
     }
 
     fn verifier(&self) -> Verifier {
@@ -192,6 +208,7 @@ impl Replica {
             .map(|k| PublicKey { kid: k.kid, x: k.x })
             .collect();
         *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = Verifier::new(&keys);
+        self.verified.invalidate_all();
         Ok(())
     }
 
