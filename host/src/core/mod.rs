@@ -64,7 +64,7 @@ const VERIFIED_TOKENS: u64 = 10_000;
 /// Token lifetimes and key, from the host config.
 #[derive(Clone, Debug)]
 pub struct AuthSettings {
-    /// Hex HS256 key; `None`: generate one and keep it in the core area (dev mode).
+    /// An Ed25519 seed, hex; `None`: generate one and keep it in the core area.
     pub signing_key: Option<String>,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
