@@ -160,6 +160,24 @@ fn two_hosts_share_one_core_and_survive_its_absence() {
     );
     assert_eq!(status, 200);
 
+    // The permissions the core knows, as every host declared them.
+    let (status, declared) = call(
+        &b,
+        &console,
+        "GET",
+        "/api/v1/authz/permissions",
+        Value::Null,
+    );
+    assert_eq!(status, 200, "{declared}");
+    assert!(
+        declared["blog"].as_array().is_some_and(|p| !p.is_empty()),
+        "{declared}"
+    );
+    assert!(
+        declared["core"].as_array().is_some_and(|p| !p.is_empty()),
+        "{declared}"
+    );
+
     // A login through A gives a token B accepts.
     let login = http(
         a.addr,

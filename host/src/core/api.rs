@@ -549,10 +549,7 @@ async fn authz(core: &Core, op: Op, req: &CoreRequest<'_>) -> Result<Reply, Repl
                 .map_err(error_reply)?;
             json!({ "user_id": user_id, "permission": permission, "allowed": allowed })
         }
-        Op::Permissions => {
-            let registry = core.permissions.read().unwrap_or_else(|p| p.into_inner());
-            to_json(&registry.by_module())
-        }
+        Op::Permissions => to_json(&core.declared_permissions().await.map_err(error_reply)?),
         other => return Err(misrouted(other)),
     };
     Ok((200, value))

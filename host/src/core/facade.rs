@@ -163,6 +163,21 @@ impl Core {
         Ok(())
     }
 
+    /// Every declared permission, by module: this host's registry, or, with a remote
+    /// core, the core's (what every host declared).
+    pub async fn declared_permissions(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, CoreError> {
+        match &self.backend {
+            Backend::Local(_) => Ok(self
+                .permissions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_module()),
+            Backend::Remote(core) => core.declared_permissions().await,
+        }
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, CoreError> {
         dispatch!(self.login(email, password))
     }

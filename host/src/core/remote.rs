@@ -573,6 +573,23 @@ impl RemoteCore {
         self.replica.grants(user_id, self.timeout).await
     }
 
+    /// Every permission declared to the core, by module.
+    pub async fn declared_permissions(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, CoreError> {
+        let r = self
+            .authz
+            .clone()
+            .declared_permissions(pb::DeclaredPermissionsRequest {})
+            .await;
+        Ok(self
+            .seen(r)?
+            .by_module
+            .into_iter()
+            .map(|(module, list)| (module, list.permissions))
+            .collect())
+    }
+
     /// Declares a module's permissions to the core.
     pub async fn register_permissions(
         &self,
