@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tonic::{Request, Response, Status};
 
-use crate::core::{audit::AuditFilter, Core, CoreError};
+use crate::core::{audit::AuditFilter, Core};
 use crate::wire::core_v1::{
     self as pb,
     audit_server::{Audit, AuditServer},
@@ -35,19 +35,7 @@ impl CoreServices {
     }
 }
 
-/// A core error as a gRPC status. The messages are the core's own, which never carry
-/// database text (that is logged under an error id).
-fn status(e: CoreError) -> Status {
-    let message = e.to_string();
-    match e {
-        CoreError::Invalid(_) => Status::invalid_argument(message),
-        CoreError::NotFound(_) => Status::not_found(message),
-        CoreError::Conflict(_) => Status::already_exists(message),
-        CoreError::Unauthorized(_) => Status::unauthenticated(message),
-        CoreError::Forbidden(_) => Status::permission_denied(message),
-        CoreError::Database(_) | CoreError::Unavailable(_) => Status::unavailable(message),
-    }
-}
+use super::grpc_status::to_status as status;
 
 type Reply<T> = Result<Response<T>, Status>;
 

@@ -20,6 +20,7 @@ pub mod authz;
 pub(crate) mod calls;
 mod facade;
 pub mod grpc_server;
+mod grpc_status;
 pub mod identity;
 pub mod remote;
 mod replica;

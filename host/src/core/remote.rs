@@ -20,7 +20,7 @@ use std::{
 };
 
 use modhost_plugin_api::{AuditEntry, UserInfo};
-use tonic::{transport::Channel, Code, Status};
+use tonic::{transport::Channel, Status};
 
 use super::{
     audit::{Audit, AuditFilter},
@@ -214,26 +214,7 @@ async fn probe(channel: Channel, reachable: Arc<AtomicBool>) {
     }
 }
 
-/// Whether a status means the core could not be reached (rather than a refusal).
-fn unreachable(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-    )
-}
-
-/// A status from the core as a core error.
-pub(super) fn error(s: Status) -> CoreError {
-    let message = s.message().to_string();
-    match s.code() {
-        Code::InvalidArgument => CoreError::Invalid(message),
-        Code::NotFound => CoreError::NotFound(message),
-        Code::AlreadyExists => CoreError::Conflict(message),
-        Code::Unauthenticated => CoreError::Unauthorized(message),
-        Code::PermissionDenied => CoreError::Forbidden(message),
-        _ => CoreError::Unavailable(format!("the core services are unreachable ({message})")),
-    }
-}
+use super::grpc_status::{from_status as error, unreachable};
 
 fn user_info(u: pb::User) -> UserInfo {
     UserInfo {

@@ -180,7 +180,7 @@ impl Replica {
                 user_id: user_id.into(),
             })
             .await
-            .map_err(super::remote::error)?
+            .map_err(super::grpc_status::from_status)?
             .into_inner();
         let grants = Arc::new(Grants {
             email: answer.email,
@@ -200,7 +200,7 @@ impl Replica {
             .clone()
             .public_keys(pb::PublicKeysRequest {})
             .await
-            .map_err(super::remote::error)?
+            .map_err(super::grpc_status::from_status)?
             .into_inner()
             .keys;
         let keys: Vec<PublicKey> = keys
@@ -218,7 +218,7 @@ impl Replica {
             .clone()
             .revoked_tokens(pb::RevokedTokensRequest {})
             .await
-            .map_err(super::remote::error)?
+            .map_err(super::grpc_status::from_status)?
             .into_inner()
             .token_ids;
         *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = ids.into_iter().collect();
