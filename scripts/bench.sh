@@ -56,7 +56,7 @@ cp -r "$root/target/bench-modules/hello" "$tmp/modules/"
 
 instructions() {
   local token
-  token=$(MODHOST_AUTH_SIGNING_KEY=$key "$bin/modhost" admin token --ttl 2h --data-dir "$tmp/instr-data" 2>/dev/null)
+  token=$(MODHOST_AUTH_SIGNING_SEED=$key "$bin/modhost" admin token --ttl 2h --data-dir "$tmp/instr-data" 2>/dev/null)
   echo "## 6. Instructions per request (callgrind)"
   echo
   echo "\`valgrind --tool=callgrind\` around each server; ${requests} and $((3 * requests)) keep-alive requests in two runs; per request = (total($((3 * requests))) − total(${requests})) / $((2 * requests)). hello's greeting route; the baseline is the same handler in plain hyper, checking the same token with the \`jsonwebtoken\` crate on the private route."
@@ -72,10 +72,10 @@ if [ -n "$only_instructions" ]; then
   exit 0
 fi
 
-MODHOST_AUTH_SIGNING_KEY=$key MODHOST_WATCH=false RUST_LOG=warn "$bin/modhost" run --modules "$tmp/modules" --data-dir "$tmp/data" --listen 127.0.0.1:18181 >/dev/null 2>&1 &
+MODHOST_AUTH_SIGNING_SEED=$key MODHOST_WATCH=false RUST_LOG=warn "$bin/modhost" run --modules "$tmp/modules" --data-dir "$tmp/data" --listen 127.0.0.1:18181 >/dev/null 2>&1 &
 "$bin/baseline" 127.0.0.1:18182 "$key" &
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18181/readyz >/dev/null 2>&1 && break; sleep 0.1; done
-token=$(MODHOST_AUTH_SIGNING_KEY=$key "$bin/modhost" admin token --ttl 1h --data-dir "$tmp/data" 2>/dev/null)
+token=$(MODHOST_AUTH_SIGNING_SEED=$key "$bin/modhost" admin token --ttl 1h --data-dir "$tmp/data" 2>/dev/null)
 
 out="$root/bench/RESULTS.md"
 {

@@ -197,7 +197,7 @@ const SETTINGS: &[(&str, Setter)] = &[
         c.postgres_role_prefix = v.to_string();
         Ok(())
     }),
-    ("auth_signing_key", |c, v| {
+    ("auth_signing_seed", |c, v| {
         crate::core::tokens::SigningKey::from_hex(v)?;
         c.auth.signing_key = Some(v.trim().to_string());
         Ok(())
@@ -419,7 +419,7 @@ impl HostConfig {
     /// Sets one setting from text (file value, env var or flag), naming `origin` in
     /// errors.
     pub fn set(&mut self, field: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
-        let shown = if field == "auth_signing_key" {
+        let shown = if field == "auth_signing_seed" {
             "<hidden>"
         } else {
             value

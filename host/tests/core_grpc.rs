@@ -47,6 +47,17 @@ async fn exercise(core: &CoreProcess) {
         .await
         .unwrap_err();
     assert_eq!(foreign.code(), Code::InvalidArgument, "{foreign}");
+    // A module name is a module name: not a prefix of another's namespace, not `core`.
+    for module in ["blog.post", "core"] {
+        let refused = authz
+            .register_permissions(pb::RegisterPermissionsRequest {
+                module: module.into(),
+                permissions: vec![format!("{module}.x.read")],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{module}: {refused}");
+    }
     let declared = authz
         .declared_permissions(pb::DeclaredPermissionsRequest {})
         .await
@@ -202,6 +213,43 @@ async fn exercise(core: &CoreProcess) {
         .await
         .unwrap_err();
     assert_eq!(revoked.code(), Code::Unauthenticated);
+    // One user may not revoke another's token.
+    identity
+        .create_user(pb::CreateUserRequest {
+            actor: "console".into(),
+            email: "eve@example.com".into(),
+            password: "correct horse".into(),
+            display_name: String::new(),
+        })
+        .await
+        .expect("create eve");
+    let login = |email: &str| pb::LoginRequest {
+        email: email.into(),
+        password: "correct horse".into(),
+    };
+    let eve = auth
+        .login(login("eve@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let ada_now = auth
+        .login(login("ada@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let denied = auth
+        .revoke(pb::RevokeRequest {
+            actor_token: eve.access_token,
+            token: ada_now.access_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
+    auth.authenticate(pb::AuthenticateRequest {
+        access_token: ada_now.access_token,
+    })
+    .await
+    .expect("ada's token still works");
 
     // The audit log: a host's batch, in order, and what the core recorded itself.
     let records: Vec<pb::AuditRecord> = (0..3)
@@ -248,7 +296,11 @@ async fn exercise(core: &CoreProcess) {
         .unwrap()
         .into_inner();
     let outcomes: Vec<&str> = logins.entries.iter().map(|e| e.outcome.as_str()).collect();
-    assert_eq!(outcomes, ["success", "failure"], "{logins:?}");
+    assert_eq!(
+        outcomes,
+        ["success", "success", "success", "failure"],
+        "ada's first login (refused, then accepted), eve's and ada's again: {logins:?}"
+    );
     let limit = audit
         .query(pb::AuditQuery {
             limit: Some(5000),
@@ -482,17 +534,31 @@ fn changes_stream_and_keys_rotate() {
             }
         };
         let before = login(&mut auth).await;
+        // Revoking the refresh token is not news to hosts (they never accept one);
+        // revoking an access token is.
         auth.revoke(pb::RevokeRequest {
             actor_token: before.access_token.clone(),
             token: before.refresh_token.clone(),
         })
         .await
         .unwrap();
+        let doomed = login(&mut auth).await;
+        auth.revoke(pb::RevokeRequest {
+            actor_token: doomed.access_token.clone(),
+            token: doomed.access_token.clone(),
+        })
+        .await
+        .unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(20);
         let revoked = loop {
-            match next_change(&mut changes).await.event {
-                Some(Event::TokenRevoked(t)) => break t,
-                _ => continue,
+            let event = next_change(&mut changes).await.event;
+            if let Some(Event::TokenRevoked(t)) = event {
+                break t;
             }
+            assert!(
+                std::time::Instant::now() < until,
+                "no TokenRevoked within 20 s; last: {event:?}"
+            );
         };
         assert_eq!(revoked.token_id.len(), 32, "{revoked:?}");
 
@@ -524,6 +590,18 @@ fn changes_stream_and_keys_rotate() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let keys_changed = loop {
+            let event = next_change(&mut changes).await.event;
+            if let Some(Event::KeysChanged(_)) = event {
+                break true;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no KeysChanged within 20 s; last: {event:?}"
+            );
+        };
+        assert!(keys_changed, "hosts hear of the new key");
         let old = keys
             .iter()
             .find(|k| k.kid == old_kid)

@@ -357,7 +357,7 @@ fn instructions(args: &[String]) {
             ])
             .collect(),
         env: vec![
-            ("MODHOST_AUTH_SIGNING_KEY".into(), key.clone()),
+            ("MODHOST_AUTH_SIGNING_SEED".into(), key.clone()),
             ("MODHOST_WATCH".into(), "false".into()),
             ("RUST_LOG".into(), "warn".into()),
         ],

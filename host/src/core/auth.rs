@@ -156,7 +156,7 @@ impl LocalCore {
             .revoked
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&claims.jti);
+            .contains_key(&claims.jti);
         if !already {
             self.db
                 .exec(
@@ -164,14 +164,23 @@ impl LocalCore {
                     vec![text_param(&claims.jti), FfiValue::Int(claims.exp)],
                 )
                 .await?;
-            self.revoked
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(claims.jti.clone());
-            let _ = self.changes.send(super::Change::Revoked {
-                jti: claims.jti.clone(),
-                expires_at: claims.exp,
-            });
+            let access = claims.typ == "access";
+            {
+                let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+                revoked.insert(claims.jti.clone(), (claims.exp, access));
+                // Revocations of expired tokens are dropped now and then.
+                if revoked.len().is_multiple_of(1024) {
+                    let now = now_secs();
+                    revoked.retain(|_, (exp, _)| *exp > now);
+                }
+            }
+            // Hosts only ever accept access tokens.
+            if access {
+                let _ = self.changes.send(super::Change::Revoked {
+                    jti: claims.jti.clone(),
+                    expires_at: claims.exp,
+                });
+            }
         }
         Ok(())
     }
@@ -198,7 +207,7 @@ impl LocalCore {
             .revoked
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&claims.jti)
+            .contains_key(&claims.jti)
         {
             return Err(CoreError::Unauthorized("token revoked".into()));
         }

@@ -92,9 +92,10 @@ impl Core {
         settings: &RemoteSettings,
         data_dir: &std::path::Path,
     ) -> Result<Core, RemoteSetupError> {
+        let permissions = registry();
         Ok(Core {
-            backend: Backend::Remote(RemoteCore::new(settings, data_dir)?),
-            permissions: registry(),
+            backend: Backend::Remote(RemoteCore::new(settings, data_dir, permissions.clone())?),
+            permissions,
             denials: Default::default(),
         })
     }

@@ -39,6 +39,9 @@ use super::grpc_status::to_status as status;
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// How often the change stream says it is alive when nothing else happens.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn user(u: modhost_plugin_api::UserInfo) -> pb::User {
     pb::User {
         id: u.id,
@@ -138,8 +141,10 @@ impl Auth for CoreServices {
         &self,
         _req: Request<pb::RevokedTokensRequest>,
     ) -> Reply<pb::RevokedTokenList> {
+        let (token_ids, expires_at) = self.local()?.revoked_tokens().into_iter().unzip();
         Ok(Response::new(pb::RevokedTokenList {
-            token_ids: self.local()?.revoked_tokens(),
+            token_ids,
+            expires_at,
         }))
     }
 }
@@ -285,8 +290,19 @@ impl Authz for CoreServices {
         req: Request<pb::RegisterPermissionsRequest>,
     ) -> Reply<pb::RegisterPermissionsResponse> {
         let r = req.into_inner();
-        if r.module.is_empty() {
-            return Err(Status::invalid_argument("module must not be empty"));
+        let name_ok = r
+            .module
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase())
+            && r.module
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !name_ok || r.module == "core" {
+            return Err(Status::invalid_argument(format!(
+                "`{}` is not a module name (a lower-case letter, then a-z, 0-9 or _; not `core`)",
+                r.module
+            )));
         }
         if let Some(foreign) = r
             .permissions
@@ -336,8 +352,19 @@ impl Authz for CoreServices {
             {
                 return;
             }
+            let mut beat = tokio::time::interval(HEARTBEAT);
+            beat.tick().await;
             loop {
-                let event = match changes.recv().await {
+                let received = tokio::select! {
+                    r = changes.recv() => r,
+                    _ = beat.tick() => {
+                        if tx.send(message(Event::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let event = match received {
                     Ok(Change::Grants(user)) => Event::GrantsChanged(pb::GrantsChanged {
                         user_id: user.unwrap_or_default(),
                     }),
@@ -526,6 +553,9 @@ pub async fn serve(
                 source,
             })?;
         let local = listener.local_addr().unwrap_or(addr);
+        if !local.ip().is_loopback() && tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+            tracing::warn!(%local, "the core services trust every caller: without --tls-client-ca (mutual TLS) anyone who reaches {local} can act as an operator; keep it on a network only hosts reach");
+        }
         tracing::info!(
             service = ?served,
             %local,
@@ -596,7 +626,9 @@ async fn router(
     let reflection = reflection
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let mut server = tonic::transport::Server::builder();
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)));
     if let Some(tls) = tls {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
         let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));

@@ -30,7 +30,7 @@ pub mod tokens;
 pub use facade::Core;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
@@ -150,7 +150,9 @@ pub struct LocalCore {
     /// Test-only pause between computing grants and caching them.
     #[cfg(test)]
     grants_pause: Mutex<Option<Arc<authz::tests::Pause>>>,
-    revoked: RwLock<HashSet<String>>,
+    /// Revoked token ids, with when each token expires anyway, and whether it is an
+    /// access token (only those matter to hosts).
+    revoked: RwLock<HashMap<String, (i64, bool)>>,
     /// Tokens whose signature was verified, by token: bounded, each kept a minute, and
     /// dropped when revoked. Expiry and revocation are still checked on every use.
     verified: moka::sync::Cache<String, Arc<tokens::Claims>>,
@@ -198,15 +200,16 @@ impl LocalCore {
         let now = now_secs();
         let revoked = rows(
             db.fetch(
-                "SELECT jti FROM revoked_tokens WHERE expires_at > $1",
+                "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1",
                 vec![FfiValue::Int(now)],
             )
             .await
             .map_err(|e| CoreSetupError::Key(e.message.into_string()))?,
         )
         .iter()
-        .map(|r| as_text(&r[0]))
-        .collect::<Result<_, _>>()
+        // Whether a stored revocation was of an access token is not kept: assume so.
+        .map(|r| Ok((as_text(&r[0])?, (as_int(&r[1])?, true))))
+        .collect::<Result<_, CoreError>>()
         .map_err(|e| CoreSetupError::Key(e.to_string()))?;
         Ok(LocalCore {
             db,
@@ -247,13 +250,15 @@ impl LocalCore {
         self.changes.subscribe()
     }
 
-    /// Ids of revoked tokens not yet expired.
-    pub fn revoked_tokens(&self) -> Vec<String> {
+    /// Revoked access tokens not yet expired, with when each expires.
+    pub fn revoked_tokens(&self) -> Vec<(String, i64)> {
+        let now = now_secs();
         self.revoked
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .cloned()
+            .filter(|(_, (exp, access))| *access && *exp > now)
+            .map(|(jti, (exp, _))| (jti.clone(), *exp))
             .collect()
     }
 }
@@ -298,19 +303,19 @@ struct StoredPublicKey {
     valid_until: Option<i64>,
 }
 
-/// The signing key: `auth_signing_key` from the config, else the one kept in
+/// The signing key: `auth_signing_seed` from the config, else the one kept in
 /// `core_settings` (generated the first time); and the public keys still valid.
 async fn load_keys(db: &AreaDatabase, settings: &AuthSettings) -> Result<Keys, CoreSetupError> {
     if let Some(hex) = &settings.signing_key {
         let key = SigningKey::from_hex(hex)
-            .map_err(|e| CoreSetupError::Key(format!("auth_signing_key: {e}")))?;
+            .map_err(|e| CoreSetupError::Key(format!("auth_signing_seed: {e}")))?;
         let public = vec![(key.public_key().clone(), None)];
         return Ok(Keys::new(key, public));
     }
     let err = |e: modhost_plugin_api::ffi::FfiDbError| CoreSetupError::Key(e.message.into_string());
     let found = rows(
         db.fetch(
-            "SELECT value FROM core_settings WHERE key = 'auth_signing_key'",
+            "SELECT value FROM core_settings WHERE key = 'auth_ed25519_seed'",
             vec![],
         )
         .await
@@ -321,17 +326,29 @@ async fn load_keys(db: &AreaDatabase, settings: &AuthSettings) -> Result<Keys, C
             let hex = as_text(&row[0]).map_err(|e| CoreSetupError::Key(e.to_string()))?;
             SigningKey::from_hex(&hex).map_err(|e| {
                 CoreSetupError::Key(format!(
-                    "the stored token signing key: {e} (a key from before Ed25519 tokens: delete the auth_signing_key row of core_settings to make a new one)"
+                    "the stored token signing key (auth_ed25519_seed in core_settings): {e}"
                 ))
             })?
         }
         None => {
+            // The HS256 secret of releases before Ed25519 tokens was handed to tools
+            // that check tokens: it must never become a signing key. Drop it.
+            let legacy = db
+                .exec(
+                    "DELETE FROM core_settings WHERE key = 'auth_signing_key'",
+                    vec![],
+                )
+                .await
+                .map_err(err)?;
+            if legacy > 0 {
+                tracing::warn!("dropped the HS256 token key of an earlier release: tokens it signed are no longer accepted; users log in again");
+            }
             let key = SigningKey::generate();
             let stored =
                 serde_json::json!({ "x": key.public_key().x, "valid_until": null }).to_string();
             db.exec_all(vec![
                 (
-                    "INSERT INTO core_settings (key, value) VALUES ('auth_signing_key', $1)",
+                    "INSERT INTO core_settings (key, value) VALUES ('auth_ed25519_seed', $1)",
                     vec![text_param(&key.to_hex())],
                 ),
                 (
@@ -344,7 +361,7 @@ async fn load_keys(db: &AreaDatabase, settings: &AuthSettings) -> Result<Keys, C
             ])
             .await
             .map_err(err)?;
-            tracing::info!(kid = %key.public_key().kid, "generated a token signing key (Ed25519) and stored it in the core area (set auth_signing_key to use your own)");
+            tracing::info!(kid = %key.public_key().kid, "generated a token signing key (Ed25519) and stored it in the core area (set auth_signing_seed to use your own)");
             key
         }
     };
@@ -426,7 +443,7 @@ impl LocalCore {
     pub async fn rotate_key(&self) -> Result<PublicKey, CoreError> {
         if self.settings.signing_key.is_some() {
             return Err(CoreError::Invalid(
-                "auth_signing_key is set in the configuration: rotate by changing it there".into(),
+                "auth_signing_seed is set in the configuration: this core does not rotate it (changing it invalidates every token at once)".into(),
             ));
         }
         let old = self
@@ -445,7 +462,7 @@ impl LocalCore {
         self.db
             .exec_all(vec![
                 (
-                    "UPDATE core_settings SET value = $1 WHERE key = 'auth_signing_key'",
+                    "UPDATE core_settings SET value = $1 WHERE key = 'auth_ed25519_seed'",
                     vec![text_param(&new.to_hex())],
                 ),
                 (

@@ -182,7 +182,11 @@ fn channel(
     let mut endpoint = Channel::from_shared(url.to_string())
         .map_err(|e| format!("`{url}`: {e}"))?
         .connect_timeout(timeout)
-        .timeout(timeout);
+        .timeout(timeout)
+        // A dead peer that closes nothing is noticed on the otherwise idle stream.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
     if let Some(tls) = tls {
         endpoint = endpoint
             .tls_config(tls.clone())
@@ -250,6 +254,7 @@ impl RemoteCore {
     pub fn new(
         settings: &RemoteSettings,
         data_dir: &std::path::Path,
+        registry: Arc<std::sync::RwLock<crate::module::permissions::PermissionRegistry>>,
     ) -> Result<Self, RemoteSetupError> {
         let url = settings
             .url
@@ -260,7 +265,8 @@ impl RemoteCore {
         let tls = client_tls(settings, url).map_err(RemoteSetupError::Url)?;
         let ch = |u: &str| channel(u, t, tls.as_ref()).map_err(RemoteSetupError::Url);
         let audit = AuditClient::new(ch(&at.audit)?);
-        let reachable = Arc::new(AtomicBool::new(true));
+        // Not until the first health probe or call says so.
+        let reachable = Arc::new(AtomicBool::new(false));
         let dir = data_dir.join("core-spool");
         let spool = AuditSpool::open(
             &dir,
@@ -271,8 +277,10 @@ impl RemoteCore {
         .map_err(|source| RemoteSetupError::Spool { path: dir, source })?;
         let auth = ch(&at.auth)?;
         tokio::spawn(probe(auth.clone(), reachable.clone()));
-        let (auth, authz) = (AuthClient::new(auth), AuthzClient::new(ch(&at.authz)?));
-        let replica = Replica::new(auth.clone(), authz.clone(), settings.staleness);
+        // The revocation list of a busy platform can be large.
+        let auth = AuthClient::new(auth).max_decoding_message_size(64 * 1024 * 1024);
+        let authz = AuthzClient::new(ch(&at.authz)?);
+        let replica = Replica::new(auth.clone(), authz.clone(), settings.staleness, registry);
         tokio::spawn(replica.clone().sync());
         Ok(Self {
             auth,
@@ -286,9 +294,10 @@ impl RemoteCore {
         })
     }
 
-    /// Whether the last call to the core reached it.
+    /// Whether the core answers (the last call or health probe reached it) and what
+    /// this host keeps of it is usable, so requests with tokens can be answered.
     pub fn reachable(&self) -> bool {
-        self.reachable.load(Ordering::Relaxed)
+        self.reachable.load(Ordering::Relaxed) && self.replica.can_authenticate()
     }
 
     /// Notes the outcome of a call; passes the status on.
@@ -376,7 +385,7 @@ impl RemoteCore {
             .await;
         self.seen(r)?;
         if let Ok(claims) = self.replica.verify(token, self.timeout).await {
-            self.replica.revoke(claims.jti);
+            self.replica.revoke(claims.jti, claims.exp);
         }
         Ok(())
     }

@@ -9,9 +9,9 @@
 //! that, and before the first sync, requests that need a token fail closed.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex, RwLock,
     },
     time::{Duration, Instant},
@@ -32,10 +32,12 @@ pub struct Replica {
     /// Tokens whose signature was checked, for a minute: the expiry and the revocation
     /// list are still checked on every use; a key change forgets them all.
     verified: moka::sync::Cache<String, Arc<Claims>>,
-    revoked: RwLock<HashSet<String>>,
+    /// Revoked token ids, with when each token expires anyway (then it is dropped).
+    revoked: RwLock<HashMap<String, i64>>,
     grants: moka::sync::Cache<String, Arc<Grants>>,
-    /// Bumped by every grants change: a fetch that began before one is not kept.
-    generation: AtomicU64,
+    /// Bumped by every grants change: a fetch that began before one is not kept. The
+    /// lock makes "bump and forget" and "check and keep" each one step.
+    generation: Mutex<u64>,
     /// The stream is up and synced.
     synced: AtomicBool,
     /// When the stream went down (`None`: never synced yet).
@@ -47,7 +49,14 @@ pub struct Replica {
     staleness: Duration,
     auth: AuthClient<Channel>,
     authz: AuthzClient<Channel>,
+    /// This host's declared permissions, sent again on every resync (a restarted core
+    /// has forgotten them).
+    registry: Arc<RwLock<crate::module::permissions::PermissionRegistry>>,
 }
+
+/// How long the change stream may be silent before it counts as broken (the core sends
+/// a heartbeat every 2 s).
+const SILENCE: Duration = Duration::from_secs(6);
 
 impl Replica {
     /// An empty replica; [`Replica::sync`] fills it and keeps it current.
@@ -55,6 +64,7 @@ impl Replica {
         auth: AuthClient<Channel>,
         authz: AuthzClient<Channel>,
         staleness: Duration,
+        registry: Arc<RwLock<crate::module::permissions::PermissionRegistry>>,
     ) -> Arc<Replica> {
         Arc::new(Replica {
             verifier: RwLock::new(Verifier::new(&[])),
@@ -62,9 +72,13 @@ impl Replica {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
-            revoked: RwLock::new(HashSet::new()),
-            grants: moka::sync::Cache::builder().max_capacity(100_000).build(),
-            generation: AtomicU64::new(0),
+            revoked: RwLock::new(HashMap::new()),
+            // Kept grants also age out after `core_staleness`, as a bound on any miss.
+            grants: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(staleness.max(Duration::from_secs(1)))
+                .build(),
+            generation: Mutex::new(0),
             synced: AtomicBool::new(false),
             down_since: Mutex::new(None),
             sync_done: tokio::sync::Notify::new(),
@@ -72,6 +86,7 @@ impl Replica {
             staleness,
             auth,
             authz,
+            registry,
         })
     }
 
@@ -84,16 +99,30 @@ impl Replica {
         since.is_some_and(|t| t.elapsed() <= self.staleness)
     }
 
-    /// Waits up to `limit` for the first sync, then says whether the replica is usable.
+    /// Whether the replica is usable; before the first sync ever, waits up to `limit`
+    /// for it (a host that just started).
     pub async fn ready(&self, limit: Duration) -> bool {
         if self.usable() {
             return true;
+        }
+        let never_synced = self
+            .down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
+        if !never_synced {
+            return false;
         }
         let wait = self.sync_done.notified();
         if self.usable() {
             return true;
         }
         let _ = tokio::time::timeout(limit, wait).await;
+        self.usable()
+    }
+
+    /// Whether requests with tokens can be answered now (for `/readyz`).
+    pub fn can_authenticate(&self) -> bool {
         self.usable()
     }
 
@@ -132,7 +161,7 @@ impl Replica {
             .revoked
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&claims.jti)
+            .contains_key(&claims.jti)
         {
             return Err(CoreError::Unauthorized("token revoked".into()));
         }
@@ -155,12 +184,15 @@ impl Replica {
         true
     }
 
-    /// Marks a token revoked here at once (the change stream brings it too).
-    pub fn revoke(&self, jti: String) {
-        self.revoked
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(jti);
+    /// Marks a token revoked here at once (the change stream brings it too); drops the
+    /// entries of tokens that have expired anyway.
+    pub fn revoke(&self, jti: String, expires_at: i64) {
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        revoked.insert(jti, expires_at);
+        if revoked.len().is_multiple_of(1024) {
+            let now = super::now_secs();
+            revoked.retain(|_, exp| *exp > now);
+        }
     }
 
     /// A user's grants: kept, or asked of the core (and kept, unless a change came in
@@ -172,7 +204,7 @@ impl Replica {
         if let Some(g) = self.grants.get(user_id) {
             return Ok(g);
         }
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = *self.generation.lock().unwrap_or_else(|p| p.into_inner());
         let answer = self
             .authz
             .clone()
@@ -188,8 +220,11 @@ impl Replica {
             roles: Vec::new(),
             permissions: answer.permissions,
         });
-        if self.generation.load(Ordering::Acquire) == generation {
-            self.grants.insert(user_id.to_string(), grants.clone());
+        {
+            let current = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+            if *current == generation {
+                self.grants.insert(user_id.to_string(), grants.clone());
+            }
         }
         Ok(grants)
     }
@@ -213,24 +248,61 @@ impl Replica {
     }
 
     async fn fetch_revoked(&self) -> Result<(), CoreError> {
-        let ids = self
+        let list = self
             .auth
             .clone()
             .revoked_tokens(pb::RevokedTokensRequest {})
             .await
             .map_err(super::grpc_status::from_status)?
-            .into_inner()
-            .token_ids;
-        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = ids.into_iter().collect();
+            .into_inner();
+        // Ids without an expiry (an older core) are kept for a day.
+        let later = super::now_secs() + 86_400;
+        let revoked = list
+            .token_ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| (id, list.expires_at.get(i).copied().unwrap_or(later)))
+            .collect();
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = revoked;
         Ok(())
     }
 
     fn forget_grants(&self, user: Option<&str>) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut generation = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        *generation += 1;
         match user {
             Some(id) => self.grants.invalidate(id),
             None => self.grants.invalidate_all(),
         }
+    }
+
+    /// Declares this host's modules' permissions again: a restarted core forgot them.
+    async fn declare_permissions(&self) -> Result<(), CoreError> {
+        let by_module = self
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_module();
+        for (module, permissions) in by_module.into_iter().filter(|(m, _)| m != "core") {
+            let declared = self
+                .authz
+                .clone()
+                .register_permissions(pb::RegisterPermissionsRequest {
+                    module: module.clone(),
+                    permissions,
+                })
+                .await;
+            match declared {
+                Ok(_) => {}
+                Err(s) if super::grpc_status::unreachable(&s) => {
+                    return Err(super::grpc_status::from_status(s))
+                }
+                Err(s) => {
+                    tracing::error!(module = %module, error = %s.message(), "the core refused the module's permissions; roles cannot grant them");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn went_down(&self) {
@@ -248,7 +320,10 @@ impl Replica {
             let opened = self.authz.clone().watch(pb::WatchRequest {}).await;
             if let Ok(stream) = opened {
                 let mut stream = stream.into_inner();
-                while let Ok(Some(change)) = stream.message().await {
+                // Silence past SILENCE (no heartbeat) means the stream is broken.
+                while let Ok(Ok(Some(change))) =
+                    tokio::time::timeout(SILENCE, stream.message()).await
+                {
                     let applied = match change.event {
                         Some(Event::Resync(_)) => self.resync().await,
                         Some(Event::GrantsChanged(g)) => {
@@ -260,10 +335,11 @@ impl Replica {
                             Ok(())
                         }
                         Some(Event::TokenRevoked(t)) => {
-                            self.revoke(t.token_id);
+                            self.revoke(t.token_id, t.expires_at);
                             Ok(())
                         }
                         Some(Event::KeysChanged(_)) => self.fetch_keys().await,
+                        Some(Event::Heartbeat(_)) => Ok(()),
                         None => Ok(()),
                     };
                     if applied.is_err() {
@@ -283,6 +359,7 @@ impl Replica {
         self.forget_grants(None);
         self.fetch_keys().await?;
         self.fetch_revoked().await?;
+        self.declare_permissions().await?;
         if !self.synced.swap(true, Ordering::AcqRel) {
             *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
             tracing::info!("following the core's change stream");

@@ -5,9 +5,11 @@
 //! or when the host stops; a host that restarts delivers what is left.
 //!
 //! Each record carries a unique id: a batch resent after a lost answer is stored once.
-//! When the spool file reaches `audit_spool_max_bytes`, new records are dropped: each
-//! drop is logged at error level and counted (`dropped()`), and the spool empties as the
-//! core takes records again.
+//! Each append is synced to disk. When the records not yet delivered reach
+//! `audit_spool_max_bytes`, new records are dropped: each drop is logged at error level,
+//! and the spool empties as the core takes records again. Delivered records are cut away
+//! (the file emptied, or compacted under steady load). The file I/O is short and done
+//! where the record is made.
 
 use std::{
     io::{BufRead, BufReader, Read as _, Seek, SeekFrom, Write as _},
@@ -78,6 +80,7 @@ impl AuditSpool {
             .create(true)
             .append(true)
             .open(&files.spool)?;
+        repair_torn_tail(&files.spool)?;
         let spool = AuditSpool {
             inner: Arc::new(Inner {
                 files,
@@ -119,13 +122,18 @@ impl AuditSpool {
             let _turn = self.inner.lock.lock().unwrap_or_else(|p| p.into_inner());
             let path = &self.inner.files.spool;
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            if size + text.len() as u64 > self.inner.max_bytes {
+            // Only records not yet delivered count against the limit.
+            let waiting = size.saturating_sub(self.delivered());
+            if waiting + text.len() as u64 > self.inner.max_bytes {
                 Err(None)
             } else {
                 std::fs::OpenOptions::new()
                     .append(true)
                     .open(path)
-                    .and_then(|mut f| f.write_all(text.as_bytes()))
+                    .and_then(|mut f| {
+                        f.write_all(text.as_bytes())?;
+                        f.sync_data()
+                    })
                     .map_err(Some)
             }
         };
@@ -162,6 +170,7 @@ impl AuditSpool {
             };
             if batch.is_empty() {
                 self.truncate_if_done(offset);
+                self.compact(offset);
                 // New records wake this up; the timeout also retries lost wake-ups.
                 let _ =
                     tokio::time::timeout(Duration::from_secs(1), self.inner.wake.notified()).await;
@@ -254,6 +263,33 @@ impl AuditSpool {
         Ok((offset, batch, end))
     }
 
+    /// Under steady load the spool never drains to empty: once more than 1 MiB of it
+    /// was delivered and that is most of it, the rest is copied to a fresh file.
+    fn compact(&self, offset: u64) {
+        const ENOUGH: u64 = 1024 * 1024;
+        let _turn = self.inner.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = &self.inner.files.spool;
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if offset < ENOUGH || offset.saturating_mul(2) < len || offset > len {
+            return;
+        }
+        let tmp = path.with_extension("compact");
+        let copied = (|| {
+            let mut from = std::fs::File::open(path)?;
+            from.seek(SeekFrom::Start(offset))?;
+            let mut to = std::fs::File::create(&tmp)?;
+            std::io::copy(&mut from, &mut to)?;
+            to.sync_data()?;
+            std::fs::rename(&tmp, path)?;
+            // A crash before this line resends the copied records; the core skips them.
+            self.set_delivered(0)
+        })();
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::error!(error = %e, "cannot compact the audit spool");
+        }
+    }
+
     /// Empties the spool once everything in it was delivered.
     fn truncate_if_done(&self, offset: u64) {
         if offset == 0 {
@@ -276,4 +312,20 @@ impl AuditSpool {
             }
         }
     }
+}
+
+/// Cuts a last line that a crash left without its newline, so the next record does not
+/// get glued onto it.
+fn repair_torn_tail(path: &Path) -> std::io::Result<()> {
+    let bytes = std::fs::read(path)?;
+    if bytes.last().is_some_and(|b| *b != b'\n') {
+        let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.set_len(keep as u64)?;
+        tracing::warn!(
+            cut = bytes.len() - keep,
+            "cut a torn last line from the audit spool"
+        );
+    }
+    Ok(())
 }

@@ -110,8 +110,12 @@ impl SigningKey {
     pub fn sign(&self, claims: &Claims) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.public.kid.clone());
-        // Signing cannot fail: the key is a valid Ed25519 key and the claims serialise.
-        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap_or_default()
+        // Signing cannot fail (a valid Ed25519 key, claims that serialise); if it ever
+        // did, the empty token would be refused everywhere: fail closed, and say why.
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot sign a token");
+            String::new()
+        })
     }
 }
 
