@@ -218,32 +218,7 @@ impl LocalCore {
     /// Memory only when the user's grants are cached.
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser, CoreError> {
         let claims = self.verify(token, "access")?;
-        if claims.sub == CONSOLE_SUBJECT {
-            return Ok(AuthUser {
-                id: CONSOLE_SUBJECT.into(),
-                email: CONSOLE_SUBJECT.into(),
-                permissions: vec!["*".into()],
-                expires_at: claims.exp,
-                jti: claims.jti.clone(),
-            });
-        }
-        let grants = match self.grants(&claims.sub).await {
-            Ok(g) => g,
-            Err(CoreError::NotFound(_)) => {
-                return Err(CoreError::Unauthorized("unknown user".into()))
-            }
-            Err(e) => return Err(e),
-        };
-        if grants.disabled {
-            return Err(CoreError::Unauthorized("this user is disabled".into()));
-        }
-        Ok(AuthUser {
-            id: claims.sub.clone(),
-            email: grants.email.clone(),
-            permissions: grants.permissions.clone(),
-            expires_at: claims.exp,
-            jti: claims.jti.clone(),
-        })
+        principal(&claims, || self.grants(&claims.sub)).await
     }
 
     /// An operator token with every permission, for `modhost admin token`.
@@ -254,3 +229,37 @@ impl LocalCore {
 
 /// An argon2 hash of a random password, checked against when the email is unknown.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$6yYgzh7UgpjXQGlH0MOAvGl1WWhhx8O6QUd4hgJk2p0";
+
+/// Who a checked access token is: the console (every permission), or its user with the
+/// user's grants (asked of `grants` only then); an unknown or disabled user is refused.
+/// Shared by the embedded core and hosts on remote core services.
+pub(super) async fn principal<F, Fut>(claims: &Claims, grants: F) -> Result<AuthUser, CoreError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Arc<super::authz::Grants>, CoreError>>,
+{
+    if claims.sub == CONSOLE_SUBJECT {
+        return Ok(AuthUser {
+            id: CONSOLE_SUBJECT.into(),
+            email: CONSOLE_SUBJECT.into(),
+            permissions: vec!["*".into()],
+            expires_at: claims.exp,
+            jti: claims.jti.clone(),
+        });
+    }
+    let grants = match grants().await {
+        Ok(g) => g,
+        Err(CoreError::NotFound(_)) => return Err(CoreError::Unauthorized("unknown user".into())),
+        Err(e) => return Err(e),
+    };
+    if grants.disabled {
+        return Err(CoreError::Unauthorized("this user is disabled".into()));
+    }
+    Ok(AuthUser {
+        id: claims.sub.clone(),
+        email: grants.email.clone(),
+        permissions: grants.permissions.clone(),
+        expires_at: claims.exp,
+        jti: claims.jti.clone(),
+    })
+}

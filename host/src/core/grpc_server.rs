@@ -52,6 +52,15 @@ fn user(u: modhost_plugin_api::UserInfo) -> pb::User {
     }
 }
 
+fn token_pair(pair: crate::core::auth::TokenPair) -> pb::TokenPair {
+    pb::TokenPair {
+        access_token: pair.access_token,
+        refresh_token: pair.refresh_token,
+        token_type: pair.token_type.to_string(),
+        expires_in: pair.expires_in,
+    }
+}
+
 fn role(r: crate::core::authz::RoleInfo) -> pb::Role {
     pb::Role {
         name: r.name,
@@ -70,12 +79,7 @@ impl Auth for CoreServices {
             .login(&r.email, &r.password)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::TokenPair {
-            access_token: pair.access_token,
-            refresh_token: pair.refresh_token,
-            token_type: pair.token_type.to_string(),
-            expires_in: pair.expires_in,
-        }))
+        Ok(Response::new(token_pair(pair)))
     }
 
     async fn refresh(&self, req: Request<pb::RefreshRequest>) -> Reply<pb::TokenPair> {
@@ -84,12 +88,7 @@ impl Auth for CoreServices {
             .refresh(&req.into_inner().refresh_token)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::TokenPair {
-            access_token: pair.access_token,
-            refresh_token: pair.refresh_token,
-            token_type: pair.token_type.to_string(),
-            expires_in: pair.expires_in,
-        }))
+        Ok(Response::new(token_pair(pair)))
     }
 
     async fn revoke(&self, req: Request<pb::RevokeRequest>) -> Reply<pb::RevokeResponse> {

@@ -322,32 +322,7 @@ impl RemoteCore {
         if claims.typ != "access" {
             return Err(CoreError::Unauthorized("expected an access token".into()));
         }
-        if claims.sub == super::auth::CONSOLE_SUBJECT {
-            return Ok(AuthUser {
-                id: claims.sub.clone(),
-                email: claims.sub,
-                permissions: vec!["*".into()],
-                expires_at: claims.exp,
-                jti: claims.jti,
-            });
-        }
-        let grants = match self.replica.grants(&claims.sub, self.timeout).await {
-            Ok(g) => g,
-            Err(CoreError::NotFound(_)) => {
-                return Err(CoreError::Unauthorized("unknown user".into()))
-            }
-            Err(e) => return Err(e),
-        };
-        if grants.disabled {
-            return Err(CoreError::Unauthorized("this user is disabled".into()));
-        }
-        Ok(AuthUser {
-            id: claims.sub,
-            email: grants.email.clone(),
-            permissions: grants.permissions.clone(),
-            expires_at: claims.exp,
-            jti: claims.jti,
-        })
+        super::auth::principal(&claims, || self.replica.grants(&claims.sub, self.timeout)).await
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, CoreError> {

@@ -59,6 +59,8 @@ struct Inner {
     /// Appends and the truncation of a fully delivered file take turns.
     lock: Mutex<()>,
     max_bytes: u64,
+    /// How far the core took the spool (also kept in `delivered`, for restarts).
+    delivered: AtomicU64,
     dropped: AtomicU64,
     wake: tokio::sync::Notify,
 }
@@ -81,11 +83,16 @@ impl AuditSpool {
             .append(true)
             .open(&files.spool)?;
         repair_torn_tail(&files.spool)?;
+        let delivered = std::fs::read_to_string(&files.delivered)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
         let spool = AuditSpool {
             inner: Arc::new(Inner {
                 files,
                 lock: Mutex::new(()),
                 max_bytes,
+                delivered: AtomicU64::new(delivered),
                 dropped: AtomicU64::new(0),
                 wake: tokio::sync::Notify::new(),
             }),
@@ -208,16 +215,15 @@ impl AuditSpool {
     }
 
     fn delivered(&self) -> u64 {
-        std::fs::read_to_string(&self.inner.files.delivered)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0)
+        self.inner.delivered.load(Ordering::Acquire)
     }
 
     fn set_delivered(&self, offset: u64) -> std::io::Result<()> {
         let tmp = self.inner.files.delivered.with_extension("tmp");
         std::fs::write(&tmp, offset.to_string())?;
-        std::fs::rename(&tmp, &self.inner.files.delivered)
+        std::fs::rename(&tmp, &self.inner.files.delivered)?;
+        self.inner.delivered.store(offset, Ordering::Release);
+        Ok(())
     }
 
     /// Up to [`BATCH`] whole lines after the delivered offset: (offset, records, the
