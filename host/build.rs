@@ -3,7 +3,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
-    let files = [root.join("modhost/core/v1/core.proto")];
+    let files = [
+        root.join("modhost/core/v1/core.proto"),
+        root.join("modhost/module/v1/module.proto"),
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

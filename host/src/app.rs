@@ -45,6 +45,8 @@ pub enum AppError {
     Core(#[from] CoreError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Worker(#[from] crate::isolation::worker::WorkerError),
 }
 
 /// Loads the modules and serves HTTP until SIGINT or SIGTERM (`modhost run`).

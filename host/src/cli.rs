@@ -50,6 +50,35 @@ enum Command {
     /// Operators: check a package (folder or .tar.gz) under the trust policy, then move
     /// it into the modules directory in one step (a watching host loads it once).
     Install(InstallArgs),
+    /// Internal: the process an isolated module runs in (`isolation = "process"`). The
+    /// host starts it with these arguments and talks to it over its socket; it is not
+    /// meant to be run by hand.
+    Worker(WorkerCliArgs),
+}
+
+#[derive(Debug, Args)]
+struct WorkerCliArgs {
+    /// The worker's private directory: the host's socket and its own.
+    #[arg(long, value_name = "DIR")]
+    socket_dir: PathBuf,
+    /// The module it runs.
+    #[arg(long, value_name = "NAME")]
+    module: String,
+    /// The runtime copy of the module's library, verified by the host.
+    #[arg(long, value_name = "FILE")]
+    library: PathBuf,
+    /// The module's folder (read-only to the worker).
+    #[arg(long, value_name = "DIR")]
+    module_dir: PathBuf,
+    /// The worker's writable scratch directory.
+    #[arg(long, value_name = "DIR")]
+    scratch_dir: PathBuf,
+    /// The module's SQLite database, which the sandbox lets it read and write.
+    #[arg(long, value_name = "FILE")]
+    sqlite: Option<PathBuf>,
+    /// Do not confine the worker's filesystem access with Landlock.
+    #[arg(long)]
+    no_landlock: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,7 +314,10 @@ pub fn main() -> ExitCode {
         Command::Run(_) | Command::Core(_) => logging::LogTarget::Stdout,
         _ => logging::LogTarget::Stderr,
     };
-    logging::init(format, target);
+    // A worker writes its log lines in the format the host reads back.
+    if !matches!(cli.command, Command::Worker(_)) {
+        logging::init(format, target);
+    }
     match run_command(cli.command, &env) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         // `check` has already listed the problems.
@@ -343,6 +375,19 @@ fn run_command(command: Command, env: Env) -> Result<Outcome, AppError> {
             app::core(config, listeners).map(|()| Outcome::Done)
         }
         Command::Check(args) => check(args, env),
+        Command::Worker(args) => {
+            let args = modhost::isolation::worker::WorkerArgs {
+                socket_dir: args.socket_dir,
+                module: args.module,
+                library: args.library,
+                module_dir: args.module_dir,
+                scratch_dir: args.scratch_dir,
+                sqlite: args.sqlite,
+                landlock: !args.no_landlock,
+            };
+            modhost::isolation::worker::run(args)?;
+            Ok(Outcome::Done)
+        }
         Command::List(args) => {
             print!("{}", Inspection::of(&args.dir)?.table());
             Ok(Outcome::Done)

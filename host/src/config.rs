@@ -73,6 +73,8 @@ pub struct HostConfig {
     pub watch_interval: Duration,
     /// Per-module config overrides, merged over each manifest's `config:`.
     pub module_overrides: BTreeMap<String, serde_json::Value>,
+    /// Which modules run in worker processes, their limits and restart policy.
+    pub isolation: crate::isolation::IsolationSettings,
 }
 
 impl Default for HostConfig {
@@ -106,6 +108,7 @@ impl Default for HostConfig {
             watch_settle: Duration::from_millis(50),
             watch_interval: Duration::from_millis(250),
             module_overrides: BTreeMap::new(),
+            isolation: crate::isolation::IsolationSettings::default(),
         }
     }
 }
@@ -288,6 +291,34 @@ const SETTINGS: &[(&str, Setter)] = &[
         c.watch_interval = parse_duration(v)?;
         Ok(())
     }),
+    ("isolation", |c, v| {
+        c.isolation.default = crate::module::manifest::Isolation::parse(v)?;
+        Ok(())
+    }),
+    ("worker_memory_limit", |c, v| {
+        c.isolation.limits.memory_bytes = parse_limit(v)?;
+        Ok(())
+    }),
+    ("worker_open_files", |c, v| {
+        c.isolation.limits.open_files = parse_positive(v)?;
+        Ok(())
+    }),
+    ("worker_landlock", |c, v| {
+        c.isolation.limits.landlock = parse_bool(v)?;
+        Ok(())
+    }),
+    ("worker_max_restarts", |c, v| {
+        c.isolation.max_restarts = v.trim().parse().map_err(|_| "expected a number".to_string())?;
+        Ok(())
+    }),
+    ("worker_restart_window", |c, v| {
+        c.isolation.restart_window = parse_duration(v)?;
+        Ok(())
+    }),
+    ("worker_restart_backoff", |c, v| {
+        c.isolation.restart_backoff = parse_duration(v)?;
+        Ok(())
+    }),
 ];
 
 /// The file's table of per-module overrides.
@@ -400,7 +431,16 @@ impl HostConfig {
             if !table.is_table() {
                 return Err(invalid(field, "expected a table".into()));
             }
-            let value = serde_json::to_value(&table).map_err(|e| invalid(field, e.to_string()))?;
+            let mut value =
+                serde_json::to_value(&table).map_err(|e| invalid(field.clone(), e.to_string()))?;
+            if let serde_json::Value::Object(map) = &mut value {
+                let own = take_isolation_keys(map).map_err(|(key, why)| {
+                    invalid(format!("{field}.{key}"), why)
+                })?;
+                if own != crate::isolation::settings::ModuleIsolation::default() {
+                    self.isolation.modules.insert(module.clone(), own);
+                }
+            }
             self.module_overrides.insert(module, value);
         }
         Ok(())
@@ -510,6 +550,41 @@ fn setting_text(value: &toml::Value) -> Option<String> {
             .map(|items| items.join(",")),
         _ => None,
     }
+}
+
+/// A limit in bytes; `0` or `none` means unlimited.
+fn parse_limit(value: &str) -> Result<Option<u64>, String> {
+    match value.trim() {
+        "none" | "0" => Ok(None),
+        v => parse_bytes(v).map(Some),
+    }
+}
+
+/// Takes the host's own keys (isolation and worker limits) out of a `[modules.<name>]`
+/// table: the rest is the module's config.
+fn take_isolation_keys(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<crate::isolation::settings::ModuleIsolation, (String, String)> {
+    let mut own = crate::isolation::settings::ModuleIsolation::default();
+    for key in crate::isolation::settings::MODULE_KEYS {
+        let Some(value) = map.remove(*key) else {
+            continue;
+        };
+        let text = match &value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            other => other.to_string(),
+        };
+        let bad = |why: String| (key.to_string(), format!("`{text}`: {why}"));
+        match *key {
+            "isolation" => {
+                own.isolation = Some(crate::module::manifest::Isolation::parse(&text).map_err(bad)?)
+            }
+            "worker_memory_limit" => own.memory_bytes = Some(parse_limit(&text).map_err(bad)?),
+            _ => own.open_files = Some(parse_positive(&text).map_err(bad)?),
+        }
+    }
+    Ok(own)
 }
 
 fn parse_bytes(value: &str) -> Result<u64, String> {

@@ -16,6 +16,8 @@
 //! - [`data`]: per-module databases, migrations and the module database handle;
 //! - the ports, each a trait with its engines beside it: [`events`], [`cache`],
 //!   [`services`];
+//! - [`isolation`]: modules in worker processes of their own (`modhost worker`), behind
+//!   the same `FfiModule` the runtime runs;
 //! - [`core`]: the core services (auth, identity, authz, audit);
 //! - [`wire`]: the wire protocol (gRPC from `proto/`) and `modhost core`'s server;
 //! - [`config`], [`logging`], [`hex`] and [`random`] are shared by all of them.
@@ -31,6 +33,7 @@ pub(crate) mod data;
 pub mod events;
 pub(crate) mod hex;
 pub(crate) mod http;
+pub mod isolation;
 pub mod logging;
 pub mod module;
 pub mod package;

@@ -113,8 +113,9 @@ pub enum Databases {
         /// Each module's pool, opened once per process with the password set then. A
         /// new version of a module (hot reload) gets the same pool: its role's
         /// password never changes under a serving version, whether the reload is kept
-        /// or refused.
-        modules: std::sync::Mutex<HashMap<String, PgPool>>,
+        /// or refused. Beside it, the role's password, for an isolated module's worker,
+        /// which connects as that role itself.
+        modules: std::sync::Mutex<HashMap<String, (PgPool, String)>>,
     },
 }
 
@@ -145,7 +146,7 @@ impl Databases {
             path: dir.to_path_buf(),
             source,
         })?;
-        let core = open_sqlite(&dir.join("core.sqlite"), settings.max_connections);
+        let core = open_sqlite(&dir.join("core.sqlite"), settings.max_connections, false);
         Ok(Databases::Sqlite {
             dir: dir.to_path_buf(),
             max_connections: settings.max_connections,
@@ -241,6 +242,7 @@ impl Databases {
             } => Ok(AreaPool::Sqlite(open_sqlite(
                 &dir.join(format!("{module}.sqlite")),
                 *max_connections,
+                false,
             ))),
             Databases::Postgres {
                 admin,
@@ -255,7 +257,7 @@ impl Databases {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(module)
-                    .cloned();
+                    .map(|(pool, _)| pool.clone());
                 if let Some(pool) = existing {
                     return Ok(AreaPool::Postgres(pool));
                 }
@@ -291,9 +293,110 @@ impl Databases {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .entry(module.to_string())
-                    .or_insert(pool)
+                    .or_insert((pool, password))
+                    .0
                     .clone();
                 Ok(AreaPool::Postgres(pool))
+            }
+        }
+    }
+}
+
+/// How another process reaches one module's area with the module's own rights: the
+/// worker of an isolated module opens its SQLite file, or logs in as its PostgreSQL role.
+#[derive(Clone, Debug)]
+pub enum AreaAccess {
+    Sqlite {
+        path: PathBuf,
+        max_connections: u32,
+    },
+    Postgres {
+        host: String,
+        port: u16,
+        /// A Unix socket directory, when the host connects through one.
+        socket: Option<PathBuf>,
+        database: String,
+        username: String,
+        password: String,
+        schema: String,
+        max_connections: u32,
+    },
+}
+
+impl Databases {
+    /// How a worker reaches `module`'s area; call after [`Databases::for_module`], which
+    /// creates it.
+    pub fn access(&self, module: &str) -> Option<AreaAccess> {
+        match self {
+            Databases::Sqlite {
+                dir,
+                max_connections,
+                ..
+            } => Some(AreaAccess::Sqlite {
+                path: dir.join(format!("{module}.sqlite")),
+                max_connections: *max_connections,
+            }),
+            Databases::Postgres {
+                options,
+                database,
+                role_prefix,
+                max_connections,
+                modules,
+                ..
+            } => {
+                let guard = modules.lock().unwrap_or_else(|p| p.into_inner());
+                let (_, password) = guard.get(module)?;
+                Some(AreaAccess::Postgres {
+                    host: options.get_host().to_string(),
+                    port: options.get_port(),
+                    socket: options.get_socket().cloned(),
+                    database: database.clone(),
+                    username: format!("{role_prefix}{module}"),
+                    password: password.clone(),
+                    schema: module.to_string(),
+                    max_connections: *max_connections,
+                })
+            }
+        }
+    }
+}
+
+impl AreaAccess {
+    /// Opens the area (lazily: the first statement connects). A SQLite pool keeps one
+    /// connection open for good, so SQLite never removes and recreates its `-wal` and
+    /// `-shm` files under a worker whose sandbox may not create files there.
+    pub fn open(&self) -> AreaPool {
+        match self {
+            AreaAccess::Sqlite {
+                path,
+                max_connections,
+            } => AreaPool::Sqlite(open_sqlite(path, *max_connections, true)),
+            AreaAccess::Postgres {
+                host,
+                port,
+                socket,
+                database,
+                username,
+                password,
+                schema,
+                max_connections,
+            } => {
+                let mut options = PgConnectOptions::new_without_pgpass()
+                    .host(host)
+                    .port(*port)
+                    .database(database)
+                    .username(username)
+                    .password(password)
+                    .options([("search_path", schema.as_str())]);
+                if let Some(socket) = socket {
+                    options = options.socket(socket);
+                }
+                AreaPool::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(*max_connections)
+                        .acquire_timeout(Duration::from_secs(5))
+                        .connect_lazy_with(options),
+                )
             }
         }
     }
@@ -338,7 +441,8 @@ fn quote_literal(text: &str) -> String {
 }
 
 /// A pool on one SQLite file (created on first use) whose connections refuse `ATTACH`.
-fn open_sqlite(path: &Path, max_connections: u32) -> SqlitePool {
+/// `keep_one`: one connection, once made, stays open for the pool's life.
+fn open_sqlite(path: &Path, max_connections: u32, keep_one: bool) -> SqlitePool {
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -349,8 +453,14 @@ fn open_sqlite(path: &Path, max_connections: u32) -> SqlitePool {
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(5))
         .disable_statement_logging();
-    let pool = SqlitePoolOptions::new()
-        .max_connections(max_connections)
+    let mut pool_options = SqlitePoolOptions::new().max_connections(max_connections);
+    if keep_one {
+        pool_options = pool_options
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
+    }
+    let pool = pool_options
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 let mut handle = conn.lock_handle().await?;

@@ -204,6 +204,22 @@ pub fn load_verified(
 }
 
 /// Reads a library file once.
+/// The same checks as [`load_verified`] (integrity pin, signature, ELF headers), then a
+/// runtime copy, without loading it into this process: for an isolated module, whose
+/// worker loads the copy. Returns the copy and the verified signature.
+pub fn verify_and_copy(
+    dir: &Path,
+    manifest: &Manifest,
+    library: &Path,
+    policy: &TrustPolicy,
+    runtime: &RuntimeDir,
+) -> Result<(PathBuf, Option<SignedFolder>), LoadError> {
+    let module = manifest.name.as_str();
+    let lib = read_library(module, library)?;
+    let signed = verify(dir, manifest, &lib, policy)?;
+    Ok((copy_checked(module, &lib, runtime)?, signed))
+}
+
 pub fn read_library(module: &str, path: &Path) -> Result<LibraryBytes, LoadError> {
     let bytes = std::fs::read(path).map_err(|e| LoadError::NotALibrary {
         module: module.to_string(),
@@ -262,18 +278,7 @@ pub fn load_library(
     lib: &LibraryBytes,
     runtime: &RuntimeDir,
 ) -> Result<LoadedLibrary, LoadError> {
-    crate::module::library_file::check(&lib.bytes).map_err(|detail| LoadError::NotALibrary {
-        module: module.to_string(),
-        path: lib.path.clone(),
-        detail,
-    })?;
-    let copy = runtime.next_copy(module, &lib.path);
-    std::fs::write(&copy, &lib.bytes).map_err(|source| LoadError::Copy {
-        module: module.to_string(),
-        from: lib.path.clone(),
-        to: copy.clone(),
-        source,
-    })?;
+    let copy = copy_checked(module, lib, runtime)?;
     match load_from(module, &lib.path, &copy) {
         Ok(root) => Ok(LoadedLibrary {
             root: root.0,
@@ -286,6 +291,35 @@ pub fn load_library(
             Err(e)
         }
     }
+}
+
+/// Checks the ELF headers of verified bytes and writes them to a fresh runtime copy,
+/// without loading it: an isolated module's worker loads the copy (see [`load_copy`]).
+pub fn copy_checked(
+    module: &str,
+    lib: &LibraryBytes,
+    runtime: &RuntimeDir,
+) -> Result<PathBuf, LoadError> {
+    crate::module::library_file::check(&lib.bytes).map_err(|detail| LoadError::NotALibrary {
+        module: module.to_string(),
+        path: lib.path.clone(),
+        detail,
+    })?;
+    let copy = runtime.next_copy(module, &lib.path);
+    std::fs::write(&copy, &lib.bytes).map_err(|source| LoadError::Copy {
+        module: module.to_string(),
+        from: lib.path.clone(),
+        to: copy.clone(),
+        source,
+    })?;
+    Ok(copy)
+}
+
+/// Loads a runtime copy made by [`copy_checked`], with the same version and layout
+/// checks as the host's own loading; returns the root module and the plugin-api version
+/// the library was built against.
+pub fn load_copy(copy: &Path, module: &str) -> Result<(ModuleRootRef, String), LoadError> {
+    load_from(module, copy, copy)
 }
 
 fn load_from(

@@ -59,10 +59,44 @@ pub struct Manifest {
     /// Config defaults, handed to the module merged with the host's overrides.
     #[serde(default)]
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// Where the vendor suggests the module runs; the operator's `isolation` setting
+    /// for the module overrides it.
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
     /// SHA-256 (hex) of the manifest text this was parsed from: what a signature over
     /// the manifest must cover.
     #[serde(skip)]
     pub source_sha256: String,
+}
+
+/// Where a module's code runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// In the host's process: fastest; a crash of the module is a crash of the host.
+    InProcess,
+    /// In a worker process of its own (`modhost worker`): a crash, abort or runaway
+    /// allocation ends only that process.
+    Process,
+}
+
+impl Isolation {
+    /// The setting's text: `in-process` or `process`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::InProcess => "in-process",
+            Isolation::Process => "process",
+        }
+    }
+
+    /// Parses `in-process` or `process`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "in-process" => Ok(Isolation::InProcess),
+            "process" => Ok(Isolation::Process),
+            _ => Err("expected in-process or process".into()),
+        }
+    }
 }
 
 /// Module names the host keeps for itself (its API namespaces and database areas) or
@@ -91,6 +125,7 @@ const MANIFEST_FIELDS: &[&str] = &[
     "services",
     "public_routes",
     "config",
+    "isolation",
 ];
 
 /// A validated module name.

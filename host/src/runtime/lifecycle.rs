@@ -32,8 +32,9 @@ use crate::data::migrations;
 use crate::events::{memory::InProcessBus, DeadLetter, DeadLetterSink, EventBus};
 use crate::module::discovery::{Discovery, DiscoveryError};
 use crate::module::inspect::Inspection;
-use crate::module::loader::{load_verified, LoadedLibrary, RuntimeDir};
-use crate::module::manifest::{Dependency, Manifest, ModuleName};
+use crate::isolation::{remote_module::WorkerState, ExitSender};
+use crate::module::loader::{load_verified, verify_and_copy, LoadedLibrary, RuntimeDir};
+use crate::module::manifest::{Dependency, Isolation, Manifest, ModuleName};
 use crate::module::resolve::{resolve, ModuleSpec, Resolution, ResolveError};
 use crate::routes::metrics::Metrics;
 use crate::routes::table::{Route, RouteError, RouteInfo, RouteTable};
@@ -110,6 +111,19 @@ pub struct ModuleEntry {
     pub last_reload_error: Option<String>,
     /// Why a stopped module is stopped (e.g. its dependency was removed).
     pub note: Option<String>,
+    /// Where its code runs.
+    pub isolation: Isolation,
+    /// The running instance's worker, when isolated.
+    pub(crate) worker: Option<Arc<WorkerState>>,
+    /// Worker restarts after crashes, and crashes, since the host started.
+    pub restarts: u32,
+    pub crashes_total: u32,
+    /// Crashes within the restart window.
+    pub(crate) crash_times: Vec<Instant>,
+    /// How the last worker ended on its own.
+    pub last_exit: Option<String>,
+    /// Crashed, and a restart is scheduled: its routes answer 503.
+    pub(crate) restart_pending: bool,
 }
 
 /// A new instance, initialised but not yet live.
@@ -123,6 +137,8 @@ pub(crate) struct Prepared {
     pub plugin_api_version: String,
     pub signed_by: Option<String>,
     pub load_time: Duration,
+    pub isolation: Isolation,
+    pub worker: Option<Arc<WorkerState>>,
 }
 
 impl ModuleEntry {
@@ -147,6 +163,13 @@ impl ModuleEntry {
             waiting_for: None,
             last_reload_error: None,
             note: None,
+            isolation: Isolation::InProcess,
+            worker: None,
+            restarts: 0,
+            crashes_total: 0,
+            crash_times: Vec::new(),
+            last_exit: None,
+            restart_pending: false,
         }
     }
 
@@ -178,6 +201,17 @@ pub struct ModuleReport {
     pub signed_by: Option<String>,
     pub load_time_ms: Option<f64>,
     pub loaded_at_unix: Option<u64>,
+    /// `in-process` or `process`.
+    pub isolation: &'static str,
+    /// Isolated modules: the worker's process id, while it runs.
+    pub worker_pid: Option<u32>,
+    /// Isolated modules: what the worker's sandbox enforces.
+    pub worker_sandbox: Option<String>,
+    /// Worker restarts after crashes since the host started.
+    pub restarts: u32,
+    pub crashes: u32,
+    /// How the last worker ended on its own (signal or exit code).
+    pub last_exit: Option<String>,
 }
 
 /// A dependency in a [`ModuleReport`].
@@ -215,7 +249,11 @@ pub struct Host {
     modules: Mutex<Vec<ModuleEntry>>,
     routes: RwLock<Arc<RouteTable>>,
     pub(crate) runtime: RuntimeDir,
-    databases: Databases,
+    pub(crate) databases: Databases,
+    /// Where isolated modules' workers report their exits (`runtime/workers.rs`).
+    pub(crate) worker_exits: ExitSender,
+    /// Numbers worker directories.
+    pub(crate) worker_count: std::sync::atomic::AtomicU64,
     /// Serialises reloads, drop-ins and removals.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     pub bus: Arc<dyn EventBus>,
@@ -264,6 +302,7 @@ impl Host {
         let sink = audit_dead_letters(core.clone());
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(config.events.clone(), sink));
         let (cache_max_bytes, cache_ttl) = (config.cache_max_bytes, config.cache_default_ttl);
+        let (worker_exits, exits) = tokio::sync::mpsc::unbounded_channel();
         let host = Arc::new(Host {
             config,
             core,
@@ -272,6 +311,8 @@ impl Host {
             routes: RwLock::new(Arc::new(RouteTable::default())),
             runtime,
             databases,
+            worker_exits,
+            worker_count: std::sync::atomic::AtomicU64::new(0),
             reload_lock: tokio::sync::Mutex::new(()),
             bus,
             cache: Arc::new(InProcessCache::new(cache_max_bytes, cache_ttl)),
@@ -280,6 +321,7 @@ impl Host {
             stopping: tokio::sync::watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
         });
+        host.track(tokio::spawn(host.clone().watch_workers(exits)));
         for idx in 0..count {
             host.load_and_init(idx).await;
         }
@@ -340,7 +382,8 @@ impl Host {
             RouteTable::new(
                 entries
                     .iter()
-                    .filter(|e| e.state == ModuleState::Started)
+                    // A crashed worker's routes stay, answering 503 until it is back.
+                    .filter(|e| e.state == ModuleState::Started || e.restart_pending)
                     .map(|e| (e.name.clone(), e.routes.clone())),
             )
         };
@@ -355,6 +398,7 @@ impl Host {
             e.state = ModuleState::Failed(reason.clone());
             e.routes.clear();
             e.instance = None;
+            e.restart_pending = false;
             e.name.clone()
         };
         self.bus.unsubscribe_module(&name);
@@ -427,10 +471,21 @@ impl Host {
         self.core
             .register_permissions(&name, rules.permissions.iter().cloned().collect())?;
         let started = Instant::now();
-        let loaded = self.load_off_runtime(dir, library, manifest).await?;
+        let isolation = self.config.isolation.of(manifest);
+        let (runtime_path, signed, root) = match isolation {
+            Isolation::InProcess => {
+                let loaded = self.load_off_runtime(dir, library, manifest).await?;
+                let root = (loaded.root, loaded.plugin_api_version);
+                (loaded.runtime_path, loaded.signed, Some(root))
+            }
+            Isolation::Process => {
+                let (copy, signed) = self.verify_off_runtime(dir, library, manifest).await?;
+                (copy, signed, None)
+            }
+        };
         // From here on, a failure also deletes the runtime copy just made.
         let discard_copy = |why: String| {
-            let _ = std::fs::remove_file(&loaded.runtime_path);
+            let _ = std::fs::remove_file(&runtime_path);
             why
         };
         let pool = self
@@ -438,15 +493,24 @@ impl Host {
             .for_module(&name)
             .await
             .map_err(|e| discard_copy(e.to_string()))?;
-        let signed_files = loaded.signed.as_ref().map(|s| &s.files);
+        let signed_files = signed.as_ref().map(|s| &s.files);
         match migrations::apply(&pool, dir, signed_files).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(module = %name, applied = n, "migrations applied"),
             Err(e) => return Err(discard_copy(e.to_string())),
         }
-        let module = match (loaded.root.new_module())() {
-            RResult::ROk(m) => Arc::new(m),
-            RResult::RErr(e) => return Err(discard_copy(e.into_string())),
+        let (module, worker, version) = match root {
+            Some((root, version)) => match (root.new_module())() {
+                RResult::ROk(m) => (Arc::new(m), None, version),
+                RResult::RErr(e) => return Err(discard_copy(e.into_string())),
+            },
+            None => {
+                let (m, state) = self
+                    .worker_instance(&name, dir, &runtime_path, &pool)
+                    .await
+                    .map_err(discard_copy)?;
+                (Arc::new(m), Some(state), String::new())
+            }
         };
         let handle = ModuleHandle::new(
             &name,
@@ -458,17 +522,41 @@ impl Host {
             .init_instance(&module, &handle, manifest)
             .await
             .map_err(|why| discard_copy(format!("init failed: {why}")))?;
+        let plugin_api_version = match &worker {
+            Some(w) => w.plugin_api_version().unwrap_or_default().to_string(),
+            None => version,
+        };
         Ok(Prepared {
             manifest: manifest.clone(),
             library: library.to_path_buf(),
             instance: module,
             handle,
             registrations,
-            runtime_path: loaded.runtime_path,
-            plugin_api_version: loaded.plugin_api_version,
-            signed_by: loaded.signed.map(|s| s.key),
+            runtime_path,
+            plugin_api_version,
+            signed_by: signed.map(|s| s.key),
             load_time: started.elapsed(),
+            isolation,
+            worker,
         })
+    }
+
+    /// Verifies the library and makes its runtime copy on a blocking thread, without
+    /// loading it into the host: for an isolated module, whose worker loads the copy.
+    async fn verify_off_runtime(
+        self: &Arc<Self>,
+        dir: &Path,
+        library: &Path,
+        manifest: &Manifest,
+    ) -> Result<(PathBuf, Option<crate::module::signing::SignedFolder>), String> {
+        let (host, dir, manifest) = (self.clone(), dir.to_path_buf(), manifest.clone());
+        let (library, policy) = (library.to_path_buf(), self.config.trust_policy());
+        tokio::task::spawn_blocking(move || {
+            verify_and_copy(&dir, &manifest, &library, &policy, &host.runtime)
+        })
+        .await
+        .map_err(|e| format!("loading the library failed: {e}"))?
+        .map_err(|e| e.to_string())
     }
 
     /// Verifies and loads the library on a blocking thread: reading, hashing and
@@ -567,6 +655,8 @@ impl Host {
         e.signed_by = p.signed_by;
         e.load_time = Some(p.load_time);
         e.loaded_at = Some(SystemTime::now());
+        e.isolation = p.isolation;
+        e.worker = p.worker;
         e.waiting_for = None;
         e.last_reload_error = None;
         let routes: Vec<String> = e
@@ -580,6 +670,8 @@ impl Host {
             order = e.load_order.unwrap_or_default(),
             load_ms = format!("{:.1}", p.load_time.as_secs_f64() * 1000.0),
             signed_by = e.signed_by.as_deref().unwrap_or("unsigned"),
+            isolation = e.isolation.name(),
+            worker_pid = e.worker.as_ref().and_then(|w| w.link()).map(|l| l.pid()),
             routes = ?routes,
             "module loaded"
         );
@@ -798,6 +890,21 @@ impl Host {
                     .loaded_at
                     .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                     .map(|d| d.as_secs()),
+                isolation: e.isolation.name(),
+                worker_pid: e
+                    .worker
+                    .as_ref()
+                    .and_then(|w| w.link())
+                    .filter(|l| l.is_alive())
+                    .map(|l| l.pid()),
+                worker_sandbox: e
+                    .worker
+                    .as_ref()
+                    .and_then(|w| w.sandbox())
+                    .map(str::to_string),
+                restarts: e.restarts,
+                crashes: e.crashes_total,
+                last_exit: e.last_exit.clone(),
             })
             .collect()
     }

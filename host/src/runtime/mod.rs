@@ -7,10 +7,11 @@
 //!   the database, events, cache, services and core;
 //! - [`platform`]: what a module handle needs from the host, as a trait, so that the
 //!   handle does not depend on the host that owns it;
-//! - [`reload`] and [`watch`]: hot reload, drop-in and removal on a running host.
+//! - [`reload`] and [`watch`]: hot reload, drop-in and removal on a running host;
+//! - [`workers`]: isolated modules: their instances, and crash, restart and give-up.
 //!
 //! May use: `module/`, `data/`, `routes/`, the ports (`events/`, `cache/`, `services/`),
-//! `core/` and `config`. Must not use `http/`: the HTTP layer calls into the runtime,
+//! `core/`, `isolation/` and `config`. Must not use `http/`: the HTTP layer calls into the runtime,
 //! never the reverse.
 
 pub mod lifecycle;
@@ -18,3 +19,4 @@ pub(crate) mod module_handle;
 pub(crate) mod platform;
 pub mod reload;
 pub(crate) mod watch;
+pub(crate) mod workers;
