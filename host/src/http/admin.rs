@@ -111,6 +111,23 @@ pub fn render_metrics(host: &Host) -> String {
             );
         }
     }
+    for (name, help, value) in [
+        (
+            "modhost_worker_crashes_total",
+            "Times an isolated module's worker process ended on its own.",
+            (|m: &crate::runtime::lifecycle::ModuleReport| m.crashes) as fn(&_) -> u32,
+        ),
+        (
+            "modhost_worker_restarts_total",
+            "Times an isolated module's worker was restarted after a crash.",
+            |m| m.restarts,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for m in report.iter().filter(|m| m.isolation == "process") {
+            let _ = writeln!(out, "{name}{{module=\"{}\"}} {}", escape(&m.name), value(m));
+        }
+    }
     let name = "modhost_module_load_seconds";
     let _ = writeln!(
         out,

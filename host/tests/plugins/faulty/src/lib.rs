@@ -7,6 +7,11 @@
 //! - `bad_route` (out of namespace, error ignored), `conflict` (same route twice),
 //!   `undeclared_permission` (a route naming a permission module.yaml lacks)
 //!
+//! `GET .../crash/{how}` ends the process that runs it: `segfault` (a null write),
+//! `abort`, `stack` (unbounded recursion), `alloc` (allocation without bound) or `spin`
+//! (a loop that never yields). `GET .../fs?path=P` reads a file and answers its size
+//! or the error (sandbox tests).
+//!
 //! `GET .../framing` answers with framing headers a module must not set.
 //! `config.stop_delay_ms` makes `stop` take that long (shutdown and reload races).
 //!
@@ -74,6 +79,57 @@ async fn transactions(db: Database) -> std::result::Result<Response, DbError> {
         200,
         &json!({ "labels": labels, "count_inside": inside.iter().next().map(|r| r.to_json()), "typed": row }),
     ))
+}
+
+/// Routes that end the process they run in, and one that reads any file.
+fn crash_routes(ctx: &mut InitContext, name: &str) -> Result<()> {
+    ctx.route(
+        Method::Get,
+        &format!("/api/v1/{name}/crash/{{how}}"),
+        format!("{name}.probe.read"),
+        |req| async move {
+            match req.param("how").unwrap_or("") {
+                // SAFETY: none; writing to the null address is the point of this route.
+                "segfault" => unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u64>(), 1) },
+                "abort" => std::process::abort(),
+                "stack" => {
+                    std::hint::black_box(recurse(std::hint::black_box(1)));
+                }
+                "alloc" => {
+                    let mut kept: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        // Written, so the pages are really used.
+                        kept.push(vec![1u8; 1 << 20]);
+                        std::hint::black_box(&kept);
+                    }
+                }
+                "spin" => loop {
+                    std::hint::spin_loop();
+                },
+                _ => return Response::text(404, "unknown crash"),
+            }
+            Response::new(200)
+        },
+    )?;
+    ctx.route(
+        Method::Get,
+        &format!("/api/v1/{name}/fs"),
+        format!("{name}.probe.read"),
+        |req| async move {
+            let path = req.query_param("path").unwrap_or_default();
+            match std::fs::read(&path) {
+                Ok(bytes) => Response::json(200, &json!({ "bytes": bytes.len() })),
+                Err(e) => Response::json(403, &json!({ "error": e.to_string() })),
+            }
+        },
+    )
+}
+
+/// Recursion without end, with a frame the optimiser cannot remove.
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 512]);
+    recurse(frame[7].wrapping_add(1)).wrapping_add(frame[3])
 }
 
 /// Counts a running handler from its call until its future is dropped (answered or
@@ -407,6 +463,7 @@ impl Module for Faulty {
             |req| async move { Response::new(200).with_body(req.body().to_vec()) },
         )?;
         platform_routes(ctx, &name)?;
+        crash_routes(ctx, &name)?;
         ctx.route(
             Method::Get,
             &format!("/api/v1/{name}/big"),
