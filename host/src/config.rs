@@ -308,7 +308,10 @@ const SETTINGS: &[(&str, Setter)] = &[
         Ok(())
     }),
     ("worker_max_restarts", |c, v| {
-        c.isolation.max_restarts = v.trim().parse().map_err(|_| "expected a number".to_string())?;
+        c.isolation.max_restarts = v
+            .trim()
+            .parse()
+            .map_err(|_| "expected a number".to_string())?;
         Ok(())
     }),
     ("worker_restart_window", |c, v| {
@@ -434,9 +437,8 @@ impl HostConfig {
             let mut value =
                 serde_json::to_value(&table).map_err(|e| invalid(field.clone(), e.to_string()))?;
             if let serde_json::Value::Object(map) = &mut value {
-                let own = take_isolation_keys(map).map_err(|(key, why)| {
-                    invalid(format!("{field}.{key}"), why)
-                })?;
+                let own = take_isolation_keys(map)
+                    .map_err(|(key, why)| invalid(format!("{field}.{key}"), why))?;
                 if own != crate::isolation::settings::ModuleIsolation::default() {
                     self.isolation.modules.insert(module.clone(), own);
                 }

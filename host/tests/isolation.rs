@@ -38,7 +38,10 @@ struct LoadLoop {
 
 impl LoadLoop {
     fn start(host: &HostProcess, path: &str) -> LoadLoop {
-        let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop, ok) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (addr, token, path) = (host.addr, host.token.clone(), path.to_string());
         let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
@@ -86,14 +89,22 @@ impl Drop for LoadLoop {
 }
 
 /// Polls `/admin/modules` until `check` holds for `module` (or panics after `limit`).
-fn wait_module(host: &HostProcess, module: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
+fn wait_module(
+    host: &HostProcess,
+    module: &str,
+    limit: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let until = Instant::now() + limit;
     loop {
         let m = host.module(module);
         if check(&m) {
             return m;
         }
-        assert!(Instant::now() < until, "module {module} never got there: {m:#}");
+        assert!(
+            Instant::now() < until,
+            "module {module} never got there: {m:#}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -108,7 +119,12 @@ fn every_kind_of_crash_is_contained_and_the_module_comes_back() {
     m.add_example("hello");
     m.add_faulty("crashy", "ok", ISOLATED);
     let host = HostProcess::start(&m, FAST, &[]);
-    let before = wait_module(&host, "crashy", Duration::from_secs(10), started_with_restarts(0));
+    let before = wait_module(
+        &host,
+        "crashy",
+        Duration::from_secs(10),
+        started_with_restarts(0),
+    );
     assert_eq!(before["isolation"], "process");
     assert_ne!(before["worker_pid"].as_u64().unwrap_or(0), 0, "{before:#}");
     assert_eq!(host.module("hello")["isolation"], "in-process");
@@ -138,12 +154,26 @@ fn every_kind_of_crash_is_contained_and_the_module_comes_back() {
         );
         let back = host.get("/api/v1/crashy/ok");
         let (answered, failures) = load.finish();
-        assert_eq!(back.status, 200, "{how}: the module is back: {}", back.text());
-        assert!(failures.is_empty(), "{how}: hello failed during the crash: {failures:?}");
+        assert_eq!(
+            back.status,
+            200,
+            "{how}: the module is back: {}",
+            back.text()
+        );
+        assert!(
+            failures.is_empty(),
+            "{how}: hello failed during the crash: {failures:?}"
+        );
         assert!(answered > 0, "{how}: the load loop ran");
         let exit = after["last_exit"].as_str().unwrap_or_default();
-        assert!(exit.contains(reason), "{how}: last_exit {exit:?} should say {reason:?}");
-        assert_ne!(after["worker_pid"], pid_before, "{how}: a new worker process");
+        assert!(
+            exit.contains(reason),
+            "{how}: last_exit {exit:?} should say {reason:?}"
+        );
+        assert_ne!(
+            after["worker_pid"], pid_before,
+            "{how}: a new worker process"
+        );
         assert_eq!(after["crashes"].as_u64(), Some(n as u64 + 1));
     }
     let metrics = host.get("/metrics").text();
@@ -151,7 +181,9 @@ fn every_kind_of_crash_is_contained_and_the_module_comes_back() {
         metrics.contains("modhost_worker_crashes_total{module=\"crashy\"} 5"),
         "{metrics}"
     );
-    let audit = host.get("/api/v1/audit?action=module.crash&limit=50").json();
+    let audit = host
+        .get("/api/v1/audit?action=module.crash&limit=50")
+        .json();
     let crashes = audit.as_array().map(Vec::len).unwrap_or_default();
     assert_eq!(crashes, 5, "every crash is audited: {audit:#}");
     let logs = host.logs();
@@ -170,17 +202,18 @@ fn while_a_worker_is_down_routes_answer_503_with_retry_after_and_calls_are_unava
         "faulty",
         "name: provider\nversion: 1.0.0\nisolation: process\npermissions: [provider.probe.read, provider.probe.write]\nservices: [provider.thing.get]\nconfig:\n  mode: ok\n  provide: [provider.thing.get]\n",
     );
-    m.add_faulty(
-        "caller",
-        "ok",
-        "dependencies:\n  provider: \"^1\"\n",
-    );
+    m.add_faulty("caller", "ok", "dependencies:\n  provider: \"^1\"\n");
     let env = [
         ("MODHOST_WORKER_RESTART_BACKOFF", "3s"),
         ("MODHOST_REQUEST_TIMEOUT", "2s"),
     ];
     let host = HostProcess::start(&m, &env, &[]);
-    assert_eq!(host.module("caller")["state"], "started", "{:#}", host.module("caller"));
+    assert_eq!(
+        host.module("caller")["state"],
+        "started",
+        "{:#}",
+        host.module("caller")
+    );
     let call = |body: &str| host.request("POST", "/api/v1/caller/call", body.as_bytes());
     let ok = call(r#"{"service":"provider.thing.get","request":{"x":1}}"#);
     assert_eq!(ok.status, 200, "{}", ok.text());
@@ -191,8 +224,16 @@ fn while_a_worker_is_down_routes_answer_503_with_retry_after_and_calls_are_unava
     let down = host.get("/api/v1/provider/ok");
     assert_eq!(down.status, 503, "{}", down.text());
     assert_eq!(down.header("retry-after"), Some("1"));
-    let failed = wait_module(&host, "provider", Duration::from_secs(5), |m| m["state"] == "failed");
-    assert!(failed["reason"].as_str().unwrap_or_default().contains("SIGSEGV"), "{failed:#}");
+    let failed = wait_module(&host, "provider", Duration::from_secs(5), |m| {
+        m["state"] == "failed"
+    });
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SIGSEGV"),
+        "{failed:#}"
+    );
     let unavailable = call(r#"{"service":"provider.thing.get","request":{"x":1}}"#);
     assert!(
         unavailable.status == 422 && unavailable.json()["kind"] == "Unavailable",
@@ -200,7 +241,12 @@ fn while_a_worker_is_down_routes_answer_503_with_retry_after_and_calls_are_unava
         unavailable.status,
         unavailable.text()
     );
-    wait_module(&host, "provider", Duration::from_secs(20), started_with_restarts(1));
+    wait_module(
+        &host,
+        "provider",
+        Duration::from_secs(20),
+        started_with_restarts(1),
+    );
     let again = call(r#"{"service":"provider.thing.get","request":{"x":2}}"#);
     assert_eq!(again.status, 200, "{}", again.text());
 }
@@ -215,7 +261,12 @@ fn a_crash_loop_ends_failed_with_its_reason_until_reloaded() {
     ];
     let host = HostProcess::start(&m, &env, &[]);
     for n in 0..3u64 {
-        wait_module(&host, "crashy", Duration::from_secs(20), started_with_restarts(n));
+        wait_module(
+            &host,
+            "crashy",
+            Duration::from_secs(20),
+            started_with_restarts(n),
+        );
         host.get("/api/v1/crashy/crash/abort");
     }
     let failed = wait_module(&host, "crashy", Duration::from_secs(20), |m| {
@@ -246,12 +297,19 @@ fn reloading_an_isolated_module_under_load_fails_no_request() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let (answered, failures) = load.finish();
-    assert!(failures.is_empty(), "requests failed during reloads: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "requests failed during reloads: {failures:?}"
+    );
     assert!(answered > 0);
     let after = host.module("crashy");
     assert_ne!(after["worker_pid"], first, "a new worker serves");
     // The state hand-off works between workers: the hits counter goes across.
-    let hits = || host.get("/api/v1/crashy/ok").json()["hits"].as_u64().unwrap_or(0);
+    let hits = || {
+        host.get("/api/v1/crashy/ok").json()["hits"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     let before = hits();
     assert!(before > 1, "{before}");
     let r = host.request("POST", "/admin/modules/crashy/reload", b"");
@@ -260,7 +318,11 @@ fn reloading_an_isolated_module_under_load_fails_no_request() {
     // The old workers are gone: one worker process is left.
     let until = Instant::now() + Duration::from_secs(10);
     while workers_of(&m) != 1 {
-        assert!(Instant::now() < until, "{} worker processes", workers_of(&m));
+        assert!(
+            Instant::now() < until,
+            "{} worker processes",
+            workers_of(&m)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -286,7 +348,10 @@ fn the_sandbox_keeps_an_isolated_module_out_of_other_files() {
     m.add_faulty("boxed", "ok", ISOLATED);
     let other = m.add_faulty("open", "ok", "");
     let host = HostProcess::start(&m, &[], &[]);
-    let sandbox = host.module("boxed")["worker_sandbox"].as_str().unwrap_or_default().to_string();
+    let sandbox = host.module("boxed")["worker_sandbox"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if !sandbox.contains("enforced") {
         println!("SKIP the_sandbox_keeps_an_isolated_module_out_of_other_files: {sandbox}");
         return;
@@ -301,7 +366,13 @@ fn the_sandbox_keeps_an_isolated_module_out_of_other_files() {
     let core_db = m.data().join("db").join("core.sqlite");
     for path in [&foreign, &core_db] {
         let r = read("boxed", path);
-        assert_eq!(r.status, 403, "{} must be out of reach: {}", path.display(), r.text());
+        assert_eq!(
+            r.status,
+            403,
+            "{} must be out of reach: {}",
+            path.display(),
+            r.text()
+        );
         assert!(r.text().contains("ermission denied"), "{}", r.text());
         // In-process, nothing stops it (that is what isolation is for).
         assert_eq!(read("open", path).status, 200);
@@ -326,7 +397,11 @@ fn the_same_crash_in_process_takes_the_host_down() {
     std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send");
     let mut answer = Vec::new();
     let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
-    assert!(answer.is_empty(), "no answer: {}", String::from_utf8_lossy(&answer));
+    assert!(
+        answer.is_empty(),
+        "no answer: {}",
+        String::from_utf8_lossy(&answer)
+    );
     let (code, _) = host.wait_exit();
     assert_eq!(code, None, "the host was killed by a signal");
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{HostProcess, Modules};
+use common::{HostProcess, Mode, Modules};
 use serde_json::{json, Value};
 
 fn events_of(host: &HostProcess, module: &str) -> Vec<Value> {
@@ -45,8 +45,7 @@ fn publish(host: &HostProcess, module: &str, topic: &str, count: u32) -> Value {
 
 const PUB: &str = "events:\n  publishes: [pub.item.created, pub.item.deleted]\n";
 
-#[test]
-fn every_subscriber_gets_every_event_in_order() {
+fn every_subscriber_gets_every_event_in_order(mode: Mode) {
     let m = Modules::new();
     m.add_faulty("pub", "ok", PUB);
     m.add_faulty(
@@ -68,7 +67,7 @@ fn every_subscriber_gets_every_event_in_order() {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("{text}  subscribe: [\"{pattern}\"]\n")).unwrap();
     }
-    let host = HostProcess::start(&m, &[], &[]);
+    let host = HostProcess::start(&m, &[mode.env()], &[]);
     assert_eq!(
         publish(&host, "pub", "pub.item.created", 50)["published"],
         50
@@ -93,8 +92,7 @@ fn every_subscriber_gets_every_event_in_order() {
     assert_eq!(c[0]["topic"], "pub.item.deleted");
 }
 
-#[test]
-fn publishing_or_subscribing_outside_the_manifest_is_refused() {
+fn publishing_or_subscribing_outside_the_manifest_is_refused(mode: Mode) {
     let m = Modules::new();
     m.add_faulty("pub", "ok", PUB);
     m.add_faulty("rogue", "ok", "events:\n  subscribes: [pub.item.created]\n");
@@ -105,7 +103,7 @@ fn publishing_or_subscribing_outside_the_manifest_is_refused() {
         format!("{text}  subscribe: [\"pub.item.deleted\"]\n"),
     )
     .unwrap();
-    let host = HostProcess::start(&m, &[], &[]);
+    let host = HostProcess::start(&m, &[mode.env()], &[]);
     let r = publish(&host, "pub", "pub.other.thing", 1);
     assert_eq!(r["kind"], "NotAllowed", "{r}");
     assert!(r["error"]
@@ -136,8 +134,7 @@ fn with_config(m: &Modules, module: &str, lines: &str) {
     std::fs::write(&path, format!("{text}{lines}")).unwrap();
 }
 
-#[test]
-fn a_slow_subscriber_does_not_block_publishers_or_others() {
+fn a_slow_subscriber_does_not_block_publishers_or_others(mode: Mode) {
     let m = Modules::new();
     m.add_faulty("pub", "ok", PUB);
     m.add_faulty("slow", "ok", "events:\n  subscribes: [pub.item.created]\n");
@@ -148,7 +145,7 @@ fn a_slow_subscriber_does_not_block_publishers_or_others() {
     );
     m.add_faulty("fast", "ok", "events:\n  subscribes: [pub.item.created]\n");
     with_config(&m, "fast", "  subscribe: [\"pub.item.created\"]\n");
-    let host = HostProcess::start(&m, &[], &[]);
+    let host = HostProcess::start(&m, &[mode.env()], &[]);
     let started = Instant::now();
     assert_eq!(
         publish(&host, "pub", "pub.item.created", 10)["published"],
@@ -165,8 +162,7 @@ fn a_slow_subscriber_does_not_block_publishers_or_others() {
     wait_for(&host, "slow", 10, Duration::from_secs(15));
 }
 
-#[test]
-fn failing_handlers_are_retried_then_dead_lettered() {
+fn failing_handlers_are_retried_then_dead_lettered(mode: Mode) {
     let m = Modules::new();
     m.add_faulty("pub", "ok", PUB);
     m.add_faulty("flaky", "ok", "events:\n  subscribes: [pub.item.created]\n");
@@ -190,6 +186,7 @@ fn failing_handlers_are_retried_then_dead_lettered() {
         &[
             ("MODHOST_EVENT_MAX_RETRIES", "3"),
             ("MODHOST_EVENT_RETRY_BACKOFF", "20ms"),
+            mode.env(),
         ],
         &[],
     );
@@ -230,12 +227,11 @@ fn failing_handlers_are_retried_then_dead_lettered() {
     assert_eq!(audit[0]["module"], "broken", "{audit}");
 }
 
-#[test]
-fn cache_is_namespaced_per_module_and_expires() {
+fn cache_is_namespaced_per_module_and_expires(mode: Mode) {
     let m = Modules::new();
     m.add_faulty("one", "ok", "");
     m.add_faulty("two", "ok", "");
-    let host = HostProcess::start(&m, &[], &[]);
+    let host = HostProcess::start(&m, &[mode.env()], &[]);
     assert_eq!(
         host.request("PUT", "/api/v1/one/cache/shared", b"from one")
             .status,
@@ -309,8 +305,7 @@ fn cache_is_namespaced_per_module_and_expires() {
     );
 }
 
-#[test]
-fn service_calls_success_timeout_undeclared_not_a_dependency_and_provider_down() {
+fn service_calls_success_timeout_undeclared_not_a_dependency_and_provider_down(mode: Mode) {
     let m = Modules::new();
     m.add_faulty(
         "provider",
@@ -331,7 +326,7 @@ fn service_calls_success_timeout_undeclared_not_a_dependency_and_provider_down()
         "dependencies:\n  provider: \"1\"\n  sleepy: \"1\"\n  downed: { version: \"1\", optional: true }\n",
     );
     m.add_faulty("stranger", "ok", "");
-    let host = HostProcess::start(&m, &[], &[]);
+    let host = HostProcess::start(&m, &[mode.env()], &[]);
     let call = |from: &str, service: &str, timeout_ms: u64| {
         host.request(
             "POST",
@@ -391,13 +386,12 @@ fn service_calls_success_timeout_undeclared_not_a_dependency_and_provider_down()
     assert_eq!(sleepy["errors"], 1);
 }
 
-#[test]
-fn creating_a_post_notifies_and_premium_posts_ask_billing() {
+fn creating_a_post_notifies_and_premium_posts_ask_billing(mode: Mode) {
     let m = Modules::new();
     for name in ["hello", "billing", "blog", "notifications"] {
         m.add_example(name);
     }
-    let host = HostProcess::start(&m, &[], &[]);
+    let host = HostProcess::start(&m, &[mode.env()], &[]);
     let created = host.request("POST", "/api/v1/blog/posts", br#"{"title":"Events work"}"#);
     assert_eq!(created.status, 201, "{}", created.text());
     let until = Instant::now() + Duration::from_secs(5);
@@ -450,3 +444,13 @@ fn creating_a_post_notifies_and_premium_posts_ask_billing() {
     host.request("PUT", "/api/v1/blog/posts/1", br#"{"title":"Edited"}"#);
     assert_eq!(host.get("/api/v1/blog/posts/1").json()["title"], "Edited");
 }
+
+in_both_modes!(
+    every_subscriber_gets_every_event_in_order,
+    publishing_or_subscribing_outside_the_manifest_is_refused,
+    a_slow_subscriber_does_not_block_publishers_or_others,
+    failing_handlers_are_retried_then_dead_lettered,
+    cache_is_namespaced_per_module_and_expires,
+    service_calls_success_timeout_undeclared_not_a_dependency_and_provider_down,
+    creating_a_post_notifies_and_premium_posts_ask_billing,
+);

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{http, HostProcess, HttpResponse, KillOnDrop, Modules};
+use common::{http, HostProcess, HttpResponse, KillOnDrop, Mode, Modules};
 use serde_json::{json, Value};
 
 /// `modhost admin create-user EMAIL --role ... --password-stdin`.
@@ -84,12 +84,16 @@ fn audit(host: &HostProcess, query: &str) -> Vec<Value> {
 }
 
 fn setup() -> (Modules, HostProcess) {
+    setup_in(Mode::InProcess)
+}
+
+fn setup_in(mode: Mode) -> (Modules, HostProcess) {
     let m = Modules::new();
     m.add_example("hello");
     m.add_example("billing");
     m.add_example("blog");
     m.add_faulty("probe", "ok", "");
-    let host = HostProcess::start(&m, &[], &[]);
+    let host = HostProcess::start(&m, &[mode.env()], &[]);
     (m, host)
 }
 
@@ -376,9 +380,8 @@ fn module_lifecycle_is_audited() {
     assert!(stops.iter().any(|e| e["module"] == "hello"), "{stops:?}");
 }
 
-#[test]
-fn modules_use_the_core_service_handles() {
-    let (m, host) = setup();
+fn modules_use_the_core_service_handles(mode: Mode) {
+    let (m, host) = setup_in(mode);
     create_user(&m, "mod@example.com", "module user", &[]);
     host.request(
         "POST",
@@ -568,3 +571,5 @@ fn create_user_refuses_bad_input_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no role `no_such_role`"));
 }
+
+in_both_modes!(modules_use_the_core_service_handles);

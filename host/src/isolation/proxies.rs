@@ -12,8 +12,8 @@ use abi_stable::{
 use async_ffi::{FfiFuture, FutureExt as _};
 use modhost_plugin_api::ffi::{
     FfiCallError, FfiEvent, FfiEventHandler, FfiEventHandlerBox, FfiEventHandler_TO, FfiHandler,
-    FfiHandlerBox, FfiHandler_TO, FfiRequest, FfiResponse, FfiServiceHandler,
-    FfiServiceHandlerBox, FfiServiceHandler_TO, FfiUnitResult, FfiUser,
+    FfiHandlerBox, FfiHandler_TO, FfiRequest, FfiResponse, FfiServiceHandler, FfiServiceHandlerBox,
+    FfiServiceHandler_TO, FfiUnitResult, FfiUser,
 };
 
 use crate::isolation::{
@@ -60,8 +60,17 @@ impl FfiHandler for RouteProxy {
                 .await;
             match result {
                 Ok(response) => convert::response_from_wire(response),
-                Err(LinkError::Killed(_)) => json(504, "the module's handler did not answer in time", false),
-                Err(e) => json(503, &format!("module `{}` is unavailable: {e}; retry shortly", link.module()), true),
+                Err(LinkError::Killed(_)) => {
+                    json(504, "the module's handler did not answer in time", false)
+                }
+                Err(e) => json(
+                    503,
+                    &format!(
+                        "module `{}` is unavailable: {e}; retry shortly",
+                        link.module()
+                    ),
+                    true,
+                ),
             }
         }
         .into_ffi()

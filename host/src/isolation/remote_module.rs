@@ -11,7 +11,9 @@ use std::{
 
 use abi_stable::std_types::{ROption, RResult, RString, RVec};
 use async_ffi::{FfiFuture, FutureExt as _};
-use modhost_plugin_api::ffi::{FfiInitContext, FfiModule, FfiModuleBox, FfiModule_TO, FfiUnitResult};
+use modhost_plugin_api::ffi::{
+    FfiInitContext, FfiModule, FfiModuleBox, FfiModule_TO, FfiUnitResult,
+};
 
 use crate::data::database::AreaAccess;
 use crate::isolation::{
@@ -169,7 +171,9 @@ impl FfiModule for WorkerModule {
                 Err(e) => return RResult::RErr(e),
             };
             match link
-                .run(deadline, "start", |mut c| async move { c.start(pb::Empty {}).await })
+                .run(deadline, "start", |mut c| async move {
+                    c.start(pb::Empty {}).await
+                })
                 .await
             {
                 Ok(outcome) => convert::from_outcome(outcome),
@@ -187,7 +191,9 @@ impl FfiModule for WorkerModule {
                 Err(e) => return RResult::RErr(e),
             };
             let result = link
-                .run(deadline, "stop", |mut c| async move { c.stop(pb::Empty {}).await })
+                .run(deadline, "stop", |mut c| async move {
+                    c.stop(pb::Empty {}).await
+                })
                 .await;
             link.retire("the module stopped");
             match result {

@@ -118,7 +118,8 @@ mod tests {
             },
         );
         assert_eq!(settings.of(&manifest), Isolation::InProcess);
-        let plain = Manifest::parse("name: n\nversion: 1.0.0\n", std::path::Path::new("x")).unwrap();
+        let plain =
+            Manifest::parse("name: n\nversion: 1.0.0\n", std::path::Path::new("x")).unwrap();
         settings.default = Isolation::Process;
         assert_eq!(settings.of(&plain), Isolation::Process);
     }

@@ -19,8 +19,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::{Endpoint, Server};
 
 use crate::isolation::{
-    callbacks::Callbacks, link::WorkerLink, proxies::Deadlines, settings::WorkerLimits,
-    ExitSender, WorkerExit,
+    callbacks::Callbacks, link::WorkerLink, proxies::Deadlines, settings::WorkerLimits, ExitSender,
+    WorkerExit,
 };
 use crate::wire::module_v1::{module_host_server::ModuleHostServer, worker_client::WorkerClient};
 
@@ -61,17 +61,22 @@ pub async fn start(launch: Launch<'_>, host: FfiHostBox) -> Result<Arc<WorkerLin
     private_dir(launch.scratch)
         .map_err(|e| format!("cannot create {}: {e}", launch.scratch.display()))?;
     let worker_socket = launch.dir.join(WORKER_SOCKET);
-    let channel = Endpoint::from_static("http://worker.invalid")
-        .connect_with_connector_lazy(tower::service_fn(move |_| {
+    let channel = Endpoint::from_static("http://worker.invalid").connect_with_connector_lazy(
+        tower::service_fn(move |_| {
             let path = worker_socket.clone();
             async move {
                 tokio::net::UnixStream::connect(path)
                     .await
                     .map(TokioIo::new)
             }
-        }));
+        }),
+    );
     let (kill_tx, kill_rx) = tokio::sync::mpsc::unbounded_channel();
-    let link = Arc::new(WorkerLink::new(&module, WorkerClient::new(channel), kill_tx));
+    let link = Arc::new(WorkerLink::new(
+        &module,
+        WorkerClient::new(channel),
+        kill_tx,
+    ));
 
     let listener = tokio::net::UnixListener::bind(launch.dir.join(HOST_SOCKET))
         .map_err(|e| format!("cannot listen on {}: {e}", launch.dir.display()))?;
@@ -259,7 +264,10 @@ async fn supervise(
 pub fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     if let Some(signal) = status.signal() {
-        return format!("its worker process was killed by signal {signal} ({})", signal_name(signal));
+        return format!(
+            "its worker process was killed by signal {signal} ({})",
+            signal_name(signal)
+        );
     }
     match status.code() {
         Some(code) => format!("its worker process exited with code {code}"),

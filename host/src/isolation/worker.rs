@@ -98,12 +98,21 @@ async fn serve(args: WorkerArgs, sandbox: String) -> Result<(), WorkerError> {
         why,
     };
     let listener = tokio::net::UnixListener::bind(args.socket_dir.join(spawn::WORKER_SOCKET))
-        .map_err(|e| fail(format!("cannot listen in {}: {e}", args.socket_dir.display())))?;
+        .map_err(|e| {
+            fail(format!(
+                "cannot listen in {}: {e}",
+                args.socket_dir.display()
+            ))
+        })?;
     let host_socket = args.socket_dir.join(spawn::HOST_SOCKET);
     let channel = Endpoint::from_static("http://host.invalid").connect_with_connector_lazy(
         tower::service_fn(move |_| {
             let path = host_socket.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(TokioIo::new)
+            }
         }),
     );
     let service = WorkerService {
@@ -139,7 +148,10 @@ impl Handlers {
 }
 
 fn get<T>(map: &RwLock<HashMap<u64, Arc<T>>>, id: u64) -> Option<Arc<T>> {
-    map.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    map.read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+        .cloned()
 }
 
 struct WorkerService {
@@ -164,7 +176,10 @@ impl WorkerService {
             .ok_or_else(|| Status::failed_precondition("the module is not initialised"))
     }
 
-    async fn init_module(&self, request: pb::InitRequest) -> Result<(FfiModuleBox, String, WorkerHost), String> {
+    async fn init_module(
+        &self,
+        request: pb::InitRequest,
+    ) -> Result<(FfiModuleBox, String, WorkerHost), String> {
         let (library, module) = (self.args.library.clone(), self.args.module.clone());
         let (root, version) = tokio::task::spawn_blocking(move || {
             crate::module::loader::load_copy(&library, &module)
@@ -218,7 +233,9 @@ impl Worker for WorkerService {
             config_json: config_json.into(),
             host: host.to_ffi(),
         };
-        let result = AssertUnwindSafe(instance.init(context)).catch_unwind().await;
+        let result = AssertUnwindSafe(instance.init(context))
+            .catch_unwind()
+            .await;
         let outcome = match result {
             Ok(r) => convert::outcome(r),
             Err(_) => convert::outcome_error("it panicked"),
@@ -436,7 +453,9 @@ impl WorkerHost {
             tokio::runtime::Handle::current().block_on(async move {
                 match call(client).await {
                     Ok(r) => convert::from_outcome(r.into_inner()),
-                    Err(e) => RResult::RErr(format!("the host cannot be reached: {}", e.message()).into()),
+                    Err(e) => {
+                        RResult::RErr(format!("the host cannot be reached: {}", e.message()).into())
+                    }
                 }
             })
         };
@@ -504,7 +523,11 @@ impl FfiHost for WorkerHost {
         .into_ffi()
     }
 
-    fn publish(&self, topic: RStr<'_>, payload: RString) -> FfiFuture<RResult<RString, FfiCallError>> {
+    fn publish(
+        &self,
+        topic: RStr<'_>,
+        payload: RString,
+    ) -> FfiFuture<RResult<RString, FfiCallError>> {
         let publication = pb::Publication {
             topic: topic.to_string(),
             payload: payload.into_string(),
@@ -548,7 +571,9 @@ impl FfiHost for WorkerHost {
     }
 
     fn cache_get(&self, key: RStr<'_>) -> FfiFuture<RResult<ROption<RVec<u8>>, FfiCallError>> {
-        let key = pb::CacheKey { key: key.to_string() };
+        let key = pb::CacheKey {
+            key: key.to_string(),
+        };
         let mut client = self.host.clone();
         async move {
             match client.cache_get(key).await {
@@ -569,7 +594,12 @@ impl FfiHost for WorkerHost {
         .into_ffi()
     }
 
-    fn cache_set(&self, key: RStr<'_>, value: RVec<u8>, ttl_ms: u64) -> FfiFuture<RResult<(), FfiCallError>> {
+    fn cache_set(
+        &self,
+        key: RStr<'_>,
+        value: RVec<u8>,
+        ttl_ms: u64,
+    ) -> FfiFuture<RResult<(), FfiCallError>> {
         let entry = pb::CacheEntry {
             key: key.to_string(),
             value: value.into_vec(),
@@ -586,7 +616,9 @@ impl FfiHost for WorkerHost {
     }
 
     fn cache_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), FfiCallError>> {
-        let key = pb::CacheKey { key: key.to_string() };
+        let key = pb::CacheKey {
+            key: key.to_string(),
+        };
         let mut client = self.host.clone();
         async move {
             match client.cache_delete(key).await {

@@ -19,7 +19,9 @@ use modhost_plugin_api::ffi::FfiModuleBox;
 use crate::core::audit::Audit;
 use crate::data::database::{AreaAccess, AreaPool};
 use crate::data::db_handle::AreaDatabase;
-use crate::isolation::{proxies::Deadlines, remote_module::WorkerState, WorkerExit, WorkerModule, WorkerSpec};
+use crate::isolation::{
+    proxies::Deadlines, remote_module::WorkerState, WorkerExit, WorkerModule, WorkerSpec,
+};
 use crate::runtime::lifecycle::{call_plugin, Host, ModuleState};
 
 /// Unix socket paths are limited to 108 bytes; a deeper data directory gets its worker
@@ -44,14 +46,22 @@ impl Host {
             sqlite_files_exist(name, pool, path).await?;
         }
         let n = self.worker_count.fetch_add(1, Ordering::Relaxed);
-        let mut dir = self.runtime.path().join("workers").join(format!("{name}-{n}"));
+        let mut dir = self
+            .runtime
+            .path()
+            .join("workers")
+            .join(format!("{name}-{n}"));
         if dir.as_os_str().len() > MAX_SOCKET_DIR {
             dir = std::env::temp_dir().join(format!(
                 "modhost-{}-{name}-{n}",
                 crate::random::random_hex(6)
             ));
         }
-        let scratch = self.runtime.path().join("workers").join(format!("{name}-{n}.tmp"));
+        let scratch = self
+            .runtime
+            .path()
+            .join("workers")
+            .join(format!("{name}-{n}.tmp"));
         let program = std::env::current_exe()
             .map_err(|e| format!("cannot find the modhost executable to start a worker: {e}"))?;
         let spec = WorkerSpec {
@@ -125,7 +135,9 @@ impl Host {
             (e.name.clone(), e.crash_times.len() as u32)
         };
         let audit = Audit::new("system", "module.crash", &name).module(&name);
-        self.core.record(audit.outcome("failure").detail(reason)).await;
+        self.core
+            .record(audit.outcome("failure").detail(reason))
+            .await;
         if crashes > settings.max_restarts {
             let why = format!(
                 "{reason}; it crashed {crashes} times within {:?}, so it is not restarted until it is reloaded",
@@ -191,11 +203,17 @@ impl Host {
             Ok(p) => p,
             Err(why) => return self.crashed(idx, &format!("restart failed: {why}")).await,
         };
-        if let Err(why) =
-            call_plugin(prepared.instance.start(), self.config.init_timeout, &prepared.handle).await
+        if let Err(why) = call_plugin(
+            prepared.instance.start(),
+            self.config.init_timeout,
+            &prepared.handle,
+        )
+        .await
         {
             let _ = std::fs::remove_file(&prepared.runtime_path);
-            return self.crashed(idx, &format!("restart failed: start failed: {why}")).await;
+            return self
+                .crashed(idx, &format!("restart failed: start failed: {why}"))
+                .await;
         }
         let old_runtime: Option<PathBuf> = self.entries()[idx].runtime_path.clone();
         let new_subscriptions = prepared.registrations.subscriptions.len();

@@ -636,3 +636,43 @@ pub fn messages_with(logs: &[serde_json::Value], field: &str, value: &str) -> Ve
         })
         .collect()
 }
+
+/// Where the host runs every module in a test that runs in both modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In the host's process (the default).
+    InProcess,
+    /// Each module in a worker process of its own (`isolation = "process"`).
+    Isolated,
+}
+
+impl Mode {
+    /// The host setting that selects this mode for every module.
+    pub fn env(self) -> (&'static str, &'static str) {
+        match self {
+            Mode::InProcess => ("MODHOST_ISOLATION", "in-process"),
+            Mode::Isolated => ("MODHOST_ISOLATION", "process"),
+        }
+    }
+}
+
+/// Declares tests that run the named functions (each taking a [`Mode`]) once with
+/// every module in-process and once with every module isolated: the same cases, in both
+/// modes. `name::in_process` and `name::isolated` are the tests' names.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn in_process() {
+                    super::$name(super::common::Mode::InProcess)
+                }
+                #[test]
+                fn isolated() {
+                    super::$name(super::common::Mode::Isolated)
+                }
+            }
+        )*
+    };
+}
