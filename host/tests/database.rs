@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::pg::{runtime, PgTestDb};
-use common::{HostProcess, Modules};
+use common::{HostProcess, Mode, Modules};
 use sqlx::{Connection, Row};
 
 enum Backend {
@@ -35,8 +35,14 @@ impl Backend {
     }
 
     fn start(&self, m: &Modules) -> HostProcess {
+        self.start_in(m, Mode::InProcess)
+    }
+
+    /// Starts the host with every module in `mode`.
+    fn start_in(&self, m: &Modules, mode: Mode) -> HostProcess {
         let env = self.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.push(mode.env());
         HostProcess::start(m, &env, &[])
     }
 
@@ -112,14 +118,13 @@ fn add_migration(dir: &Path, file: &str, sql: &str) {
     std::fs::write(dir.join("migrations").join(file), sql).unwrap();
 }
 
-#[test]
-fn blog_crud_over_http_and_data_survives_a_restart() {
+fn blog_crud_over_http_and_data_survives_a_restart(mode: Mode) {
     for b in backends() {
         let label = b.label();
         let m = Modules::new();
         m.add_example("billing");
         m.add_example("blog");
-        let host = b.start(&m);
+        let host = b.start_in(&m, mode);
         let post = |body: &str| host.request("POST", "/api/v1/blog/posts", body.as_bytes());
         let a = post(r#"{"title":"First","body":"one"}"#);
         assert_eq!(a.status, 201, "{label}: {}", a.text());
@@ -179,7 +184,7 @@ fn blog_crud_over_http_and_data_survives_a_restart() {
         let (code, _) = host.terminate();
         assert_eq!(code, Some(0));
 
-        let host = b.start(&m);
+        let host = b.start_in(&m, mode);
         let all = host.get("/api/v1/blog/posts").json();
         assert_eq!(
             all.as_array().unwrap().len(),
@@ -391,8 +396,7 @@ fn failing_migration_rolls_back_and_fails_module_and_dependents_only() {
 /// the intruder's file; the barrier is that its connections refuse `ATTACH`, the only
 /// way to open another file from SQL. PostgreSQL: one database, a schema and a role per
 /// module; the intruder's role is denied the owner's schema.
-#[test]
-fn another_module_s_data_is_refused_attach_on_sqlite_permission_on_postgres() {
+fn another_module_s_data_is_refused_attach_on_sqlite_permission_on_postgres(mode: Mode) {
     for b in backends() {
         let label = b.label();
         let m = Modules::new();
@@ -403,7 +407,7 @@ fn another_module_s_data_is_refused_attach_on_sqlite_permission_on_postgres() {
             "0001_secret.sql",
             "CREATE TABLE owner_secrets (v TEXT);\nINSERT INTO owner_secrets VALUES ('s3cret');\n",
         );
-        let host = b.start(&m);
+        let host = b.start_in(&m, mode);
         let sql = |body: &str| host.request("POST", "/api/v1/intruder/sql", body.as_bytes());
 
         // Its own data works.
@@ -512,13 +516,12 @@ fn another_module_s_data_is_refused_attach_on_sqlite_permission_on_postgres() {
     }
 }
 
-#[test]
-fn transactions_and_typed_values() {
+fn transactions_and_typed_values(mode: Mode) {
     for b in backends() {
         let label = b.label();
         let m = Modules::new();
         m.add_faulty("txer", "ok", "");
-        let host = b.start(&m);
+        let host = b.start_in(&m, mode);
         let resp = host.request("POST", "/api/v1/txer/tx", b"");
         assert_eq!(resp.status, 200, "{label}: {}", resp.text());
         let v = resp.json();
@@ -609,3 +612,9 @@ fn create_user_on_postgres_prints_no_database_notices() {
         );
     }
 }
+
+in_both_modes!(
+    blog_crud_over_http_and_data_survives_a_restart,
+    another_module_s_data_is_refused_attach_on_sqlite_permission_on_postgres,
+    transactions_and_typed_values,
+);
