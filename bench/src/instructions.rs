@@ -17,6 +17,9 @@ pub struct Server<'a> {
     /// The program and its arguments; `{addr}` is replaced by the listen address.
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Also count the processes it starts (an isolated module's worker): each gets its
+    /// own callgrind file, and the totals are summed.
+    pub trace_children: bool,
 }
 
 /// A process killed when dropped, so a failed measurement leaves nothing running.
@@ -73,13 +76,18 @@ pub fn send_requests(addr: SocketAddr, path: &str, token: Option<&str>, n: usize
 /// Total instructions of one run of `server` answering `n` requests.
 fn run_once(server: &Server, path: &str, token: Option<&str>, n: usize, dir: &Path) -> u64 {
     let addr = free_port();
-    let out: PathBuf = dir.join(format!("callgrind.{}.{n}.out", server.label));
+    let prefix = format!("callgrind.{}.{n}.", server.label);
+    let out: PathBuf = dir.join(format!("{prefix}%p.out"));
     let mut cmd = Command::new("valgrind");
     cmd.args([
         "--tool=callgrind",
         "--dump-instr=no",
         "--compress-strings=no",
     ])
+    .arg(format!(
+        "--trace-children={}",
+        if server.trace_children { "yes" } else { "no" }
+    ))
     .arg(format!("--callgrind-out-file={}", out.display()));
     for arg in &server.command {
         cmd.arg(arg.replace("{addr}", &addr.to_string()));
@@ -105,14 +113,24 @@ fn run_once(server: &Server, path: &str, token: Option<&str>, n: usize, dir: &Pa
         assert!(Instant::now() < deadline, "{} did not exit", server.label);
         std::thread::sleep(Duration::from_millis(50));
     }
-    let text = std::fs::read_to_string(&out).expect("callgrind output");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("callgrind totals")
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("callgrind outputs") {
+        let path = entry.expect("an output").path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if !name.is_some_and(|n| n.starts_with(&prefix)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("callgrind output");
+        total += text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("callgrind totals");
+    }
+    total
 }
 
 /// Instructions per request of `server` on `path`.

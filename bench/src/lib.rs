@@ -8,3 +8,4 @@ pub fn greeting_body(greeting: &str, name: &str) -> Vec<u8> {
 
 pub mod core_rpc;
 pub mod instructions;
+pub mod isolation;

@@ -706,6 +706,36 @@ mod tests {
     }
 
     #[test]
+    fn module_tables_hold_isolation_settings_which_the_module_does_not_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("modhost.toml");
+        std::fs::write(
+            &path,
+            "worker_memory_limit = \"none\"\n[modules.billing]\nisolation = \"process\"\nworker_open_files = 64\nplan = \"pro\"\n",
+        )
+        .unwrap();
+        let cfg = HostConfig::load(Some(&path), &|_| None).unwrap();
+        let own = &cfg.isolation.modules["billing"];
+        assert_eq!(
+            own.isolation,
+            Some(crate::module::manifest::Isolation::Process)
+        );
+        let limits = cfg.isolation.limits_of("billing");
+        assert_eq!(limits.open_files, 64);
+        assert_eq!(limits.memory_bytes, None);
+        assert_eq!(cfg.isolation.limits_of("other").open_files, 1024);
+        let merged = cfg.module_config("billing", &serde_json::Map::new());
+        assert_eq!(merged, serde_json::json!({"plan": "pro"}));
+
+        std::fs::write(&path, "[modules.billing]\nisolation = \"sandbox\"\n").unwrap();
+        let err = HostConfig::load(Some(&path), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("modules.billing.isolation"), "{err}");
+        assert!(err.contains("expected in-process or process"), "{err}");
+    }
+
+    #[test]
     fn unknown_file_key_suggests_the_right_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("modhost.toml");

@@ -5,6 +5,7 @@
 //!   harness reload MODHOST_BIN LIBHELLO RELOADS default|poll:MS
 //!   harness instructions MODHOST_BIN BASELINE_BIN MODULES_DIR KEY_HEX TOKEN N
 //!   harness core MODHOST_BIN N SECONDS
+//!   harness isolation MODHOST_BIN LIBHELLO N RELOADS INSTRUCTIONS_N
 //!
 //! `reload` runs the host with the default watcher (file-system events) or the polling
 //! fallback every MS milliseconds. `instructions` counts instructions per request with
@@ -361,11 +362,13 @@ fn instructions(args: &[String]) {
             ("MODHOST_WATCH".into(), "false".into()),
             ("RUST_LOG".into(), "warn".into()),
         ],
+        trace_children: false,
     };
     let plain = Server {
         label: "baseline",
         command: vec![baseline.clone(), "{addr}".into(), key.clone()],
         env: Vec::new(),
+        trace_children: false,
     };
     for (label, path, auth, target) in [
         ("public route", "/api/v1/hello/greet/ada", None, 1.25),
@@ -392,6 +395,19 @@ fn main() {
         Some("startup") => startup(&args[1..]),
         Some("reload") => reload(&args[1..]),
         Some("instructions") => instructions(&args[1..]),
+        Some("isolation") => {
+            let [bin, libhello, n, reloads, instr] = &args[1..] else {
+                panic!("usage: harness isolation MODHOST_BIN LIBHELLO N RELOADS INSTRUCTIONS_N");
+            };
+            let parse = |v: &String| v.parse::<usize>().expect("a number");
+            modhost_bench::isolation::run(
+                Path::new(bin),
+                Path::new(libhello),
+                parse(n),
+                parse(reloads),
+                parse(instr),
+            );
+        }
         Some("core") => {
             let bin = PathBuf::from(args.get(1).expect("harness core MODHOST_BIN N SECONDS"));
             let n = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(2000);

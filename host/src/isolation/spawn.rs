@@ -28,6 +28,9 @@ use crate::wire::module_v1::{module_host_server::ModuleHostServer, worker_client
 pub const WORKER_SOCKET: &str = "worker.sock";
 /// The socket the host serves `ModuleHost` on, inside the worker's directory.
 pub const HOST_SOCKET: &str = "host.sock";
+/// How long a retired worker may take to exit after SIGTERM before it is killed.
+const RETIRE_GRACE: Duration = Duration::from_secs(5);
+
 /// What the worker prints on stdout once it serves.
 pub const READY_LINE: &str = "modhost-worker-ready";
 
@@ -231,8 +234,24 @@ async fn supervise(
         status = child.wait() => status,
         Some(reason) = kill.recv() => {
             killed_because = Some(reason);
-            let _ = child.start_kill();
-            child.wait().await
+            // A retired worker (its module stopped) gets SIGTERM and a moment to exit
+            // on its own; a hung one, SIGKILL at once.
+            if link.is_retiring() {
+                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    // SAFETY: a plain system call on our own child, not yet reaped.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+                match tokio::time::timeout(RETIRE_GRACE, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
+                }
+            } else {
+                let _ = child.start_kill();
+                child.wait().await
+            }
         }
     };
     link.mark_exited();

@@ -125,9 +125,17 @@ async fn serve(args: WorkerArgs, sandbox: String) -> Result<(), WorkerError> {
     // The host waits for this line before it calls.
     println!("{}", spawn::READY_LINE);
     let _ = std::io::stdout().flush();
+    // SIGTERM from the host (the module stopped): exit normally.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| fail(format!("cannot handle SIGTERM: {e}")))?;
     Server::builder()
         .add_service(WorkerServer::new(service))
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            async move {
+                terminate.recv().await;
+            },
+        )
         .await
         .map_err(|e| fail(format!("its server failed: {e}")))
 }
