@@ -10,24 +10,28 @@
 #   6. instructions per request (callgrind): N and 3N keep-alive requests, per request =
 #      (total(3N) - total(N)) / 2N, modhost vs. the plain hyper baseline (which checks
 #      tokens as modhost does, with the jsonwebtoken crate), public and private route;
-#   7. the core services in-process vs over gRPC on loopback, and logins per second.
+#   7. the core services in-process vs over gRPC on loopback, and logins per second;
+#   8. an isolated module (worker process) vs in-process: added route latency, memory
+#      across hot reloads, instructions per request with the worker counted.
 #
-#   scripts/bench.sh [--quick] [--wasm] [--instructions]
+#   scripts/bench.sh [--quick] [--wasm] [--instructions] [--isolation]
 #     --quick:        shorter runs, for a smoke test
 #     --wasm:         also time a WebAssembly function under wasmtime (builds wasmtime: slow)
 #     --instructions: only section 6, printed (RESULTS.md is left alone)
+#     --isolation:    only section 8, printed (RESULTS.md is left alone)
 #
 # Benchmarks never fail CI; they are not timed tests.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-secs=10; rounds=3; counts="10,100,500,1000"; reloads=20; features=(); only_instructions=""; requests=1000
+secs=10; rounds=3; counts="10,100,500,1000"; reloads=20; features=(); only_instructions=""; only_isolation=""; requests=1000
 for arg in "$@"; do
   case "$arg" in
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --quick) secs=2; rounds=1; counts="10,100"; reloads=5; requests=300 ;;
     --wasm) features=(--features wasm) ;;
     --instructions) only_instructions=1 ;;
+    --isolation) only_isolation=1 ;;
     *) echo "bench: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -67,8 +71,18 @@ instructions() {
   echo
 }
 
+isolation() {
+  echo "## 8. Isolated module (worker process) vs in-process"
+  echo
+  "$bin/harness" isolation "$bin/modhost" "$root/target/bench-modules/hello/libhello.so" $((requests * 5)) "$reloads" "$requests"
+}
+
 if [ -n "$only_instructions" ]; then
   instructions
+  exit 0
+fi
+if [ -n "$only_isolation" ]; then
+  isolation
   exit 0
 fi
 
@@ -130,5 +144,7 @@ wait 2>/dev/null || true
   echo "## 7. Core services: in-process vs over gRPC (loopback)"
   echo
   "$bin/harness" core "$bin/modhost" "$requests" "$secs"
+  echo
+  isolation
 } >> "$out"
 echo "bench: wrote $out"

@@ -73,6 +73,17 @@ pub fn send_requests(addr: SocketAddr, path: &str, token: Option<&str>, n: usize
     }
 }
 
+/// The status of `GET /readyz`, if the server answers.
+fn readyz(addr: SocketAddr) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    raw.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Total instructions of one run of `server` answering `n` requests.
 fn run_once(server: &Server, path: &str, token: Option<&str>, n: usize, dir: &Path) -> u64 {
     let addr = free_port();
@@ -100,7 +111,9 @@ fn run_once(server: &Server, path: &str, token: Option<&str>, n: usize, dir: &Pa
             .expect("run valgrind (apt-get install valgrind)"),
     );
     let deadline = Instant::now() + Duration::from_secs(300);
-    while TcpStream::connect(addr).is_err() {
+    // Serving starts before the modules are: wait until /readyz stops answering 503
+    // (the baseline has no /readyz and answers 404 at once).
+    while readyz(addr).is_none_or(|status| status == 503) {
         assert!(Instant::now() < deadline, "{} did not start", server.label);
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -79,6 +79,9 @@ struct WorkerCliArgs {
     /// Do not confine the worker's filesystem access with Landlock.
     #[arg(long)]
     no_landlock: bool,
+    /// The largest gRPC message, in bytes, the worker sends or accepts.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    message_limit: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -384,6 +387,7 @@ fn run_command(command: Command, env: Env) -> Result<Outcome, AppError> {
                 scratch_dir: args.scratch_dir,
                 sqlite: args.sqlite,
                 landlock: !args.no_landlock,
+                message_limit: args.message_limit,
             };
             modhost::isolation::worker::run(args)?;
             Ok(Outcome::Done)

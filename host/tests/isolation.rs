@@ -241,14 +241,25 @@ fn while_a_worker_is_down_routes_answer_503_with_retry_after_and_calls_are_unava
         unavailable.status,
         unavailable.text()
     );
-    wait_module(
-        &host,
-        "provider",
-        Duration::from_secs(20),
-        started_with_restarts(1),
-    );
+    // An operator's reload while the restart is pending replaces it at once.
+    let reload = host.request("POST", "/admin/modules/provider/reload", b"");
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let back = host.module("provider");
+    assert_eq!(back["state"], "started", "{back:#}");
     let again = call(r#"{"service":"provider.thing.get","request":{"x":2}}"#);
     assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(host.get("/api/v1/provider/ok").status, 200);
+    let services = host.get("/admin/services").json();
+    let listed = services.as_array().map(|s| {
+        s.iter()
+            .filter(|s| s["service"] == "provider.thing.get")
+            .count()
+    });
+    assert_eq!(
+        listed,
+        Some(1),
+        "one provider after the reload: {services:#}"
+    );
 }
 
 #[test]
@@ -335,7 +346,7 @@ fn workers_of(m: &Modules) -> usize {
             d.filter_map(Result::ok)
                 .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
                 .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .filter(|c| c.contains(" worker ") || c.contains("\0worker\0"))
+                .filter(|c| c.contains(" worker --socket-dir "))
                 .filter(|c| c.contains(&data))
                 .count()
         })
@@ -404,4 +415,96 @@ fn the_same_crash_in_process_takes_the_host_down() {
     );
     let (code, _) = host.wait_exit();
     assert_eq!(code, None, "the host was killed by a signal");
+}
+
+#[test]
+fn events_published_while_a_subscriber_is_down_reach_it_after_its_restart() {
+    let m = Modules::new();
+    m.add_faulty(
+        "source",
+        "ok",
+        "events:\n  publishes: [source.item.created]\n",
+    );
+    m.add(
+        "sink",
+        "faulty",
+        "name: sink\nversion: 1.0.0\nisolation: process\npermissions: [sink.probe.read, sink.probe.write]\n\
+         events:\n  subscribes: [source.item.created]\nconfig:\n  mode: ok\n  subscribe: [source.item.created]\n",
+    );
+    let env = [("MODHOST_WORKER_RESTART_BACKOFF", "1s")];
+    let host = HostProcess::start(&m, &env, &[]);
+    assert_eq!(host.get("/api/v1/sink/crash/abort").status, 503);
+    wait_module(&host, "sink", Duration::from_secs(5), |m| {
+        m["state"] == "failed"
+    });
+    let published = host.request(
+        "POST",
+        "/api/v1/source/publish",
+        br#"{"topic":"source.item.created","count":5,"payload":"x"}"#,
+    );
+    assert_eq!(published.status, 200, "{}", published.text());
+    wait_module(
+        &host,
+        "sink",
+        Duration::from_secs(20),
+        started_with_restarts(1),
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = host.get("/api/v1/sink/events").json();
+        let n = got.as_array().map(Vec::len).unwrap_or(0);
+        if n == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "sink received {n} of 5 events: {got}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dead = host.get("/admin/dead-letters").json();
+    assert_eq!(dead.as_array().map(Vec::len), Some(0), "{dead:#}");
+}
+
+#[test]
+fn no_other_process_may_use_a_workers_sockets() {
+    let m = Modules::new();
+    m.add_faulty("boxed", "ok", ISOLATED);
+    let host = HostProcess::start(&m, &[], &[]);
+    let dir = m
+        .data()
+        .join("runtime")
+        .join(host.pid().to_string())
+        .join("workers")
+        .join("boxed-0");
+    for socket in ["host.sock", "worker.sock"] {
+        let path = dir.join(socket);
+        let mut stream = std::os::unix::net::UnixStream::connect(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        // The HTTP/2 preface and an empty SETTINGS frame: a gRPC client's first bytes.
+        let _ = std::io::Write::write_all(
+            &mut stream,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        );
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+        assert!(answer.is_empty(), "{socket} answered another process");
+    }
+    assert_eq!(
+        host.get("/api/v1/boxed/ok").status,
+        200,
+        "the host's own calls still work"
+    );
+    let refused = host
+        .logs()
+        .iter()
+        .filter(|l| {
+            l.to_string()
+                .contains("refused a connection to a worker socket")
+        })
+        .count();
+    assert!(refused >= 1, "the refusal is logged");
 }

@@ -13,6 +13,7 @@ use crate::isolation::{
     convert,
     link::WorkerLink,
     proxies::{self, Deadlines},
+    slot::WorkerSlot,
 };
 use crate::services::end_user;
 use crate::wire::module_v1::{self as pb, module_host_server::ModuleHost};
@@ -23,14 +24,21 @@ type Reply<T> = Result<Response<T>, Status>;
 pub struct Callbacks {
     host: FfiHostBox,
     link: Arc<WorkerLink>,
+    slot: Arc<WorkerSlot>,
     deadlines: Deadlines,
 }
 
 impl Callbacks {
-    pub fn new(host: FfiHostBox, link: Arc<WorkerLink>, deadlines: Deadlines) -> Self {
+    pub fn new(
+        host: FfiHostBox,
+        link: Arc<WorkerLink>,
+        slot: Arc<WorkerSlot>,
+        deadlines: Deadlines,
+    ) -> Self {
         Self {
             host,
             link,
+            slot,
             deadlines,
         }
     }
@@ -55,10 +63,12 @@ impl ModuleHost for Callbacks {
 
     async fn subscribe(&self, r: Request<pb::Subscription>) -> Reply<pb::Outcome> {
         let r = r.into_inner();
-        let handler = proxies::event(self.link.clone(), r.handler, self.deadlines);
-        ok(convert::outcome(
-            self.host.subscribe(RStr::from_str(&r.pattern), handler),
-        ))
+        let handler = proxies::event(self.slot.clone(), &r.pattern, self.deadlines);
+        let outcome = self.host.subscribe(RStr::from_str(&r.pattern), handler);
+        if outcome.is_ok() {
+            self.link.add_event_handler(&r.pattern, r.handler);
+        }
+        ok(convert::outcome(outcome))
     }
 
     async fn provide(&self, r: Request<pb::Provision>) -> Reply<pb::Outcome> {
@@ -88,7 +98,9 @@ impl ModuleHost for Callbacks {
 
     async fn call(&self, r: Request<pb::OutgoingCall>) -> Reply<pb::CallReply> {
         let r = r.into_inner();
-        let user = r.user.map(|u| Arc::new(convert::user_from_wire(u)));
+        // The user of the host's request or call the worker names; never one the
+        // worker describes itself.
+        let user = self.link.user_of(r.call);
         let host = self.host.clone();
         // The handle reads the end user when the call is made: make it inside the scope.
         let result = end_user::scope(user, async move {

@@ -4,13 +4,16 @@
 //! stopped any other way).
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::Duration,
 };
+
+use modhost_plugin_api::ffi::FfiUser;
 
 use tonic::transport::Channel;
 
@@ -25,6 +28,9 @@ pub enum LinkError {
     Killed(Duration),
     /// The connection broke during the call (the worker died).
     Broken(String),
+    /// The worker answered with an error of the protocol (a message over the size
+    /// limit, say): retrying will not help.
+    Failed(String),
 }
 
 impl std::fmt::Display for LinkError {
@@ -36,6 +42,7 @@ impl std::fmt::Display for LinkError {
                 "the module's code did not answer within {d:?}; its worker process was killed"
             ),
             LinkError::Broken(why) => write!(f, "the module's worker process failed: {why}"),
+            LinkError::Failed(why) => write!(f, "the call into the module's worker failed: {why}"),
         }
     }
 }
@@ -53,6 +60,35 @@ pub struct WorkerLink {
     retiring: AtomicBool,
     /// Asks the supervisor to kill the process, with the reason.
     kill: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+    /// The end users of the requests and service calls running in the worker, by the
+    /// call ids the worker names them by when it calls back.
+    calls: Mutex<HashMap<u64, Option<Arc<FfiUser>>>>,
+    next_call: AtomicU64,
+    /// The worker's event handlers, by subscription pattern.
+    events: Mutex<HashMap<String, u64>>,
+}
+
+/// A request or service call running in the worker: its end user is known to the host
+/// under [`InFlight::id`] until it is dropped.
+pub struct InFlight {
+    link: Arc<WorkerLink>,
+    id: u64,
+}
+
+impl InFlight {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.link
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl WorkerLink {
@@ -69,7 +105,51 @@ impl WorkerLink {
             alive: AtomicBool::new(true),
             retiring: AtomicBool::new(false),
             kill: Mutex::new(Some(kill)),
+            calls: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
+            events: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records the worker's handler for subscription `pattern`.
+    pub fn add_event_handler(&self, pattern: &str, handler: u64) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pattern.to_string(), handler);
+    }
+
+    /// The worker's handler for subscription `pattern`.
+    pub fn event_handler(&self, pattern: &str) -> Option<u64> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pattern)
+            .copied()
+    }
+
+    /// Records a call into the worker made for `user`, until the guard is dropped.
+    pub fn enter(self: &Arc<Self>, user: Option<Arc<FfiUser>>) -> InFlight {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, user);
+        InFlight {
+            link: self.clone(),
+            id,
+        }
+    }
+
+    /// The end user of the call `id` running in the worker; `None` for an unknown id
+    /// (0, a finished call, or one the worker made up).
+    pub fn user_of(&self, id: u64) -> Option<Arc<FfiUser>> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .flatten()
     }
 
     /// Unique among this host's workers.
@@ -128,7 +208,7 @@ impl WorkerLink {
     /// it, the worker is killed, even if the caller stopped waiting (a request whose
     /// client went away still ends a handler that spins).
     pub async fn run<T, F, Fut>(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         deadline: Duration,
         what: &'static str,
         call: F,
@@ -149,7 +229,7 @@ impl WorkerLink {
                 Ok(Err(status)) if !link.is_alive() || is_transport(&status) => {
                     Err(LinkError::Broken(status.message().to_string()))
                 }
-                Ok(Err(status)) => Err(LinkError::Broken(status.message().to_string())),
+                Ok(Err(status)) => Err(LinkError::Failed(status.message().to_string())),
                 Err(_) => {
                     tracing::error!(module = %link.module, pid = link.pid(), call = what, ?deadline, "the module's code did not answer in time; killing its worker");
                     link.kill(&format!("{what} did not answer within {deadline:?}"));

@@ -10,11 +10,13 @@
 //!
 //! - [`settings`]: the operator's choice per module, and the limits;
 //! - host side: [`spawn`] (the child process, its limits, its log lines and its exit),
-//!   [`link`] (the connection to one worker), [`remote_module`] (the `FfiModule`),
+//!   [`link`] (the connection to one worker), [`slot`] (a module's current worker),
+//!   [`remote_module`] (the `FfiModule`),
 //!   [`proxies`] (routes, events, services), [`callbacks`] (the `ModuleHost` service the
 //!   worker calls), [`convert`] (FFI ⇄ wire types);
-//! - worker side: [`worker`] (the process: its `FfiHost` and its `Worker` service) and
-//!   [`sandbox`] (Landlock).
+//! - worker side: [`worker`] (the process and its `Worker` service), [`worker_host`]
+//!   (the module's `FfiHost` there), [`worker_log`] (its log lines) and [`sandbox`]
+//!   (Landlock).
 //!
 //! May use: `module` (the loader), `data` (the module's database), `services::end_user`,
 //! `wire`. Not `runtime` or `http`: the runtime hears of a worker's exit through
@@ -27,8 +29,11 @@ pub mod proxies;
 pub mod remote_module;
 pub mod sandbox;
 pub mod settings;
+pub mod slot;
 pub mod spawn;
 pub mod worker;
+pub mod worker_host;
+pub mod worker_log;
 
 pub use link::WorkerLink;
 pub use remote_module::{WorkerModule, WorkerSpec};

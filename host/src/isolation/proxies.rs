@@ -19,6 +19,7 @@ use modhost_plugin_api::ffi::{
 use crate::isolation::{
     convert,
     link::{LinkError, WorkerLink},
+    slot::WorkerSlot,
 };
 use crate::wire::module_v1 as pb;
 
@@ -49,10 +50,14 @@ pub fn route(link: Arc<WorkerLink>, handler: u64, deadlines: Deadlines) -> FfiHa
 
 impl FfiHandler for RouteProxy {
     fn call(&self, request: FfiRequest) -> FfiFuture<FfiResponse> {
-        let wire = route_request(self.handler, &request);
+        let mut wire = route_request(self.handler, &request);
         drop(request);
         let (link, deadline) = (self.link.clone(), self.deadline);
         async move {
+            // The request's end user (anonymous without a token), read inside the
+            // host's scope for this request: the worker's calls back name the call.
+            let call = link.enter(crate::services::end_user::current());
+            wire.call = call.id();
             let result = link
                 .run(deadline, "a route handler", move |mut c| async move {
                     c.handle_route(wire).await
@@ -62,6 +67,10 @@ impl FfiHandler for RouteProxy {
                 Ok(response) => convert::response_from_wire(response),
                 Err(LinkError::Killed(_)) => {
                     json(504, "the module's handler did not answer in time", false)
+                }
+                Err(e @ LinkError::Failed(_)) => {
+                    tracing::error!(module = %link.module(), error = %e, "answered 500");
+                    json(500, "the module's handler failed", false)
                 }
                 Err(e) => json(
                     503,
@@ -101,6 +110,7 @@ fn route_request(handler: u64, r: &FfiRequest) -> pb::RouteRequest {
         headers,
         body: r.body().to_vec(),
         user: r.user().into_option().as_ref().map(convert::user_to_wire),
+        call: 0,
     }
 }
 
@@ -127,15 +137,18 @@ fn json(status: u16, message: &str, retry: bool) -> FfiResponse {
 }
 
 struct EventProxy {
-    link: Arc<WorkerLink>,
-    handler: u64,
+    slot: Arc<WorkerSlot>,
+    pattern: String,
     deadline: Duration,
 }
 
-pub fn event(link: Arc<WorkerLink>, handler: u64, deadlines: Deadlines) -> FfiEventHandlerBox {
+/// An event handler that delivers to whichever worker runs the module when the event is
+/// handled (see [`WorkerSlot`]): events queued before a crash or a reload reach the next
+/// worker. While none is alive, it waits up to the event deadline.
+pub fn event(slot: Arc<WorkerSlot>, pattern: &str, deadlines: Deadlines) -> FfiEventHandlerBox {
     let proxy = EventProxy {
-        link,
-        handler,
+        slot,
+        pattern: pattern.to_string(),
         deadline: deadlines.event,
     };
     FfiEventHandler_TO::from_ptr(RArc::new(proxy), TD_Opaque)
@@ -143,12 +156,23 @@ pub fn event(link: Arc<WorkerLink>, handler: u64, deadlines: Deadlines) -> FfiEv
 
 impl FfiEventHandler for EventProxy {
     fn handle(&self, event: FfiEvent) -> FfiFuture<FfiUnitResult> {
-        let delivery = pb::EventDelivery {
-            handler: self.handler,
-            event: Some(convert::event_to_wire(&event)),
-        };
-        let (link, deadline) = (self.link.clone(), self.deadline);
+        let event = convert::event_to_wire(&event);
+        let (slot, pattern, deadline) = (self.slot.clone(), self.pattern.clone(), self.deadline);
         async move {
+            let Some(link) = slot.live(deadline).await else {
+                return RResult::RErr(LinkError::Down.to_string().into());
+            };
+            let Some(handler) = link.event_handler(&pattern) else {
+                let why = format!(
+                    "module `{}` no longer subscribes to `{pattern}`",
+                    link.module()
+                );
+                return RResult::RErr(why.into());
+            };
+            let delivery = pb::EventDelivery {
+                handler,
+                event: Some(event),
+            };
             let result = link
                 .run(deadline, "an event handler", move |mut c| async move {
                     c.deliver_event(delivery).await
@@ -189,21 +213,39 @@ impl FfiServiceHandler for ServiceProxy {
         user: ROption<FfiUser>,
         request: RString,
     ) -> FfiFuture<RResult<RString, FfiCallError>> {
-        let call = pb::ServiceCall {
+        let user = user.into_option();
+        let mut call = pb::ServiceCall {
             handler: self.handler,
             caller: caller.into_string(),
-            user: user.into_option().as_ref().map(convert::user_to_wire),
+            user: user.as_ref().map(convert::user_to_wire),
             request: request.into_string(),
+            call: 0,
         };
         let (link, deadline) = (self.link.clone(), self.deadline);
         async move {
+            // The provider's own calls carry the same user, as in-process.
+            let in_flight = link.enter(user.map(Arc::new));
+            call.call = in_flight.id();
             let result = link
                 .run(deadline, "a service handler", move |mut c| async move {
                     c.call_service(call).await
                 })
                 .await;
+            drop(in_flight);
             match result {
                 Ok(reply) => convert::from_call_reply(reply),
+                Err(e @ LinkError::Failed(_)) => RResult::RErr(FfiCallError {
+                    kind: modhost_plugin_api::ffi::call_error::FAILED,
+                    message: format!("module `{}`: {e}", link.module()).into(),
+                }),
+                Err(LinkError::Killed(d)) => RResult::RErr(FfiCallError {
+                    kind: modhost_plugin_api::ffi::call_error::TIMEOUT,
+                    message: format!(
+                        "module `{}`: the service did not answer within {d:?}",
+                        link.module()
+                    )
+                    .into(),
+                }),
                 Err(e) => RResult::RErr(convert::unavailable(format!(
                     "module `{}`: {e}",
                     link.module()

@@ -21,6 +21,7 @@ use crate::isolation::{
     link::{LinkError, WorkerLink},
     proxies::Deadlines,
     settings::WorkerLimits,
+    slot::WorkerSlot,
     spawn::{self, Launch},
     ExitSender,
 };
@@ -41,6 +42,10 @@ pub struct WorkerSpec {
     pub database: AreaAccess,
     pub limits: WorkerLimits,
     pub deadlines: Deadlines,
+    /// The module's current worker (the runtime switches it when an instance goes live).
+    pub slot: Arc<WorkerSlot>,
+    /// The largest message either side accepts.
+    pub message_limit: usize,
     /// Deadline of `init`, `start`, `stop` and the state hand-off.
     pub entry_deadline: Duration,
     pub exits: ExitSender,
@@ -125,6 +130,8 @@ impl FfiModule for WorkerModule {
                 scratch: &spec.scratch,
                 limits: &spec.limits,
                 deadlines: spec.deadlines,
+                slot: spec.slot.clone(),
+                message_limit: spec.message_limit,
                 ready_within: spec.entry_deadline,
                 exits: spec.exits.clone(),
                 library: &spec.library,

@@ -6,14 +6,19 @@
 //! system libraries and `/etc`; reading and writing the module's own SQLite files (not
 //! creating or removing files beside them); everything inside the worker's private
 //! directories (its sockets and its `TMPDIR`). Everything else on the filesystem is
-//! refused, other modules' folders and databases and the host's data included. A kernel
-//! without Landlock runs the worker unconfined, and the host logs that.
+//! refused, other modules' folders and databases and the host's data included. Where
+//! the kernel has Landlock 6, signals to processes outside the worker (the host) and
+//! abstract Unix sockets are refused too. A kernel without Landlock runs the worker
+//! unconfined, and `/admin/modules` says so.
+//!
+//! Landlock before Linux 7 cannot refuse connecting to a Unix socket by path: the
+//! sockets' other ends check who connects (`spawn::only_from`).
 
 use std::path::{Path, PathBuf};
 
 use landlock::{
     path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
-    ABI,
+    Scope, ABI,
 };
 
 /// What the worker may reach.
@@ -36,11 +41,17 @@ const DEVICES_WRITE: &[&str] = &["/dev/null"];
 /// Confines this thread and its future threads; returns what is enforced, in words.
 pub fn restrict(paths: &SandboxPaths) -> Result<String, String> {
     let abi = ABI::V5;
+    // Landlock 6 (Linux 6.12): no signals to processes outside the worker (the host
+    // included), no connections to abstract Unix sockets outside it. Best effort: an
+    // older kernel enforces the rest.
+    let scopes = Scope::from_all(ABI::V6);
     let read = AccessFs::from_read(abi);
     let file_rw = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate;
     let fail = |e: landlock::RulesetError| format!("cannot set up the Landlock sandbox: {e}");
     let status = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
+        .map_err(fail)?
+        .scope(scopes)
         .map_err(fail)?
         .create()
         .map_err(fail)?

@@ -96,7 +96,11 @@ impl IsolationSettings {
     /// The delay before restart number `n` (1-based) within the window.
     pub fn backoff(&self, n: u32) -> Duration {
         let doublings = n.saturating_sub(1).min(10);
-        (self.restart_backoff * 2u32.pow(doublings)).min(Duration::from_secs(30))
+        let cap = Duration::from_secs(30);
+        self.restart_backoff
+            .checked_mul(2u32.pow(doublings))
+            .unwrap_or(cap)
+            .min(cap)
     }
 }
 

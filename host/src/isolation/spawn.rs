@@ -15,12 +15,12 @@ use std::{
 use abi_stable::std_types::RStr;
 use hyper_util::rt::TokioIo;
 use modhost_plugin_api::ffi::{level, FfiHostBox};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tonic::transport::{Endpoint, Server};
 
 use crate::isolation::{
-    callbacks::Callbacks, link::WorkerLink, proxies::Deadlines, settings::WorkerLimits, ExitSender,
-    WorkerExit,
+    callbacks::Callbacks, link::WorkerLink, proxies::Deadlines, settings::WorkerLimits,
+    slot::WorkerSlot, ExitSender, WorkerExit,
 };
 use crate::wire::module_v1::{module_host_server::ModuleHostServer, worker_client::WorkerClient};
 
@@ -45,6 +45,10 @@ pub struct Launch<'a> {
     pub scratch: &'a Path,
     pub limits: &'a WorkerLimits,
     pub deadlines: Deadlines,
+    /// The module's current worker, for event deliveries.
+    pub slot: Arc<WorkerSlot>,
+    /// The largest message either side accepts (bodies, responses, state, cache values).
+    pub message_limit: usize,
     /// The runtime copy of the library and the module's folder, which the sandbox lets
     /// the worker read.
     pub library: &'a Path,
@@ -75,20 +79,36 @@ pub async fn start(launch: Launch<'_>, host: FfiHostBox) -> Result<Arc<WorkerLin
         }),
     );
     let (kill_tx, kill_rx) = tokio::sync::mpsc::unbounded_channel();
-    let link = Arc::new(WorkerLink::new(
-        &module,
-        WorkerClient::new(channel),
-        kill_tx,
-    ));
+    let client = WorkerClient::new(channel)
+        .max_decoding_message_size(launch.message_limit)
+        .max_encoding_message_size(launch.message_limit);
+    let link = Arc::new(WorkerLink::new(&module, client, kill_tx));
 
-    let listener = tokio::net::UnixListener::bind(launch.dir.join(HOST_SOCKET))
-        .map_err(|e| format!("cannot listen on {}: {e}", launch.dir.display()))?;
-    let callbacks = Callbacks::new(host.clone(), link.clone(), launch.deadlines);
+    let listener = match tokio::net::UnixListener::bind(launch.dir.join(HOST_SOCKET)) {
+        Ok(listener) => listener,
+        Err(e) => {
+            remove_dirs(launch.dir, launch.scratch);
+            return Err(format!("cannot listen on {}: {e}", launch.dir.display()));
+        }
+    };
+    let callbacks = Callbacks::new(
+        host.clone(),
+        link.clone(),
+        launch.slot.clone(),
+        launch.deadlines,
+    );
     let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let expected = link.clone();
+    let limit = launch.message_limit;
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        // Only this worker may call back as this module.
+        let incoming = only_from(listener, move || expected.pid());
         let served = Server::builder()
-            .add_service(ModuleHostServer::new(callbacks))
+            .add_service(
+                ModuleHostServer::new(callbacks)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+            )
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = server_stopped.await;
             })
@@ -98,9 +118,17 @@ pub async fn start(launch: Launch<'_>, host: FfiHostBox) -> Result<Arc<WorkerLin
         }
     });
 
-    let mut child = command(&launch)
-        .spawn()
-        .map_err(|e| format!("cannot start {} worker: {e}", launch.program.display()))?;
+    let mut child = match command(&launch).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = server_stop.send(());
+            remove_dirs(launch.dir, launch.scratch);
+            return Err(format!(
+                "cannot start {} worker: {e}",
+                launch.program.display()
+            ));
+        }
+    };
     let pid = child.id().unwrap_or(0);
     link.set_pid(pid);
     let stdout = child.stdout.take();
@@ -118,21 +146,19 @@ pub async fn start(launch: Launch<'_>, host: FfiHostBox) -> Result<Arc<WorkerLin
         server_stop,
     ));
 
-    let ready = async {
-        let mut lines = BufReader::new(stdout?).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.trim() == READY_LINE {
-                return Some(());
-            }
-        }
-        None
-    };
+    // Until the worker is handed over, dropping this future (its caller gave up) ends it.
+    let mut unready = RetireOnDrop(Some(link.clone()));
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    if let Some(stdout) = stdout {
+        tokio::spawn(forward_stdout(stdout, ready_tx, module.clone(), pid));
+    }
     match tokio::time::timeout(launch.ready_within, ready).await {
-        Ok(Some(())) => {
+        Ok(Ok(())) => {
             tracing::info!(module = %module, pid, "worker process started");
+            unready.0 = None;
             Ok(link)
         }
-        Ok(None) => Err(format!(
+        Ok(Err(_)) => Err(format!(
             "its worker process (pid {pid}) exited before it served; the log above says why"
         )),
         Err(_) => {
@@ -143,6 +169,48 @@ pub async fn start(launch: Launch<'_>, host: FfiHostBox) -> Result<Arc<WorkerLin
             ))
         }
     }
+}
+
+/// The connections to `listener` from the process `pid()` names; any other is closed
+/// at once and logged. Other processes of the same user (another module's worker
+/// among them) may reach the socket's path, so its peer is checked.
+pub fn only_from(
+    listener: tokio::net::UnixListener,
+    pid: impl Fn() -> u32 + Send + 'static,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::UnixListenerStream::new(listener).filter(move |stream| {
+        let Ok(stream) = stream else {
+            return true;
+        };
+        let peer = stream.peer_cred().ok().and_then(|c| c.pid());
+        let expected = pid();
+        let ok = peer.and_then(|p| u32::try_from(p).ok()) == Some(expected);
+        if !ok {
+            tracing::warn!(
+                ?peer,
+                expected,
+                "refused a connection to a worker socket from another process"
+            );
+        }
+        ok
+    })
+}
+
+/// Retires a worker that was started but not handed over.
+struct RetireOnDrop(Option<Arc<WorkerLink>>);
+
+impl Drop for RetireOnDrop {
+    fn drop(&mut self) {
+        if let Some(link) = self.0.take() {
+            link.retire("it was not needed any more");
+        }
+    }
+}
+
+fn remove_dirs(dir: &Path, scratch: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(scratch);
 }
 
 /// A directory only this user may enter.
@@ -166,7 +234,9 @@ fn command(launch: &Launch<'_>) -> tokio::process::Command {
         .arg("--module-dir")
         .arg(launch.module_dir)
         .arg("--scratch-dir")
-        .arg(launch.scratch);
+        .arg(launch.scratch)
+        .arg("--message-limit")
+        .arg(launch.message_limit.to_string());
     if let Some(path) = launch.sqlite {
         cmd.arg("--sqlite").arg(path);
     }
@@ -180,16 +250,17 @@ fn command(launch: &Launch<'_>) -> tokio::process::Command {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let (memory, files) = (launch.limits.memory_bytes, launch.limits.open_files);
+    let parent = std::process::id();
     // SAFETY: between fork and exec only async-signal-safe system calls run
     // (setrlimit, prctl, getppid, kill); nothing allocates or takes a lock.
     unsafe {
-        cmd.pre_exec(move || apply_limits(memory, files));
+        cmd.pre_exec(move || apply_limits(memory, files, parent));
     }
     cmd
 }
 
 /// Runs in the child between fork and exec.
-fn apply_limits(memory: Option<u64>, open_files: u64) -> std::io::Result<()> {
+fn apply_limits(memory: Option<u64>, open_files: u64, parent: u32) -> std::io::Result<()> {
     let set = |resource, value: u64| {
         let limit = libc::rlimit {
             rlim_cur: value as libc::rlim_t,
@@ -213,7 +284,7 @@ fn apply_limits(memory: Option<u64>, open_files: u64) -> std::io::Result<()> {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if libc::getppid() == 1 {
+        if u32::try_from(libc::getppid()).ok() != Some(parent) {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
     }
@@ -265,8 +336,7 @@ async fn supervise(
         None => how,
     };
     let module = link.module().to_string();
-    let _ = std::fs::remove_dir_all(&dirs.0);
-    let _ = std::fs::remove_dir_all(&dirs.1);
+    remove_dirs(&dirs.0, &dirs.1);
     if link.is_retiring() {
         tracing::debug!(module = %module, pid = link.pid(), "worker process ended: {reason}");
         return;
@@ -317,17 +387,66 @@ async fn forward_logs(
     module: String,
     pid: u32,
 ) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        match parse_log_line(&line) {
-            Some((lvl, target, message)) => {
-                host.log(lvl, RStr::from_str(&target), RStr::from_str(&message))
-            }
-            None if line.trim().is_empty() => {}
-            None => {
-                tracing::warn!(target: "modhost::module", module = %module, pid, "worker: {line}")
-            }
+    each_line(stderr, |line| match parse_log_line(&line) {
+        Some((lvl, target, message)) => {
+            host.log(lvl, RStr::from_str(&target), RStr::from_str(&message))
         }
+        None if line.trim().is_empty() => {}
+        None => tracing::warn!(target: "modhost::module", module = %module, pid, "worker: {line}"),
+    })
+    .await;
+}
+
+/// Waits for the worker's ready line, then re-logs what the module prints on stdout at
+/// info level (in-process it would go to the host's stdout; a closed pipe would make the
+/// module's `println!` panic).
+async fn forward_stdout(
+    stdout: tokio::process::ChildStdout,
+    ready: tokio::sync::oneshot::Sender<()>,
+    module: String,
+    pid: u32,
+) {
+    let mut ready = Some(ready);
+    each_line(stdout, |line| {
+        if ready.is_some() && line.trim() == READY_LINE {
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(());
+            }
+            return;
+        }
+        tracing::info!(target: "modhost::module", module = %module, pid, "stdout: {line}");
+    })
+    .await;
+}
+
+/// The longest line kept from a worker's output; the rest of a longer line is dropped.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Calls `f` with each line `from` writes, until it closes: invalid UTF-8 is replaced,
+/// and a line is cut at [`MAX_LINE`] bytes, so a worker cannot make the host buffer
+/// without bound or stop reading.
+async fn each_line(from: impl tokio::io::AsyncRead + Unpin, mut f: impl FnMut(String)) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut reader = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(buf) if !buf.is_empty() => buf,
+            _ => break,
+        };
+        let end = buf.iter().position(|&b| b == b'\n');
+        let chunk = &buf[..end.unwrap_or(buf.len())];
+        let room = MAX_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = end.map_or(buf.len(), |i| i + 1);
+        reader.consume(used);
+        if end.is_some() {
+            f(String::from_utf8_lossy(&line).into_owned());
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        f(String::from_utf8_lossy(&line).into_owned());
     }
 }
 

@@ -1,32 +1,29 @@
-//! `modhost worker`: the process an isolated module runs in.
+//! `modhost worker`: the process an isolated module runs in, and its `Worker` service.
 //!
 //! It confines itself (Landlock, see [`sandbox`](super::sandbox)) before it starts a
-//! thread, serves the `Worker` service on its socket, and on `Init` loads the library
-//! with the host's loader and runs the module's `init` with a [`WorkerHost`]: an
-//! `FfiHost` whose methods are calls back to the host (`ModuleHost`), except the
-//! database, which the worker opens itself with the module's own credentials, and the
-//! timer. Logs go to stderr as JSON lines, which the host re-logs under the module.
+//! thread, serves `Worker` on its socket, and on `Init` loads the library with the
+//! host's loader and runs the module's `init` with a
+//! [`WorkerHost`](super::worker_host::WorkerHost). Routes, events and service calls from
+//! the host reach the module's handlers by the ids it registered them under. Logs go to
+//! stderr ([`worker_log`](super::worker_log)).
 
 use std::{
-    collections::HashMap,
     io::Write as _,
     panic::AssertUnwindSafe,
     path::PathBuf,
-    sync::{Arc, Mutex, OnceLock, RwLock},
-    time::Duration,
+    sync::{Arc, OnceLock},
 };
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{RArc, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
+    std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
 };
-use async_ffi::{FfiFuture, FutureExt as _};
+use async_ffi::FfiFuture;
 use futures_util::FutureExt as _;
 use hyper_util::rt::TokioIo;
 use modhost_plugin_api::ffi::{
-    call_error, level, FfiCallError, FfiDatabaseBox, FfiEventHandlerBox, FfiHandlerBox, FfiHost,
-    FfiHostBox, FfiHost_TO, FfiInitContext, FfiModuleBox, FfiRequestView, FfiRequestView_TO,
-    FfiResponse, FfiRoute, FfiServiceHandlerBox, FfiUnitResult, FfiUser,
+    call_error, level, FfiInitContext, FfiModuleBox, FfiRequestView, FfiRequestView_TO,
+    FfiResponse, FfiUnitResult, FfiUser,
 };
 use tonic::{
     transport::{Channel, Endpoint, Server},
@@ -34,8 +31,11 @@ use tonic::{
 };
 
 use crate::data::db_handle::AreaDatabase;
-use crate::isolation::{convert, sandbox, spawn};
-use crate::services::end_user;
+use crate::isolation::{
+    convert, sandbox, spawn,
+    worker_host::{get, in_call, Handlers, WorkerHost},
+    worker_log,
+};
 use crate::wire::module_v1::{
     self as pb,
     module_host_client::ModuleHostClient,
@@ -52,6 +52,8 @@ pub struct WorkerArgs {
     pub scratch_dir: PathBuf,
     pub sqlite: Option<PathBuf>,
     pub landlock: bool,
+    /// The largest gRPC message either side accepts.
+    pub message_limit: usize,
 }
 
 /// Why the worker could not run.
@@ -67,7 +69,7 @@ pub fn run(args: WorkerArgs) -> Result<(), WorkerError> {
         module: args.module.clone(),
         why,
     };
-    install_logging();
+    worker_log::install_logging();
     let sandbox = match args.landlock {
         false => "landlock: off (worker_landlock = false)".to_string(),
         true => {
@@ -115,10 +117,13 @@ async fn serve(args: WorkerArgs, sandbox: String) -> Result<(), WorkerError> {
             }
         }),
     );
+    let limit = args.message_limit;
     let service = WorkerService {
         args: args.clone(),
         sandbox,
-        host: ModuleHostClient::new(channel),
+        host: ModuleHostClient::new(channel)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
         module: OnceLock::new(),
         handlers: Arc::new(Handlers::default()),
     };
@@ -129,37 +134,20 @@ async fn serve(args: WorkerArgs, sandbox: String) -> Result<(), WorkerError> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| fail(format!("cannot handle SIGTERM: {e}")))?;
     Server::builder()
-        .add_service(WorkerServer::new(service))
+        .add_service(
+            WorkerServer::new(service)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            // Only the host (this worker's parent) may call it.
+            spawn::only_from(listener, std::os::unix::process::parent_id),
             async move {
                 terminate.recv().await;
             },
         )
         .await
         .map_err(|e| fail(format!("its server failed: {e}")))
-}
-
-/// The module's handlers, by the ids the host knows them by.
-#[derive(Default)]
-struct Handlers {
-    next: std::sync::atomic::AtomicU64,
-    routes: RwLock<HashMap<u64, Arc<FfiHandlerBox>>>,
-    events: RwLock<HashMap<u64, Arc<FfiEventHandlerBox>>>,
-    services: RwLock<HashMap<u64, Arc<FfiServiceHandlerBox>>>,
-}
-
-impl Handlers {
-    fn next_id(&self) -> u64 {
-        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
-    }
-}
-
-fn get<T>(map: &RwLock<HashMap<u64, Arc<T>>>, id: u64) -> Option<Arc<T>> {
-    map.read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&id)
-        .cloned()
 }
 
 struct WorkerService {
@@ -309,10 +297,9 @@ impl Worker for WorkerService {
             return Err(Status::not_found("no such route handler"));
         };
         let user = r.user.clone().map(|u| Arc::new(convert::user_from_wire(u)));
-        // As in the host: a request without a token acts for an anonymous user.
-        let end = user.clone().or_else(|| Some(anonymous()));
+        let id = r.call;
         let request = FfiRequestView_TO::from_value(WireRequest { r, user }, TD_Opaque);
-        let call = end_user::scope(end, handler.call(request));
+        let call = in_call(id, handler.call(request));
         match AssertUnwindSafe(call).catch_unwind().await {
             Ok(response) => ok(convert::response_to_wire(response)),
             Err(_) => ok(convert::response_to_wire(panicked())),
@@ -334,9 +321,8 @@ impl Worker for WorkerService {
             return Err(Status::not_found("no such service handler"));
         };
         let user = r.user.map(convert::user_from_wire);
-        let scope_user = user.clone().map(Arc::new);
-        let call = end_user::scope(
-            scope_user,
+        let call = in_call(
+            r.call,
             handler.call_as(r.caller.into(), user.into(), r.request.into()),
         );
         let reply = match AssertUnwindSafe(call).catch_unwind().await {
@@ -370,14 +356,6 @@ fn panicked() -> FfiResponse {
             .into_bytes()
             .into(),
     }
-}
-
-fn anonymous() -> Arc<FfiUser> {
-    Arc::new(FfiUser {
-        id: RString::new(),
-        email: RString::new(),
-        permissions: RVec::new(),
-    })
 }
 
 /// A request as it arrived over the wire, lent to the handler through accessors.
@@ -425,281 +403,4 @@ impl FfiRequestView for WireRequest {
     fn user(&self) -> ROption<FfiUser> {
         self.user.as_deref().cloned().into()
     }
-}
-
-/// The `FfiHost` a module gets in a worker: calls back to the host.
-#[derive(Clone)]
-struct WorkerHost {
-    host: ModuleHostClient<Channel>,
-    handlers: Arc<Handlers>,
-    database: AreaDatabase,
-    max_level: u8,
-}
-
-/// Serialises the worker's stderr lines.
-static STDERR: Mutex<()> = Mutex::new(());
-
-fn transport(e: Status) -> FfiCallError {
-    convert::unavailable(format!("the host cannot be reached: {}", e.message()))
-}
-
-impl WorkerHost {
-    fn to_ffi(&self) -> FfiHostBox {
-        FfiHost_TO::from_ptr(RArc::new(self.clone()), TD_Opaque)
-    }
-
-    /// Makes a registration call to the host and waits for its answer: registrations
-    /// happen while `init` runs (synchronously, in plugin-api), and the host's answer
-    /// (accepted, or why not) is what the module sees, as in-process.
-    fn register<F, Fut>(&self, call: F) -> FfiUnitResult
-    where
-        F: FnOnce(ModuleHostClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<pb::Outcome>, Status>>,
-    {
-        let client = self.host.clone();
-        let run = || {
-            tokio::runtime::Handle::current().block_on(async move {
-                match call(client).await {
-                    Ok(r) => convert::from_outcome(r.into_inner()),
-                    Err(e) => {
-                        RResult::RErr(format!("the host cannot be reached: {}", e.message()).into())
-                    }
-                }
-            })
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => tokio::task::block_in_place(run),
-            Err(_) => RResult::RErr("registrations are only possible during init".into()),
-        }
-    }
-}
-
-impl FfiHost for WorkerHost {
-    fn log(&self, lvl: u8, target: RStr<'_>, message: RStr<'_>) {
-        if lvl > self.max_level {
-            return;
-        }
-        let line = spawn::log_line(lvl, target.as_str(), message.as_str());
-        let _guard = STDERR.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
-    }
-
-    fn max_log_level(&self) -> u8 {
-        self.max_level
-    }
-
-    fn register_route(&self, route: FfiRoute) -> FfiUnitResult {
-        let id = self.handlers.next_id();
-        self.handlers
-            .routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Arc::new(route.handler));
-        let registration = pb::RouteRegistration {
-            method: route.method.into_string(),
-            path: route.path.into_string(),
-            permission: route.permission.into_string(),
-            handler: id,
-        };
-        self.register(|mut c| async move { c.register_route(registration).await })
-    }
-
-    fn database(&self) -> FfiDatabaseBox {
-        self.database.to_ffi()
-    }
-
-    fn call(
-        &self,
-        service: RStr<'_>,
-        request: RString,
-        timeout_ms: u64,
-    ) -> FfiFuture<RResult<RString, FfiCallError>> {
-        let call = pb::OutgoingCall {
-            service: service.to_string(),
-            request: request.into_string(),
-            timeout_ms,
-            // Read now, while the calling handler runs inside its request.
-            user: end_user::current().as_deref().map(convert::user_to_wire),
-        };
-        let mut client = self.host.clone();
-        async move {
-            match client.call(call).await {
-                Ok(reply) => convert::from_call_reply(reply.into_inner()),
-                Err(e) => RResult::RErr(transport(e)),
-            }
-        }
-        .into_ffi()
-    }
-
-    fn publish(
-        &self,
-        topic: RStr<'_>,
-        payload: RString,
-    ) -> FfiFuture<RResult<RString, FfiCallError>> {
-        let publication = pb::Publication {
-            topic: topic.to_string(),
-            payload: payload.into_string(),
-        };
-        let mut client = self.host.clone();
-        async move {
-            match client.publish(publication).await {
-                Ok(reply) => convert::from_call_reply(reply.into_inner()),
-                Err(e) => RResult::RErr(transport(e)),
-            }
-        }
-        .into_ffi()
-    }
-
-    fn subscribe(&self, pattern: RStr<'_>, handler: FfiEventHandlerBox) -> FfiUnitResult {
-        let id = self.handlers.next_id();
-        self.handlers
-            .events
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Arc::new(handler));
-        let subscription = pb::Subscription {
-            pattern: pattern.to_string(),
-            handler: id,
-        };
-        self.register(|mut c| async move { c.subscribe(subscription).await })
-    }
-
-    fn provide(&self, service: RStr<'_>, handler: FfiServiceHandlerBox) -> FfiUnitResult {
-        let id = self.handlers.next_id();
-        self.handlers
-            .services
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Arc::new(handler));
-        let provision = pb::Provision {
-            service: service.to_string(),
-            handler: id,
-        };
-        self.register(|mut c| async move { c.provide(provision).await })
-    }
-
-    fn cache_get(&self, key: RStr<'_>) -> FfiFuture<RResult<ROption<RVec<u8>>, FfiCallError>> {
-        let key = pb::CacheKey {
-            key: key.to_string(),
-        };
-        let mut client = self.host.clone();
-        async move {
-            match client.cache_get(key).await {
-                Ok(reply) => {
-                    let v = reply.into_inner();
-                    match v.ok {
-                        true if v.present => RResult::ROk(ROption::RSome(v.value.into())),
-                        true => RResult::ROk(ROption::RNone),
-                        false => RResult::RErr(FfiCallError {
-                            kind: u8::try_from(v.error_kind).unwrap_or(call_error::FAILED),
-                            message: v.error.into(),
-                        }),
-                    }
-                }
-                Err(e) => RResult::RErr(transport(e)),
-            }
-        }
-        .into_ffi()
-    }
-
-    fn cache_set(
-        &self,
-        key: RStr<'_>,
-        value: RVec<u8>,
-        ttl_ms: u64,
-    ) -> FfiFuture<RResult<(), FfiCallError>> {
-        let entry = pb::CacheEntry {
-            key: key.to_string(),
-            value: value.into_vec(),
-            ttl_ms,
-        };
-        let mut client = self.host.clone();
-        async move {
-            match client.cache_set(entry).await {
-                Ok(reply) => convert::from_call_reply(reply.into_inner()).map(|_| ()),
-                Err(e) => RResult::RErr(transport(e)),
-            }
-        }
-        .into_ffi()
-    }
-
-    fn cache_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), FfiCallError>> {
-        let key = pb::CacheKey {
-            key: key.to_string(),
-        };
-        let mut client = self.host.clone();
-        async move {
-            match client.cache_delete(key).await {
-                Ok(reply) => convert::from_call_reply(reply.into_inner()).map(|_| ()),
-                Err(e) => RResult::RErr(transport(e)),
-            }
-        }
-        .into_ffi()
-    }
-
-    fn sleep(&self, ms: u64) -> FfiFuture<()> {
-        async move { tokio::time::sleep(Duration::from_millis(ms)).await }.into_ffi()
-    }
-
-    fn describe_route(&self, method: RStr<'_>, path: RStr<'_>, doc_json: RString) -> FfiUnitResult {
-        let description = pb::RouteDescription {
-            method: method.to_string(),
-            path: path.to_string(),
-            doc_json: doc_json.into_string(),
-        };
-        self.register(|mut c| async move { c.describe_route(description).await })
-    }
-
-    fn describe_event(&self, topic: RStr<'_>, schema_json: RString) -> FfiUnitResult {
-        let description = pb::EventDescription {
-            topic: topic.to_string(),
-            schema_json: schema_json.into_string(),
-        };
-        self.register(|mut c| async move { c.describe_event(description).await })
-    }
-}
-
-/// The worker's own log events (the database's errors, say), written to stderr in the
-/// line format the host re-logs.
-struct StderrLines;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StderrLines {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Fields(String);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                use std::fmt::Write as _;
-                match field.name() {
-                    "message" => {
-                        let _ = write!(self.0, "{value:?}");
-                    }
-                    name => {
-                        let _ = write!(self.0, " {name}={value:?}");
-                    }
-                }
-            }
-        }
-        let meta = event.metadata();
-        let lvl = match *meta.level() {
-            tracing::Level::ERROR => level::ERROR,
-            tracing::Level::WARN => level::WARN,
-            tracing::Level::INFO => level::INFO,
-            tracing::Level::DEBUG => level::DEBUG,
-            tracing::Level::TRACE => level::TRACE,
-        };
-        let mut fields = Fields(String::new());
-        event.record(&mut fields);
-        let line = spawn::log_line(lvl, meta.target(), &fields.0);
-        let _guard = STDERR.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
-    }
-}
-
-/// Installs [`StderrLines`] at info level for the worker's own code.
-fn install_logging() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    let subscriber = tracing_subscriber::registry()
-        .with(StderrLines)
-        .with(tracing_subscriber::filter::LevelFilter::INFO);
-    let _ = tracing::subscriber::set_global_default(subscriber);
 }

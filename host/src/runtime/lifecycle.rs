@@ -124,6 +124,8 @@ pub struct ModuleEntry {
     pub last_exit: Option<String>,
     /// Crashed, and a restart is scheduled: its routes answer 503.
     pub(crate) restart_pending: bool,
+    /// Numbers scheduled restarts: only the latest one runs.
+    pub(crate) restart_generation: u64,
 }
 
 /// A new instance, initialised but not yet live.
@@ -170,6 +172,7 @@ impl ModuleEntry {
             crash_times: Vec::new(),
             last_exit: None,
             restart_pending: false,
+            restart_generation: 0,
         }
     }
 
@@ -254,6 +257,9 @@ pub struct Host {
     pub(crate) worker_exits: ExitSender,
     /// Numbers worker directories.
     pub(crate) worker_count: std::sync::atomic::AtomicU64,
+    /// Each isolated module's current worker, for event deliveries.
+    pub(crate) worker_slots:
+        Mutex<std::collections::HashMap<String, Arc<crate::isolation::slot::WorkerSlot>>>,
     /// Serialises reloads, drop-ins and removals.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     pub bus: Arc<dyn EventBus>,
@@ -313,6 +319,7 @@ impl Host {
             databases,
             worker_exits,
             worker_count: std::sync::atomic::AtomicU64::new(0),
+            worker_slots: Mutex::new(std::collections::HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             bus,
             cache: Arc::new(InProcessCache::new(cache_max_bytes, cache_ttl)),
@@ -321,7 +328,6 @@ impl Host {
             stopping: tokio::sync::watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
         });
-        host.track(tokio::spawn(host.clone().watch_workers(exits)));
         for idx in 0..count {
             host.load_and_init(idx).await;
         }
@@ -329,6 +335,8 @@ impl Host {
             host.start_module(idx).await;
         }
         host.publish_routes();
+        // Exits during boot wait in the channel until every module is committed.
+        host.track(tokio::spawn(host.clone().watch_workers(exits)));
 
         let failures: Vec<String> = host
             .entries()
@@ -398,6 +406,7 @@ impl Host {
             e.state = ModuleState::Failed(reason.clone());
             e.routes.clear();
             e.instance = None;
+            e.worker = None;
             e.restart_pending = false;
             e.name.clone()
         };
@@ -634,6 +643,11 @@ impl Host {
                     .detail(&format!("version {}", p.manifest.version)),
             )
             .await;
+        // Events for an isolated module go to this instance's worker from now on,
+        // those still queued for a previous one included.
+        if let Some(link) = p.worker.as_ref().and_then(|w| w.link()) {
+            self.worker_slot(&name).set(link.clone());
+        }
         for (pattern, handler) in p.registrations.subscriptions {
             self.bus.subscribe(&name, &pattern, handler);
         }
@@ -657,6 +671,7 @@ impl Host {
         e.loaded_at = Some(SystemTime::now());
         e.isolation = p.isolation;
         e.worker = p.worker;
+        e.restart_pending = false;
         e.waiting_for = None;
         e.last_reload_error = None;
         let routes: Vec<String> = e
@@ -798,6 +813,7 @@ impl Host {
             let mut entries = self.entries();
             entries[idx].state = ModuleState::Stopped;
             entries[idx].routes.clear();
+            entries[idx].worker = None;
             stopped.push(name);
         }
         self.runtime.remove();

@@ -92,16 +92,21 @@ impl Host {
         let idx = self
             .index_of(name)
             .ok_or_else(|| ReloadError::NotFound(name.to_string()))?;
+        // A reload starts an isolated module's crash count afresh.
+        self.entries()[idx].crash_times.clear();
         Ok(self.replace_module(idx, name).await?)
     }
 
     /// Replaces entry `idx` (module `name`) with what its folder holds now.
     async fn replace_module(self: &Arc<Self>, idx: usize, name: &str) -> Result<String, String> {
+        // A crashed isolated module waiting for its restart is replaced like a running
+        // one: its routes, subscriptions and services are still in place.
         let (dir, running) = {
             let entries = self.entries();
+            let e = &entries[idx];
             (
-                entries[idx].dir.clone(),
-                entries[idx].state == ModuleState::Started,
+                e.dir.clone(),
+                e.state == ModuleState::Started || e.restart_pending,
             )
         };
         let found = discover_one(&dir)
@@ -160,7 +165,13 @@ impl Host {
                 e.runtime_path.clone(),
             )
         };
-        if let (Some(old), Some(old_handle)) = (&old_instance, &old_handle) {
+        // A crashed worker has no state left to hand over.
+        let old_alive = {
+            let entries = self.entries();
+            let worker = entries[idx].worker.as_ref().and_then(|w| w.link());
+            worker.is_none_or(|link| link.is_alive())
+        };
+        if let (Some(old), Some(old_handle), true) = (&old_instance, &old_handle, old_alive) {
             self.hand_over_state(old, old_handle, &prepared.instance)
                 .await
                 .map_err(refuse_new)?;
@@ -433,7 +444,10 @@ impl Host {
         let (instance, handle, routes) = {
             let mut entries = self.entries();
             let e = &mut entries[idx];
-            if e.state != ModuleState::Started && e.state != ModuleState::Initialized {
+            // A crashed isolated module waiting for its restart still holds its
+            // subscriptions and services: it is stopped like a running one.
+            let running = matches!(e.state, ModuleState::Started | ModuleState::Initialized);
+            if !running && !e.restart_pending {
                 e.note = note.clone().or(e.note.take());
                 e.waiting_for = waiting_for.clone().or(e.waiting_for.take());
                 return;
@@ -457,6 +471,8 @@ impl Host {
             e.routes.clear();
             e.instance = None;
             e.handle = None;
+            e.worker = None;
+            e.restart_pending = false;
             e.note = note;
             e.waiting_for = waiting_for;
             e.runtime_path.take()

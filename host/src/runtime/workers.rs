@@ -20,7 +20,8 @@ use crate::core::audit::Audit;
 use crate::data::database::{AreaAccess, AreaPool};
 use crate::data::db_handle::AreaDatabase;
 use crate::isolation::{
-    proxies::Deadlines, remote_module::WorkerState, WorkerExit, WorkerModule, WorkerSpec,
+    proxies::Deadlines, remote_module::WorkerState, slot::WorkerSlot, WorkerExit, WorkerModule,
+    WorkerSpec,
 };
 use crate::runtime::lifecycle::{call_plugin, Host, ModuleState};
 
@@ -62,8 +63,7 @@ impl Host {
             .path()
             .join("workers")
             .join(format!("{name}-{n}.tmp"));
-        let program = std::env::current_exe()
-            .map_err(|e| format!("cannot find the modhost executable to start a worker: {e}"))?;
+        let program = worker_program()?;
         let spec = WorkerSpec {
             module: name.to_string(),
             program,
@@ -79,8 +79,20 @@ impl Host {
             },
             entry_deadline: self.config.init_timeout,
             exits: self.worker_exits.clone(),
+            slot: self.worker_slot(name),
+            message_limit: message_limit(&self.config),
         };
         Ok(WorkerModule::create(spec))
+    }
+
+    /// The slot holding `module`'s current worker (made on first use).
+    pub(crate) fn worker_slot(&self, module: &str) -> Arc<WorkerSlot> {
+        self.worker_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(module.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Handles worker exits until shutdown.
@@ -109,6 +121,7 @@ impl Host {
         }
         let Some(idx) = self.entries().iter().position(|e| {
             e.name == exit.module
+                && matches!(e.state, ModuleState::Started | ModuleState::Initialized)
                 && e.worker
                     .as_ref()
                     .and_then(|w| w.link())
@@ -150,16 +163,19 @@ impl Host {
         }
         let delay = settings.backoff(crashes);
         tracing::warn!(module = %name, ?delay, crashes, "restarting the module's worker");
-        {
+        let generation = {
             let mut entries = self.entries();
-            entries[idx].state = ModuleState::Failed(reason.to_string());
-            entries[idx].restart_pending = true;
-        }
+            let e = &mut entries[idx];
+            e.state = ModuleState::Failed(reason.to_string());
+            e.restart_pending = true;
+            e.restart_generation += 1;
+            e.restart_generation
+        };
         let host = self.clone();
         tokio::spawn(async move {
             let stopping = host.stopping();
             tokio::select! {
-                _ = tokio::time::sleep(delay) => host.restart_worker(name).await,
+                _ = tokio::time::sleep(delay) => host.restart_worker(name, generation).await,
                 _ = until_true(stopping) => {}
             }
         });
@@ -171,21 +187,21 @@ impl Host {
     fn restart_worker(
         self: Arc<Self>,
         name: String,
+        generation: u64,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(async move { self.restart_worker_now(&name).await })
+        Box::pin(async move { self.restart_worker_now(&name, generation).await })
     }
 
-    async fn restart_worker_now(self: &Arc<Self>, name: &str) {
+    async fn restart_worker_now(self: &Arc<Self>, name: &str, generation: u64) {
         let _serial = self.reload_lock.lock().await;
         if self.is_stopping() {
             return;
         }
-        let Some(idx) = self
-            .entries()
-            .iter()
-            .position(|e| e.name == name && e.restart_pending)
-        else {
-            // Reloaded, removed or failed otherwise in the meantime.
+        let Some(idx) = self.entries().iter().position(|e| {
+            e.name == name && e.restart_pending && e.restart_generation == generation
+        }) else {
+            // Reloaded, removed, failed otherwise or crashed again in the meantime (a
+            // later restart is scheduled).
             return;
         };
         let found = {
@@ -248,6 +264,29 @@ impl Host {
         self.core
             .record(audit.detail(&format!("new worker pid {pid}")))
             .await;
+    }
+}
+
+/// The largest gRPC message between host and worker: room for the largest request body
+/// and response the host allows, and at least 64 MiB (state hand-off, cache values).
+fn message_limit(config: &crate::config::HostConfig) -> usize {
+    let largest = config
+        .max_body_bytes
+        .max(config.max_response_bytes)
+        .max(64 * 1024 * 1024)
+        .saturating_add(1024 * 1024);
+    usize::try_from(largest).unwrap_or(usize::MAX)
+}
+
+/// The `modhost` executable to start workers with. After the binary was replaced on disk
+/// (an upgrade while running), the path names the new file or nothing: the running
+/// binary is still `/proc/self/exe`.
+fn worker_program() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find the modhost executable to start a worker: {e}"))?;
+    match exe.exists() {
+        true => Ok(exe),
+        false => Ok(PathBuf::from("/proc/self/exe")),
     }
 }
 
