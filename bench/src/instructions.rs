@@ -73,6 +73,14 @@ pub fn send_requests(addr: SocketAddr, path: &str, token: Option<&str>, n: usize
     }
 }
 
+/// Where a run's stderr (valgrind's and the server's) goes, for a failed measurement.
+fn log_file(dir: &Path, label: &str, n: usize) -> Stdio {
+    match std::fs::File::create(dir.join(format!("{label}.{n}.log"))) {
+        Ok(file) => Stdio::from(file),
+        Err(_) => Stdio::null(),
+    }
+}
+
 /// The status of `GET /readyz`, if the server answers.
 fn readyz(addr: SocketAddr) -> Option<u16> {
     let mut s = TcpStream::connect(addr).ok()?;
@@ -105,7 +113,7 @@ fn run_once(server: &Server, path: &str, token: Option<&str>, n: usize, dir: &Pa
     }
     cmd.envs(server.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log_file(dir, server.label, n));
     let mut child = Running(
         cmd.spawn()
             .expect("run valgrind (apt-get install valgrind)"),

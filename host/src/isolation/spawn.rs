@@ -261,15 +261,36 @@ fn command(launch: &Launch<'_>) -> tokio::process::Command {
 
 /// Runs in the child between fork and exec.
 fn apply_limits(memory: Option<u64>, open_files: u64, parent: u32) -> std::io::Result<()> {
+    // Lowers both limits to `value`, never above the hard limit the host has (raising
+    // it would need privileges, and fail).
     let set = |resource, value: u64| {
-        let limit = libc::rlimit {
-            rlim_cur: value as libc::rlim_t,
-            rlim_max: value as libc::rlim_t,
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
         };
-        // SAFETY: a plain system call with a valid pointer to a local.
-        match unsafe { libc::setrlimit(resource, &limit) } {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
+        // SAFETY: plain system calls with valid pointers to locals.
+        unsafe {
+            if libc::getrlimit(resource, &mut current) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let value = (value as libc::rlim_t).min(current.rlim_max);
+            let limit = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            if libc::setrlimit(resource, &limit) == 0 {
+                return Ok(());
+            }
+            // Under valgrind the hard limit of open files cannot change: lower the soft
+            // one alone there.
+            let soft = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: current.rlim_max,
+            };
+            match libc::setrlimit(resource, &soft) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
         }
     };
     if let Some(bytes) = memory {
