@@ -25,7 +25,8 @@ use crate::isolation::{
     spawn::{self, Launch},
     ExitSender,
 };
-use crate::wire::module_v1 as pb;
+use crate::wire::module_v1::{self as pb, worker_client::WorkerClient};
+use tonic::transport::Channel;
 
 /// Everything needed to run one isolated module instance.
 pub struct WorkerSpec {
@@ -94,6 +95,28 @@ impl WorkerModule {
             FfiModule_TO::from_value(module, abi_stable::sabi_trait::TD_Opaque),
             state,
         )
+    }
+
+    /// Runs one of the module's entry points in the worker, with the entry deadline.
+    fn entry_point<F, Fut>(&self, what: &'static str, call: F) -> FfiFuture<FfiUnitResult>
+    where
+        F: FnOnce(WorkerClient<Channel>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<tonic::Response<pb::Outcome>, tonic::Status>>
+            + Send
+            + 'static,
+    {
+        let (link, deadline) = (self.link(), self.spec.entry_deadline);
+        async move {
+            let link = match link {
+                Ok(link) => link,
+                Err(e) => return RResult::RErr(e),
+            };
+            match link.run(deadline, what, call).await {
+                Ok(outcome) => convert::from_outcome(outcome),
+                Err(e) => RResult::RErr(failed(e)),
+            }
+        }
+        .into_ffi()
     }
 
     fn link(&self) -> Result<Arc<WorkerLink>, RString> {
@@ -171,23 +194,7 @@ impl FfiModule for WorkerModule {
     }
 
     fn start(&self) -> FfiFuture<FfiUnitResult> {
-        let (link, deadline) = (self.link(), self.spec.entry_deadline);
-        async move {
-            let link = match link {
-                Ok(link) => link,
-                Err(e) => return RResult::RErr(e),
-            };
-            match link
-                .run(deadline, "start", |mut c| async move {
-                    c.start(pb::Empty {}).await
-                })
-                .await
-            {
-                Ok(outcome) => convert::from_outcome(outcome),
-                Err(e) => RResult::RErr(failed(e)),
-            }
-        }
-        .into_ffi()
+        self.entry_point("start", |mut c| async move { c.start(pb::Empty {}).await })
     }
 
     fn stop(&self) -> FfiFuture<FfiUnitResult> {
@@ -236,25 +243,11 @@ impl FfiModule for WorkerModule {
     }
 
     fn import_state(&self, state: RVec<u8>) -> FfiFuture<FfiUnitResult> {
-        let (link, deadline) = (self.link(), self.spec.entry_deadline);
         let state = pb::StateBytes {
             state: state.into_vec(),
         };
-        async move {
-            let link = match link {
-                Ok(link) => link,
-                Err(e) => return RResult::RErr(e),
-            };
-            match link
-                .run(deadline, "import_state", move |mut c| async move {
-                    c.import_state(state).await
-                })
-                .await
-            {
-                Ok(outcome) => convert::from_outcome(outcome),
-                Err(e) => RResult::RErr(failed(e)),
-            }
-        }
-        .into_ffi()
+        self.entry_point("import_state", move |mut c| async move {
+            c.import_state(state).await
+        })
     }
 }

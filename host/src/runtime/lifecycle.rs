@@ -176,6 +176,14 @@ impl ModuleEntry {
         }
     }
 
+    /// Its folder, library and manifest, when it has them.
+    pub(crate) fn sources(&self) -> Option<(PathBuf, PathBuf, Manifest)> {
+        match (self.library.clone(), self.manifest.clone()) {
+            (Some(library), Some(manifest)) => Some((self.dir.clone(), library, manifest)),
+            _ => None,
+        }
+    }
+
     fn dependencies(&self) -> BTreeMap<ModuleName, Dependency> {
         self.manifest
             .as_ref()
@@ -449,14 +457,7 @@ impl Host {
             self.entries()[idx].waiting_for = Some(dep);
             return;
         }
-        let found = {
-            let entries = self.entries();
-            let e = &entries[idx];
-            match (e.library.clone(), e.manifest.clone()) {
-                (Some(library), Some(manifest)) => Some((e.dir.clone(), library, manifest)),
-                _ => None,
-            }
-        };
+        let found = self.entries()[idx].sources();
         let Some((dir, library, manifest)) = found else {
             return self.fail(idx, "no library or manifest".into()).await;
         };
@@ -690,6 +691,23 @@ impl Host {
             routes = ?routes,
             "module loaded"
         );
+    }
+
+    /// Makes a prepared (and started) instance replace entry `idx`'s running one: its
+    /// subscriptions and services go live, and the previous instance's are retired
+    /// (those still queued drain to the old handlers). Routes go live with
+    /// `publish_routes`.
+    pub(crate) async fn switch_to(&self, idx: usize, name: &str, p: Prepared) {
+        let new_subscriptions = p.registrations.subscriptions.len();
+        let new_services: Vec<String> = p
+            .registrations
+            .services
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect();
+        self.commit(idx, p).await;
+        self.services.retain_module(name, &new_services);
+        self.bus.retire_module(name, new_subscriptions);
     }
 
     pub(crate) async fn start_module(&self, idx: usize) {

@@ -178,17 +178,8 @@ impl Host {
         }
 
         // The switch: new subscriptions and services first, then routes, then retire the old.
-        let new_subscriptions = prepared.registrations.subscriptions.len();
-        let new_services: Vec<String> = prepared
-            .registrations
-            .services
-            .iter()
-            .map(|(s, _)| s.clone())
-            .collect();
         let version = prepared.manifest.version.to_string();
-        self.commit(idx, prepared).await;
-        self.services.retain_module(name, &new_services);
-        self.bus.retire_module(name, new_subscriptions);
+        self.switch_to(idx, name, prepared).await;
         self.entries()[idx].state = ModuleState::Started;
         self.publish_routes();
 

@@ -204,14 +204,7 @@ impl Host {
             // later restart is scheduled).
             return;
         };
-        let found = {
-            let entries = self.entries();
-            let e = &entries[idx];
-            match (e.library.clone(), e.manifest.clone()) {
-                (Some(library), Some(manifest)) => Some((e.dir.clone(), library, manifest)),
-                _ => None,
-            }
-        };
+        let found = self.entries()[idx].sources();
         let Some((dir, library, manifest)) = found else {
             return;
         };
@@ -232,16 +225,7 @@ impl Host {
                 .await;
         }
         let old_runtime: Option<PathBuf> = self.entries()[idx].runtime_path.clone();
-        let new_subscriptions = prepared.registrations.subscriptions.len();
-        let new_services: Vec<String> = prepared
-            .registrations
-            .services
-            .iter()
-            .map(|(s, _)| s.clone())
-            .collect();
-        self.commit(idx, prepared).await;
-        self.services.retain_module(name, &new_services);
-        self.bus.retire_module(name, new_subscriptions);
+        self.switch_to(idx, name, prepared).await;
         {
             let mut entries = self.entries();
             let e = &mut entries[idx];
@@ -253,6 +237,8 @@ impl Host {
         if let Some(path) = old_runtime {
             let _ = std::fs::remove_file(path);
         }
+        // Dependents that failed while it was down start again.
+        self.revive().await;
         let pid = self.entries()[idx]
             .worker
             .as_ref()
