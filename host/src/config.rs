@@ -74,7 +74,7 @@ pub struct HostConfig {
     /// Per-module config overrides, merged over each manifest's `config:`.
     pub module_overrides: BTreeMap<String, serde_json::Value>,
     /// Which modules run in worker processes, their limits and restart policy.
-    pub isolation: crate::isolation::IsolationSettings,
+    pub isolation: crate::isolation::settings::IsolationSettings,
 }
 
 impl Default for HostConfig {
@@ -108,7 +108,7 @@ impl Default for HostConfig {
             watch_settle: Duration::from_millis(50),
             watch_interval: Duration::from_millis(250),
             module_overrides: BTreeMap::new(),
-            isolation: crate::isolation::IsolationSettings::default(),
+            isolation: crate::isolation::settings::IsolationSettings::default(),
         }
     }
 }

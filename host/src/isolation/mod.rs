@@ -4,7 +4,7 @@
 //!
 //! The worker loads the same library with the same loader, and gives it an `FfiHost`
 //! whose methods are gRPC calls back to the host (`proto/modhost/module/v1`): the module
-//! cannot tell it is isolated. In the host, the module is a [`WorkerModule`], an
+//! cannot tell it is isolated. In the host, the module is a [`WorkerModule`](remote_module::WorkerModule), an
 //! `FfiModule` whose routes, event handlers and services are proxies to the worker, so
 //! the runtime runs, reloads and stops it like any other module.
 //!
@@ -35,16 +35,12 @@ pub mod worker;
 pub mod worker_host;
 pub mod worker_log;
 
-pub use link::WorkerLink;
-pub use remote_module::{WorkerModule, WorkerSpec};
-pub use settings::{IsolationSettings, WorkerLimits};
-
 /// A worker ended without being asked to: the runtime marks its module failed and
 /// restarts it.
 #[derive(Debug, Clone)]
 pub struct WorkerExit {
     pub module: String,
-    /// Which worker ([`WorkerLink::id`]): an old one's exit after a reload is ignored.
+    /// Which worker ([`link::WorkerLink::id`]): an old one's exit after a reload is ignored.
     pub worker: u64,
     /// The signal or exit code, in words.
     pub reason: String,

@@ -20,8 +20,10 @@ use crate::core::audit::Audit;
 use crate::data::database::{AreaAccess, AreaPool};
 use crate::data::db_handle::AreaDatabase;
 use crate::isolation::{
-    proxies::Deadlines, remote_module::WorkerState, slot::WorkerSlot, WorkerExit, WorkerModule,
-    WorkerSpec,
+    proxies::Deadlines,
+    remote_module::{WorkerModule, WorkerSpec, WorkerState},
+    slot::WorkerSlot,
+    WorkerExit,
 };
 use crate::runtime::lifecycle::{call_plugin, Host, ModuleState};
 
