@@ -213,13 +213,14 @@ fn remove_dirs(dir: &Path, scratch: &Path) {
     let _ = std::fs::remove_dir_all(scratch);
 }
 
-/// A directory only this user may enter.
+/// A new directory only this user may enter. It must not exist yet: one that does
+/// could belong to someone else (under the temporary directory, say).
 fn private_dir(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(path)
 }
 
 fn command(launch: &Launch<'_>) -> tokio::process::Command {
