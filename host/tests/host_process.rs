@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{messages_with, HostProcess, Modules};
+use common::{messages_with, HostProcess, Mode, Modules};
 
 fn examples() -> Modules {
     let m = Modules::new();
@@ -220,11 +220,10 @@ fn failing_inits_fail_only_their_module_and_dependents() {
     assert_eq!(host.get("/api/v1/outsider/ok").status, 404);
 }
 
-#[test]
-fn handler_panic_gives_500_and_host_keeps_serving() {
+fn handler_panic_gives_500_and_host_keeps_serving(mode: Mode) {
     let m = Modules::new();
     m.add_faulty("probe", "ok", "");
-    let host = HostProcess::start(&m, &[("MODHOST_REQUEST_TIMEOUT", "500ms")], &[]);
+    let host = HostProcess::start(&m, &[("MODHOST_REQUEST_TIMEOUT", "500ms"), mode.env()], &[]);
     for _ in 0..3 {
         let resp = host.get("/api/v1/probe/boom");
         assert_eq!(resp.status, 500);
@@ -452,3 +451,5 @@ fn a_module_built_against_a_newer_minor_is_refused_naming_both_versions() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&expected), "{out}");
 }
+
+in_both_modes!(handler_panic_gives_500_and_host_keeps_serving);

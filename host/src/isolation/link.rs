@@ -28,6 +28,8 @@ pub enum LinkError {
     Killed(Duration),
     /// The connection broke during the call (the worker died).
     Broken(String),
+    /// The module's handler panicked (the worker caught it).
+    Panicked,
     /// The worker answered with an error of the protocol (a message over the size
     /// limit, say): retrying will not help.
     Failed(String),
@@ -42,6 +44,7 @@ impl std::fmt::Display for LinkError {
                 "the module's code did not answer within {d:?}; its worker process was killed"
             ),
             LinkError::Broken(why) => write!(f, "the module's worker process failed: {why}"),
+            LinkError::Panicked => write!(f, "the module's handler panicked"),
             LinkError::Failed(why) => write!(f, "the call into the module's worker failed: {why}"),
         }
     }
@@ -228,6 +231,12 @@ impl WorkerLink {
                 Ok(Ok(reply)) => Ok(reply.into_inner()),
                 Ok(Err(status)) if !link.is_alive() || is_transport(&status) => {
                     Err(LinkError::Broken(status.message().to_string()))
+                }
+                Ok(Err(status))
+                    if status.code() == tonic::Code::Aborted
+                        && status.message() == crate::isolation::spawn::HANDLER_PANICKED =>
+                {
+                    Err(LinkError::Panicked)
                 }
                 Ok(Err(status)) => Err(LinkError::Failed(status.message().to_string())),
                 Err(_) => {

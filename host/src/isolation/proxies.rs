@@ -68,6 +68,11 @@ impl FfiHandler for RouteProxy {
                 Err(LinkError::Killed(_)) => {
                     json(504, "the module's handler did not answer in time", false)
                 }
+                // Unwinds through the FFI future as the module's own panic would
+                // in-process, so the host answers, counts and logs it the same way.
+                Err(LinkError::Panicked) => std::panic::resume_unwind(Box::new(
+                    "the module's handler panicked in its worker process",
+                )),
                 Err(e @ LinkError::Failed(_)) => {
                     tracing::error!(module = %link.module(), error = %e, "answered 500");
                     json(500, "the module's handler failed", false)

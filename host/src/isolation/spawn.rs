@@ -28,6 +28,9 @@ use crate::wire::module_v1::{module_host_server::ModuleHostServer, worker_client
 pub const WORKER_SOCKET: &str = "worker.sock";
 /// The socket the host serves `ModuleHost` on, inside the worker's directory.
 pub const HOST_SOCKET: &str = "host.sock";
+/// The status message of a route handler that panicked in the worker.
+pub const HANDLER_PANICKED: &str = "the module's route handler panicked";
+
 /// How long a retired worker may take to exit after SIGTERM before it is killed.
 const RETIRE_GRACE: Duration = Duration::from_secs(5);
 

@@ -16,14 +16,14 @@ use std::{
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
+    std_types::{ROption, RResult, RSlice, RStr, Tuple2},
 };
 use async_ffi::FfiFuture;
 use futures_util::FutureExt as _;
 use hyper_util::rt::TokioIo;
 use modhost_plugin_api::ffi::{
     call_error, level, FfiInitContext, FfiModuleBox, FfiRequestView, FfiRequestView_TO,
-    FfiResponse, FfiUnitResult, FfiUser,
+    FfiUnitResult, FfiUser,
 };
 use tonic::{
     transport::{Channel, Endpoint, Server},
@@ -302,7 +302,8 @@ impl Worker for WorkerService {
         let call = in_call(id, handler.call(request));
         match AssertUnwindSafe(call).catch_unwind().await {
             Ok(response) => ok(convert::response_to_wire(response)),
-            Err(_) => ok(convert::response_to_wire(panicked())),
+            // The host answers as for a panic in-process (500, counted, logged).
+            Err(_) => Err(Status::aborted(spawn::HANDLER_PANICKED)),
         }
     }
 
@@ -340,21 +341,6 @@ async fn entry_point(future: FfiFuture<FfiUnitResult>) -> pb::Outcome {
     match AssertUnwindSafe(future).catch_unwind().await {
         Ok(result) => convert::outcome(result),
         Err(_) => convert::outcome_error("it panicked"),
-    }
-}
-
-/// The host's answer to a handler that panicked (as in `http/module_call.rs`).
-fn panicked() -> FfiResponse {
-    FfiResponse {
-        status: 500,
-        headers: RVec::from(vec![Tuple2(
-            RString::from("content-type"),
-            RString::from("application/json"),
-        )]),
-        body: serde_json::json!({ "error": "the module's handler failed" })
-            .to_string()
-            .into_bytes()
-            .into(),
     }
 }
 
