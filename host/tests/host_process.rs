@@ -159,8 +159,7 @@ fn operations_endpoints() {
     assert_eq!(wrong_method.header("allow"), Some("GET"));
 }
 
-#[test]
-fn failing_inits_fail_only_their_module_and_dependents() {
+fn failing_inits_fail_only_their_module_and_dependents(mode: Mode) {
     let m = Modules::new();
     m.add_faulty("good", "ok", "");
     m.add_faulty("erring", "init_error", "");
@@ -169,7 +168,7 @@ fn failing_inits_fail_only_their_module_and_dependents() {
     m.add_faulty("outsider", "bad_route", "");
     m.add_faulty("twice", "conflict", "");
     m.add_faulty("dependent", "ok", "dependencies:\n  erring: \"^1\"\n");
-    let host = HostProcess::start(&m, &[("MODHOST_INIT_TIMEOUT", "1s")], &[]);
+    let host = HostProcess::start(&m, &[("MODHOST_INIT_TIMEOUT", "1s"), mode.env()], &[]);
 
     assert_eq!(host.get("/api/v1/good/ok").status, 200);
     let reason = |name: &str| {
@@ -452,4 +451,7 @@ fn a_module_built_against_a_newer_minor_is_refused_naming_both_versions() {
     assert!(out.contains(&expected), "{out}");
 }
 
-in_both_modes!(handler_panic_gives_500_and_host_keeps_serving);
+in_both_modes!(
+    handler_panic_gives_500_and_host_keeps_serving,
+    failing_inits_fail_only_their_module_and_dependents,
+);

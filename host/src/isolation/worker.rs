@@ -126,6 +126,7 @@ async fn serve(args: WorkerArgs, sandbox: String) -> Result<(), WorkerError> {
             .max_encoding_message_size(limit),
         module: OnceLock::new(),
         handlers: Arc::new(Handlers::default()),
+        last_panic: Arc::default(),
     };
     // The host waits for this line before it calls.
     println!("{}", spawn::READY_LINE);
@@ -156,6 +157,8 @@ struct WorkerService {
     host: ModuleHostClient<Channel>,
     module: OnceLock<Arc<FfiModuleBox>>,
     handlers: Arc<Handlers>,
+    /// The last panic message the module forwarded (shared with its `WorkerHost`).
+    last_panic: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -165,6 +168,27 @@ fn ok<T>(value: T) -> Reply<T> {
 }
 
 impl WorkerService {
+    /// "it panicked", with the module's panic message when it forwarded one (as the
+    /// host says of an in-process module).
+    fn panicked(&self) -> String {
+        match self
+            .last_panic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            Some(message) => format!("it panicked: {message}"),
+            None => "it panicked".to_string(),
+        }
+    }
+
+    async fn entry_point(&self, future: FfiFuture<FfiUnitResult>) -> pb::Outcome {
+        match AssertUnwindSafe(future).catch_unwind().await {
+            Ok(result) => convert::outcome(result),
+            Err(_) => convert::outcome_error(self.panicked()),
+        }
+    }
+
     fn instance(&self) -> Result<Arc<FfiModuleBox>, Status> {
         self.module
             .get()
@@ -201,6 +225,7 @@ impl WorkerService {
         let host = WorkerHost {
             host: self.host.clone(),
             handlers: self.handlers.clone(),
+            last_panic: self.last_panic.clone(),
             database,
             max_level: u8::try_from(request.max_log_level).unwrap_or(level::INFO),
         };
@@ -234,7 +259,7 @@ impl Worker for WorkerService {
             .await;
         let outcome = match result {
             Ok(r) => convert::outcome(r),
-            Err(_) => convert::outcome_error("it panicked"),
+            Err(_) => convert::outcome_error(self.panicked()),
         };
         if outcome.ok && self.module.set(Arc::new(instance)).is_err() {
             return ok(pb::InitReply {
@@ -253,12 +278,12 @@ impl Worker for WorkerService {
 
     async fn start(&self, _: Request<pb::Empty>) -> Reply<pb::Outcome> {
         let m = self.instance()?;
-        ok(entry_point(m.start()).await)
+        ok(self.entry_point(m.start()).await)
     }
 
     async fn stop(&self, _: Request<pb::Empty>) -> Reply<pb::Outcome> {
         let m = self.instance()?;
-        ok(entry_point(m.stop()).await)
+        ok(self.entry_point(m.stop()).await)
     }
 
     async fn export_state(&self, _: Request<pb::Empty>) -> Reply<pb::ExportReply> {
@@ -279,7 +304,7 @@ impl Worker for WorkerService {
                 ..Default::default()
             },
             Err(_) => pb::ExportReply {
-                error: "it panicked".into(),
+                error: self.panicked(),
                 ..Default::default()
             },
         };
@@ -288,7 +313,9 @@ impl Worker for WorkerService {
 
     async fn import_state(&self, r: Request<pb::StateBytes>) -> Reply<pb::Outcome> {
         let m = self.instance()?;
-        ok(entry_point(m.import_state(r.into_inner().state.into())).await)
+        ok(self
+            .entry_point(m.import_state(r.into_inner().state.into()))
+            .await)
     }
 
     async fn handle_route(&self, r: Request<pb::RouteRequest>) -> Reply<pb::RouteResponse> {
@@ -313,7 +340,7 @@ impl Worker for WorkerService {
             return Err(Status::not_found("no such event handler"));
         };
         let event = convert::event_from_wire(r.event.unwrap_or_default());
-        ok(entry_point(handler.handle(event)).await)
+        ok(self.entry_point(handler.handle(event)).await)
     }
 
     async fn call_service(&self, r: Request<pb::ServiceCall>) -> Reply<pb::CallReply> {
@@ -334,13 +361,6 @@ impl Worker for WorkerService {
             ),
         };
         ok(reply)
-    }
-}
-
-async fn entry_point(future: FfiFuture<FfiUnitResult>) -> pb::Outcome {
-    match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(result) => convert::outcome(result),
-        Err(_) => convert::outcome_error("it panicked"),
     }
 }
 

@@ -14,7 +14,7 @@ use abi_stable::{
 };
 use async_ffi::{FfiFuture, FutureExt as _};
 use modhost_plugin_api::ffi::{
-    call_error, FfiCallError, FfiDatabaseBox, FfiEventHandlerBox, FfiHandlerBox, FfiHost,
+    call_error, level, FfiCallError, FfiDatabaseBox, FfiEventHandlerBox, FfiHandlerBox, FfiHost,
     FfiHostBox, FfiHost_TO, FfiRoute, FfiServiceHandlerBox, FfiUnitResult,
 };
 use tonic::{transport::Channel, Response, Status};
@@ -70,6 +70,8 @@ pub struct WorkerHost {
     pub handlers: Arc<Handlers>,
     pub database: AreaDatabase,
     pub max_level: u8,
+    /// The last panic message the module's panic hook forwarded.
+    pub last_panic: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn transport(e: Status) -> FfiCallError {
@@ -109,6 +111,9 @@ impl WorkerHost {
 
 impl FfiHost for WorkerHost {
     fn log(&self, lvl: u8, target: RStr<'_>, message: RStr<'_>) {
+        if lvl == level::ERROR && target.as_str() == "panic" {
+            *self.last_panic.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.to_string());
+        }
         if lvl > self.max_level {
             return;
         }
