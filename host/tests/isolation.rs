@@ -388,6 +388,12 @@ fn the_sandbox_keeps_an_isolated_module_out_of_other_files() {
         // In-process, nothing stops it (that is what isolation is for).
         assert_eq!(read("open", path).status, 200);
     }
+    // It cannot signal the host (Landlock 6 scoping); in-process, nothing stops it.
+    let host_pid = format!("/api/v1/{{}}/signal?pid={}", host.pid());
+    let signal = |module: &str| host.get(&host_pid.replace("{}", module));
+    let refused = signal("boxed");
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(signal("open").status, 200);
     // Its own database works.
     let sql = host.request("POST", "/api/v1/boxed/tx", b"");
     assert_eq!(sql.status, 200, "{}", sql.text());

@@ -10,7 +10,8 @@
 //! `GET .../crash/{how}` ends the process that runs it: `segfault` (a null write),
 //! `abort`, `stack` (unbounded recursion), `alloc` (allocation without bound) or `spin`
 //! (a loop that never yields). `GET .../fs?path=P` reads a file and answers its size
-//! or the error (sandbox tests).
+//! or the error, and `GET .../signal?pid=N` runs `kill -0 N` and answers whether it
+//! was allowed (sandbox tests).
 //!
 //! `GET .../framing` answers with framing headers a module must not set.
 //! `config.stop_delay_ms` makes `stop` take that long (shutdown and reload races).
@@ -109,6 +110,22 @@ fn crash_routes(ctx: &mut InitContext, name: &str) -> Result<()> {
                 _ => return Response::text(404, "unknown crash"),
             }
             Response::new(200)
+        },
+    )?;
+    ctx.route(
+        Method::Get,
+        &format!("/api/v1/{name}/signal"),
+        format!("{name}.probe.read"),
+        |req| async move {
+            let pid = req.query_param("pid").unwrap_or_default();
+            match std::process::Command::new("kill")
+                .args(["-0", &pid])
+                .status()
+            {
+                Ok(status) if status.success() => Response::json(200, &json!({ "signalled": pid })),
+                Ok(status) => Response::json(403, &json!({ "error": status.to_string() })),
+                Err(e) => Response::json(403, &json!({ "error": e.to_string() })),
+            }
         },
     )?;
     ctx.route(
