@@ -50,6 +50,9 @@ impl std::fmt::Display for LinkError {
     }
 }
 
+/// How long after a call's deadline a worker still busy with it is killed.
+const KILL_GRACE: Duration = Duration::from_millis(100);
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One worker, as the host sees it.
@@ -227,7 +230,9 @@ impl WorkerLink {
         let future = call(self.client());
         let link = self.clone();
         let task = tokio::spawn(async move {
-            match tokio::time::timeout(deadline, future).await {
+            // The host answers first (504, a failed attempt), at its own deadline, as
+            // for an in-process module; the worker is killed just after if still busy.
+            match tokio::time::timeout(deadline + KILL_GRACE, future).await {
                 Ok(Ok(reply)) => Ok(reply.into_inner()),
                 Ok(Err(status)) if !link.is_alive() || is_transport(&status) => {
                     Err(LinkError::Broken(status.message().to_string()))
