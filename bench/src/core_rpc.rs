@@ -6,6 +6,7 @@
 //! a child process on another one, reached through the generated gRPC clients. Every loop
 //! is bounded and targets 127.0.0.1 only.
 
+use crate::percentile;
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -18,14 +19,6 @@ use modhost::wire::core_v1 as pb;
 use pb::{auth_client::AuthClient, authz_client::AuthzClient, identity_client::IdentityClient};
 
 const PASSWORD: &str = "bench password";
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
 
 /// (p50, p99) in microseconds of `n` sequential runs of `call`.
 async fn time<F, Fut>(n: usize, mut call: F) -> (f64, f64)

@@ -3,9 +3,10 @@
 //! and one request costs (total(3N) − total(N)) / 2N user-space instructions, so start-up
 //! and shutdown cancel out. The count does not depend on how busy the machine is.
 
+use crate::free_port;
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -30,11 +31,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("its address")
 }
 
 /// Sends `n` GETs of `path` on one keep-alive connection; every answer must be 200.

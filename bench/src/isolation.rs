@@ -6,9 +6,10 @@
 //! Both hosts run hello from the same folder copy, on their own data directories, on
 //! loopback. Every loop is bounded.
 
+use crate::{free_port, percentile};
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -30,11 +31,6 @@ impl Drop for Host {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data);
     }
-}
-
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
 }
 
 fn start(bin: &Path, modules: &Path, isolation: &str, tag: &str) -> Host {
@@ -96,11 +92,6 @@ fn post(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     (status, raw)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 /// Microseconds of each of `n` sequential requests on one keep-alive connection.

@@ -240,7 +240,7 @@ impl Databases {
                 max_connections,
                 ..
             } => Ok(AreaPool::Sqlite(open_sqlite(
-                &dir.join(format!("{module}.sqlite")),
+                &sqlite_file(dir, module),
                 *max_connections,
                 false,
             ))),
@@ -277,9 +277,7 @@ impl Databases {
                     .execute(admin)
                     .await
                     .map_err(|e| fail(e.to_string()))?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(*max_connections)
-                    .acquire_timeout(Duration::from_secs(5))
+                let pool = module_pool(*max_connections)
                     .connect_with(
                         (**options)
                             .clone()
@@ -333,7 +331,7 @@ impl Databases {
                 max_connections,
                 ..
             } => Some(AreaAccess::Sqlite {
-                path: dir.join(format!("{module}.sqlite")),
+                path: sqlite_file(dir, module),
                 max_connections: *max_connections,
             }),
             Databases::Postgres {
@@ -391,15 +389,22 @@ impl AreaAccess {
                 if let Some(socket) = socket {
                     options = options.socket(socket);
                 }
-                AreaPool::Postgres(
-                    PgPoolOptions::new()
-                        .max_connections(*max_connections)
-                        .acquire_timeout(Duration::from_secs(5))
-                        .connect_lazy_with(options),
-                )
+                AreaPool::Postgres(module_pool(*max_connections).connect_lazy_with(options))
             }
         }
     }
+}
+
+/// A module's SQLite file in the databases' directory.
+fn sqlite_file(dir: &Path, module: &str) -> PathBuf {
+    dir.join(format!("{module}.sqlite"))
+}
+
+/// The pool settings of a module's PostgreSQL connections, the host's or its worker's.
+fn module_pool(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
 }
 
 /// SQL that creates a module's role and schema and closes everything else to it. Every

@@ -1,7 +1,7 @@
 //! Conversions between plugin-api's FFI types and the module protocol's wire types, both
 //! ways, so that a value crosses the process boundary unchanged.
 
-use abi_stable::std_types::{ROption, RResult, RString, RVec, Tuple2};
+use abi_stable::std_types::{RResult, RString, RVec, Tuple2};
 use modhost_plugin_api::ffi::{
     call_error, FfiCallError, FfiEvent, FfiResponse, FfiUnitResult, FfiUser,
 };
@@ -142,10 +142,6 @@ pub fn response_from_wire(r: pb::RouteResponse) -> FfiResponse {
             .collect(),
         body: RVec::from(r.body),
     }
-}
-
-pub fn optional_user(user: Option<pb::User>) -> ROption<FfiUser> {
-    user.map(user_from_wire).into()
 }
 
 pub fn access_to_wire(access: &AreaAccess) -> pb::DatabaseAccess {

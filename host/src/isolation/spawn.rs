@@ -71,16 +71,7 @@ pub async fn start(launch: Launch<'_>, host: FfiHostBox) -> Result<Arc<WorkerLin
     private_dir(launch.scratch)
         .map_err(|e| format!("cannot create {}: {e}", launch.scratch.display()))?;
     let worker_socket = launch.dir.join(WORKER_SOCKET);
-    let channel = Endpoint::from_static("http://worker.invalid").connect_with_connector_lazy(
-        tower::service_fn(move |_| {
-            let path = worker_socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }),
-    );
+    let channel = unix_channel(worker_socket);
     let (kill_tx, kill_rx) = tokio::sync::mpsc::unbounded_channel();
     let client = WorkerClient::new(channel)
         .max_decoding_message_size(launch.message_limit)
@@ -214,6 +205,20 @@ impl Drop for RetireOnDrop {
 fn remove_dirs(dir: &Path, scratch: &Path) {
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(scratch);
+}
+
+/// A gRPC channel to the Unix socket at `path`, connecting on first use.
+pub fn unix_channel(path: PathBuf) -> tonic::transport::Channel {
+    Endpoint::from_static("http://unix.invalid").connect_with_connector_lazy(tower::service_fn(
+        move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(TokioIo::new)
+            }
+        },
+    ))
 }
 
 /// A new directory only this user may enter. It must not exist yet: one that does

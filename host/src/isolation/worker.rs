@@ -20,13 +20,12 @@ use abi_stable::{
 };
 use async_ffi::FfiFuture;
 use futures_util::FutureExt as _;
-use hyper_util::rt::TokioIo;
 use modhost_plugin_api::ffi::{
     call_error, level, FfiInitContext, FfiModuleBox, FfiRequestView, FfiRequestView_TO,
     FfiUnitResult, FfiUser,
 };
 use tonic::{
-    transport::{Channel, Endpoint, Server},
+    transport::{Channel, Server},
     Request, Response, Status,
 };
 
@@ -107,16 +106,7 @@ async fn serve(args: WorkerArgs, sandbox: String) -> Result<(), WorkerError> {
             ))
         })?;
     let host_socket = args.socket_dir.join(spawn::HOST_SOCKET);
-    let channel = Endpoint::from_static("http://host.invalid").connect_with_connector_lazy(
-        tower::service_fn(move |_| {
-            let path = host_socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }),
-    );
+    let channel = spawn::unix_channel(host_socket);
     let limit = args.message_limit;
     let service = WorkerService {
         args: args.clone(),
