@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Makes sure this machine can build modhost: a Rust toolchain (>= 1.85) with rustfmt and
-# clippy, and a C compiler for linking. Installs what is missing, or says what to do.
+# clippy, a C compiler for linking, and protoc (the etcd client's build script compiles
+# etcd's .proto files with it). Installs what is missing, or says what to do.
 set -euo pipefail
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
-command -v curl >/dev/null 2>&1 || true
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+    echo "ensure-toolchain: installing ${need_apt[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
     echo "ensure-toolchain: please install: ${need_apt[*]}" >&2
     exit 1

@@ -75,6 +75,8 @@ pub struct HostConfig {
     pub module_overrides: BTreeMap<String, serde_json::Value>,
     /// Which modules run in worker processes, their limits and restart policy.
     pub isolation: crate::isolation::settings::IsolationSettings,
+    /// Cluster mode: the engines' URLs and this host's identity (all absent: embedded).
+    pub cluster: crate::cluster::settings::ClusterSettings,
 }
 
 impl Default for HostConfig {
@@ -109,6 +111,7 @@ impl Default for HostConfig {
             watch_interval: Duration::from_millis(250),
             module_overrides: BTreeMap::new(),
             isolation: crate::isolation::settings::IsolationSettings::default(),
+            cluster: crate::cluster::settings::ClusterSettings::default(),
         }
     }
 }
@@ -320,6 +323,69 @@ const SETTINGS: &[(&str, Setter)] = &[
     }),
     ("worker_restart_backoff", |c, v| {
         c.isolation.restart_backoff = parse_duration(v)?;
+        Ok(())
+    }),
+    ("registry_url", |c, v| {
+        let v = v.trim();
+        c.cluster.registry = match v {
+            "" => None,
+            url => Some(crate::cluster::settings::parse_registry_url(url)?),
+        };
+        Ok(())
+    }),
+    ("event_bus_url", |c, v| {
+        let v = v.trim();
+        c.cluster.event_bus = match v {
+            "" => None,
+            url => Some(crate::cluster::settings::parse_event_bus_url(url)?),
+        };
+        Ok(())
+    }),
+    ("cache_url", |c, v| {
+        let v = v.trim();
+        c.cluster.cache = match v {
+            "" => None,
+            url => Some(crate::cluster::settings::parse_cache_url(url)?),
+        };
+        Ok(())
+    }),
+    ("cluster_listen", |c, v| {
+        c.cluster.listen = v.trim().parse().map_err(|_| {
+            "expected an address such as 127.0.0.1:7070 (port 0: any free port)".to_string()
+        })?;
+        Ok(())
+    }),
+    ("cluster_advertise", |c, v| {
+        c.cluster.advertise = match v.trim() {
+            "" => None,
+            a => Some(a.parse().map_err(|_| {
+                "expected the address other hosts reach this one at, such as 10.0.0.5:7070"
+                    .to_string()
+            })?),
+        };
+        Ok(())
+    }),
+    ("host_id", |c, v| {
+        c.cluster.host_id = match v.trim() {
+            "" => None,
+            id => Some(crate::cluster::settings::parse_host_id(id)?),
+        };
+        Ok(())
+    }),
+    ("cluster_name", |c, v| {
+        c.cluster.name = crate::cluster::settings::parse_cluster_name(v.trim())?;
+        Ok(())
+    }),
+    ("registry_lease_ttl", |c, v| {
+        let ttl = parse_duration(v)?;
+        if ttl < Duration::from_secs(2) {
+            return Err("must be at least 2s (etcd leases count whole seconds)".into());
+        }
+        c.cluster.lease_ttl = ttl;
+        Ok(())
+    }),
+    ("dependency_wait", |c, v| {
+        c.cluster.dependency_wait = parse_duration(v)?;
         Ok(())
     }),
 ];

@@ -27,9 +27,11 @@
 
 pub mod app;
 pub(crate) mod cache;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub(crate) mod data;
+pub(crate) mod engine_metrics;
 pub mod events;
 pub(crate) mod hex;
 pub(crate) mod http;
@@ -41,6 +43,7 @@ pub(crate) mod random;
 pub mod routes;
 pub mod runtime;
 pub mod services;
+pub mod trace;
 pub mod wire;
 
 pub use runtime::lifecycle::Host;

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::{future::BoxFuture, FutureExt as _};
 use moka::{sync::Cache, Expiry};
 
 use super::CacheStore;
@@ -55,23 +56,42 @@ impl InProcessCache {
     }
 }
 
-impl CacheStore for InProcessCache {
-    fn get(&self, module: &str, key: &str) -> Option<Vec<u8>> {
+impl InProcessCache {
+    fn get_now(&self, module: &str, key: &str) -> Option<Vec<u8>> {
         self.cache
             .get(&Self::key(module, key))
             .map(|e| e.value.as_ref().clone())
     }
 
-    fn set(&self, module: &str, key: &str, value: Vec<u8>, ttl: Option<Duration>) {
+    fn set_now(&self, module: &str, key: &str, value: Vec<u8>, ttl: Option<Duration>) {
         let entry = Entry {
             value: std::sync::Arc::new(value),
             ttl: ttl.unwrap_or(self.default_ttl),
         };
         self.cache.insert(Self::key(module, key), entry);
     }
+}
 
-    fn delete(&self, module: &str, key: &str) {
+// Every operation is answered at once; the futures only fit the port's shape.
+impl CacheStore for InProcessCache {
+    fn get<'a>(&'a self, module: &'a str, key: &'a str) -> BoxFuture<'a, Option<Vec<u8>>> {
+        futures_util::future::ready(self.get_now(module, key)).boxed()
+    }
+
+    fn set<'a>(
+        &'a self,
+        module: &'a str,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, ()> {
+        self.set_now(module, key, value, ttl);
+        futures_util::future::ready(()).boxed()
+    }
+
+    fn delete<'a>(&'a self, module: &'a str, key: &'a str) -> BoxFuture<'a, ()> {
         self.cache.invalidate(&Self::key(module, key));
+        futures_util::future::ready(()).boxed()
     }
 }
 
@@ -82,11 +102,11 @@ mod tests {
     #[test]
     fn namespaces_are_separate() {
         let c = InProcessCache::new(1 << 20, Duration::from_secs(60));
-        c.set("a", "k", b"from a".to_vec(), None);
-        assert_eq!(c.get("b", "k"), None);
-        c.set("b", "k", b"from b".to_vec(), None);
-        assert_eq!(c.get("a", "k").as_deref(), Some(&b"from a"[..]));
-        c.delete("b", "k");
-        assert_eq!(c.get("a", "k").as_deref(), Some(&b"from a"[..]));
+        c.set_now("a", "k", b"from a".to_vec(), None);
+        assert_eq!(c.get_now("b", "k"), None);
+        c.set_now("b", "k", b"from b".to_vec(), None);
+        assert_eq!(c.get_now("a", "k").as_deref(), Some(&b"from a"[..]));
+        c.cache.invalidate(&InProcessCache::key("b", "k"));
+        assert_eq!(c.get_now("a", "k").as_deref(), Some(&b"from a"[..]));
     }
 }

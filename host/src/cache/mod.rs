@@ -1,21 +1,37 @@
 //! The cache port: the [`CacheStore`] interface every engine implements. Engines live
-//! beside it, one file each: [`memory`] is the embedded engine (moka). Keys are
-//! namespaced by module inside the host, so a module can neither read nor overwrite
-//! another module's keys, whatever the engine.
+//! beside it, one file each: [`memory`] is the embedded engine (moka), [`redis`] the
+//! cluster engine, shared by every host. Keys are namespaced by module inside the host,
+//! so a module can neither read nor overwrite another module's keys, whatever the
+//! engine.
 //!
-//! Scale-out mapping (Redis, a later issue): key `modhost:<module>:<key>`, `SET PX ttl`,
-//! `GET`, `DEL`; the namespace is added by the host exactly as in the embedded engine.
+//! A cache is an optimisation: an engine that cannot answer degrades to a miss (and a
+//! dropped write), logged and counted, never to an error for the request.
 //!
-//! May use: nothing else of the host.
+//! May use: [`crate::engine_metrics`]. Nothing else of the host.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
+use crate::engine_metrics::EngineMetric;
+
 /// The cache as the host uses it; engines implement it.
 pub trait CacheStore: Send + Sync {
-    fn get(&self, module: &str, key: &str) -> Option<Vec<u8>>;
+    fn get<'a>(&'a self, module: &'a str, key: &'a str) -> BoxFuture<'a, Option<Vec<u8>>>;
     /// `ttl` `None`: the default TTL.
-    fn set(&self, module: &str, key: &str, value: Vec<u8>, ttl: Option<Duration>);
-    fn delete(&self, module: &str, key: &str);
+    fn set<'a>(
+        &'a self,
+        module: &'a str,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, ()>;
+    fn delete<'a>(&'a self, module: &'a str, key: &'a str) -> BoxFuture<'a, ()>;
+    /// What the engine counts about itself, for `/metrics`.
+    fn metrics(&self) -> Vec<EngineMetric> {
+        Vec::new()
+    }
 }

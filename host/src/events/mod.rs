@@ -1,6 +1,7 @@
 //! The event bus port: the [`EventBus`] interface every engine implements, its settings,
 //! dead letters and topic patterns. Engines live beside it, one file each:
-//! [`memory`] is the embedded, in-process engine.
+//! [`memory`] is the embedded, in-process engine; [`nats`] the cluster engine (NATS
+//! JetStream), with its durable local [`outbox`].
 //!
 //! Semantics every engine keeps (the plugin API does not change between them):
 //! - every subscription receives every event whose topic matches its pattern, at least
@@ -13,10 +14,12 @@
 //! - overflow policy: when a subscription's queue is full, the publisher is not blocked;
 //!   the event is dead-lettered for that subscription with reason "queue full".
 //!
-//! May use: the plugin API's FFI event types and `core`'s clock. Must not use the
-//! runtime, HTTP or data layers.
+//! May use: the plugin API's FFI event types, `core`'s clock, [`crate::trace`] and
+//! [`crate::engine_metrics`]. Must not use the runtime, HTTP or data layers.
 
 pub mod memory;
+pub mod nats;
+pub mod outbox;
 
 use std::{sync::Arc, time::Duration};
 
@@ -49,7 +52,7 @@ impl Default for BusSettings {
 }
 
 /// An event that could not be delivered.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DeadLetter {
     pub event_id: String,
     pub topic: String,
@@ -87,6 +90,10 @@ pub trait EventBus: Send + Sync {
     fn retire_module(&self, module: &str, keep_newest: usize);
     /// Dead letters, oldest first.
     fn dead_letters(&self) -> Vec<DeadLetter>;
+    /// What the engine counts about itself, for `/metrics`.
+    fn metrics(&self) -> Vec<crate::engine_metrics::EngineMetric> {
+        Vec::new()
+    }
 }
 
 /// A new event id: a UUIDv7, unique across restarts and hosts and ordered by time, so

@@ -128,6 +128,13 @@ pub fn render_metrics(host: &Host) -> String {
             let _ = writeln!(out, "{name}{{module=\"{}\"}} {}", escape(&m.name), value(m));
         }
     }
+    for metric in host.bus.metrics().into_iter().chain(host.cache.metrics()) {
+        let (name, help, kind, value) = (metric.name, metric.help, metric.kind, metric.value);
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
     let name = "modhost_module_load_seconds";
     let _ = writeln!(
         out,

@@ -248,6 +248,10 @@ pub enum BootError {
     Core(#[from] CoreSetupError),
     #[error(transparent)]
     RemoteCore(#[from] crate::core::remote::RemoteSetupError),
+    #[error(transparent)]
+    EventBus(#[from] crate::events::nats::NatsSetupError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::redis::RedisSetupError),
     #[error("--strict: {} module(s) failed:\n  {}", .0.len(), .0.join("\n  "))]
     Strict(Vec<String>),
 }
@@ -314,8 +318,34 @@ impl Host {
         let count = entries.len();
         entries.extend(failed);
         let sink = audit_dead_letters(core.clone());
-        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(config.events.clone(), sink));
-        let (cache_max_bytes, cache_ttl) = (config.cache_max_bytes, config.cache_default_ttl);
+        let bus: Arc<dyn EventBus> = match &config.cluster.event_bus {
+            None => Arc::new(InProcessBus::new(config.events.clone(), sink)),
+            Some(url) => {
+                tracing::info!(event_bus = %url, "event bus: NATS JetStream");
+                crate::events::nats::NatsBus::start(
+                    url,
+                    &config.cluster.name,
+                    config.events.clone(),
+                    sink,
+                    &config.data_dir,
+                )
+                .await?
+            }
+        };
+        let cache: Arc<dyn CacheStore> = match &config.cluster.cache {
+            None => Arc::new(InProcessCache::new(
+                config.cache_max_bytes,
+                config.cache_default_ttl,
+            )),
+            Some(url) => {
+                tracing::info!(cache = %url, "cache: Redis");
+                Arc::new(crate::cache::redis::RedisCache::new(
+                    url,
+                    &config.cluster.name,
+                    config.cache_default_ttl,
+                )?)
+            }
+        };
         let (worker_exits, exits) = tokio::sync::mpsc::unbounded_channel();
         let host = Arc::new(Host {
             config,
@@ -330,7 +360,7 @@ impl Host {
             worker_slots: Mutex::new(std::collections::HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             bus,
-            cache: Arc::new(InProcessCache::new(cache_max_bytes, cache_ttl)),
+            cache,
             services: Arc::new(ServiceRegistry::default()),
             ready: AtomicBool::new(false),
             stopping: tokio::sync::watch::Sender::new(false),

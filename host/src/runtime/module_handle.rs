@@ -100,15 +100,6 @@ pub struct ModuleHandle {
     host: Weak<dyn Platform>,
 }
 
-/// An already computed answer; `None` means the host is shutting down.
-fn already_answered<T: Send + 'static>(value: Option<T>) -> FfiFuture<RResult<T, FfiCallError>> {
-    let result = match value {
-        Some(v) => RResult::ROk(v),
-        None => RResult::RErr(shutting_down()),
-    };
-    async move { result }.into_ffi()
-}
-
 fn shutting_down() -> FfiCallError {
     call_err(call_error::UNAVAILABLE, "the host is shutting down".into())
 }
@@ -384,11 +375,15 @@ impl FfiHost for ModuleHandle {
     }
 
     fn cache_get(&self, key: RStr<'_>) -> FfiFuture<RResult<ROption<RVec<u8>>, FfiCallError>> {
-        let found = self
-            .host
-            .upgrade()
-            .map(|h| h.cache().get(&self.module, key.as_str()));
-        already_answered(found.map(|v| v.map(RVec::from).into()))
+        let (host, module, key) = (self.host.upgrade(), self.module.clone(), key.to_string());
+        async move {
+            let Some(host) = host else {
+                return RResult::RErr(shutting_down());
+            };
+            let found = host.cache().get(&module, &key).await;
+            RResult::ROk(found.map(RVec::from).into())
+        }
+        .into_ffi()
     }
 
     fn cache_set(
@@ -398,16 +393,27 @@ impl FfiHost for ModuleHandle {
         ttl_ms: u64,
     ) -> FfiFuture<RResult<(), FfiCallError>> {
         let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
-        let host = self.host.upgrade();
-        already_answered(host.map(|h| {
-            h.cache()
-                .set(&self.module, key.as_str(), value.into_vec(), ttl)
-        }))
+        let (host, module, key) = (self.host.upgrade(), self.module.clone(), key.to_string());
+        async move {
+            let Some(host) = host else {
+                return RResult::RErr(shutting_down());
+            };
+            host.cache().set(&module, &key, value.into_vec(), ttl).await;
+            RResult::ROk(())
+        }
+        .into_ffi()
     }
 
     fn cache_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), FfiCallError>> {
-        let host = self.host.upgrade();
-        already_answered(host.map(|h| h.cache().delete(&self.module, key.as_str())))
+        let (host, module, key) = (self.host.upgrade(), self.module.clone(), key.to_string());
+        async move {
+            let Some(host) = host else {
+                return RResult::RErr(shutting_down());
+            };
+            host.cache().delete(&module, &key).await;
+            RResult::ROk(())
+        }
+        .into_ffi()
     }
 
     fn sleep(&self, ms: u64) -> FfiFuture<()> {
