@@ -66,10 +66,25 @@ pub async fn answer(host: &Arc<Host>, op: Ops) -> Response<Body> {
             )
         }
         Ops::Modules => json_response(StatusCode::OK, &host.report()),
-        Ops::Services => json_response(
-            StatusCode::OK,
-            &host.services.report(|m| host.is_running(m)),
-        ),
+        Ops::Services => {
+            let mut services = host.services.report(|m| host.is_running(m));
+            if let Some(cluster) = &host.cluster {
+                services.extend(cluster.remote_services());
+            }
+            json_response(StatusCode::OK, &services)
+        }
+        Ops::Cluster => match &host.cluster {
+            Some(cluster) => json_response(StatusCode::OK, &cluster.report()),
+            None => json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "host_id": null,
+                    "registry": false,
+                    "hosts": [],
+                    "note": "this host runs alone: set registry_url to join a cluster"
+                }),
+            ),
+        },
         Ops::DeadLetters => json_response(StatusCode::OK, &host.bus.dead_letters()),
         Ops::Reload(name) => reload(host, &name).await,
         Ops::UnknownAdmin => json_error(StatusCode::NOT_FOUND, "no such route"),

@@ -78,7 +78,20 @@ async fn guarded(
                 Ok(read) => read,
                 Err(refused) => return refused,
             };
-            module_call::call(&host.config, &route, parts, bytes, params, user).await
+            // A trace crosses hosts in cluster mode, or when the client sent one; the
+            // embedded host does not pay for ids nobody reads.
+            let incoming = parts
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::trace::TraceContext::parse);
+            let call = module_call::call(&host.config, &route, parts, bytes, params, user);
+            if incoming.is_none() && host.cluster.is_none() {
+                return call.await;
+            }
+            let trace = incoming.unwrap_or_else(crate::trace::TraceContext::new_root);
+            let span = tracing::info_span!("request", trace_id = %trace.trace_id);
+            crate::trace::scope(trace, tracing::Instrument::instrument(call, span)).await
         }
     }
 }

@@ -68,6 +68,8 @@ pub enum Ops {
     Modules,
     Services,
     DeadLetters,
+    /// `GET /admin/cluster`: every host of the cluster, its modules and services.
+    Cluster,
     /// `POST /admin/modules/{name}/reload`.
     Reload(String),
     /// A path under `/admin/` that is not one of the above (404 once authorized).
@@ -88,10 +90,11 @@ const OPEN: [(&str, Ops); 4] = [
 ];
 
 /// Administration reads, under `core.admin.read`.
-const ADMIN_READS: [(&str, Ops); 3] = [
+const ADMIN_READS: [(&str, Ops); 4] = [
     ("/admin/modules", Ops::Modules),
     ("/admin/services", Ops::Services),
     ("/admin/dead-letters", Ops::DeadLetters),
+    ("/admin/cluster", Ops::Cluster),
 ];
 
 impl Destination {

@@ -11,7 +11,7 @@ use crate::module::discovery::{
     discover, discover_one, Discovery, DiscoveryError, DiscoveryProblem,
 };
 use crate::module::loader::{load_verified, RuntimeDir};
-use crate::module::resolve::{resolve, ModuleSpec, Resolution};
+use crate::module::resolve::{resolve_with, Absent, ModuleSpec, Resolution};
 use crate::module::signing::TrustPolicy;
 
 /// What [`Inspection::check`] found.
@@ -29,8 +29,14 @@ pub struct Inspection {
 impl Inspection {
     /// Discovers and resolves `dir`.
     pub fn of(dir: &Path) -> Result<Inspection, DiscoveryError> {
+        Self::of_with(dir, Absent::Fails)
+    }
+
+    /// As [`Inspection::of`], with `absent` deciding what a missing dependency means
+    /// (in a cluster it may run on another host).
+    pub fn of_with(dir: &Path, absent: Absent) -> Result<Inspection, DiscoveryError> {
         let discovery = discover(dir)?;
-        let resolution = resolve(&specs(&discovery));
+        let resolution = resolve_with(&specs(&discovery), absent);
         Ok(Inspection {
             discovery,
             resolution,

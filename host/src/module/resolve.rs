@@ -71,10 +71,25 @@ type DependencyGraph = Graph<usize, Need>;
 
 /// Resolves `modules`: see the file's doc comment.
 pub fn resolve(modules: &[ModuleSpec<'_>]) -> Resolution {
+    resolve_with(modules, Absent::Fails)
+}
+
+/// What a required dependency that is not among the modules means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absent {
+    /// Its dependent fails (one host alone).
+    Fails,
+    /// It may run on another host of the cluster: the host checks that when the
+    /// dependent starts, against the registry.
+    MayBeRemote,
+}
+
+/// Resolves `modules`, with `absent` deciding what a missing dependency means.
+pub fn resolve_with(modules: &[ModuleSpec<'_>], absent: Absent) -> Resolution {
     let mut failed: BTreeMap<usize, ResolveError> = BTreeMap::new();
     let by_name = index_by_name(modules);
     fail_duplicates(modules, &by_name, &mut failed);
-    let (graph, nodes) = dependency_graph(modules, &by_name, &mut failed);
+    let (graph, nodes) = dependency_graph(modules, &by_name, absent, &mut failed);
     let on_cycle = fail_cycles(&graph, modules, &mut failed);
     let (order, reached) = load_order(&graph, &nodes, modules, &on_cycle, &mut failed);
     // Dependents of modules on a cycle were never reached by the ordering.
@@ -143,6 +158,7 @@ fn fail_duplicates(
 fn dependency_graph(
     modules: &[ModuleSpec<'_>],
     by_name: &HashMap<&str, Vec<usize>>,
+    absent: Absent,
     failed: &mut BTreeMap<usize, ResolveError>,
 ) -> (DependencyGraph, Vec<NodeIndex>) {
     let mut graph = DependencyGraph::with_capacity(modules.len(), modules.len());
@@ -150,7 +166,7 @@ fn dependency_graph(
     for (i, m) in modules.iter().enumerate() {
         for (dep_name, dep) in m.dependencies {
             let Some(targets) = by_name.get(dep_name.as_str()) else {
-                if !dep.optional {
+                if !dep.optional && absent == Absent::Fails {
                     failed.entry(i).or_insert(ResolveError::Missing {
                         module: m.name.to_string(),
                         dependency: dep_name.to_string(),

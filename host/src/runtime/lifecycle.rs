@@ -35,7 +35,7 @@ use crate::module::discovery::{Discovery, DiscoveryError};
 use crate::module::inspect::Inspection;
 use crate::module::loader::{load_verified, verify_and_copy, LoadedLibrary, RuntimeDir};
 use crate::module::manifest::{Dependency, Isolation, Manifest, ModuleName};
-use crate::module::resolve::{resolve, ModuleSpec, Resolution, ResolveError};
+use crate::module::resolve::{resolve_with, Absent, ModuleSpec, Resolution, ResolveError};
 use crate::routes::metrics::Metrics;
 use crate::routes::table::{Route, RouteError, RouteInfo, RouteTable};
 use crate::runtime::module_handle::{ModuleHandle, ModuleRules, Registrations};
@@ -251,6 +251,8 @@ pub enum BootError {
     #[error(transparent)]
     EventBus(#[from] crate::events::nats::NatsSetupError),
     #[error(transparent)]
+    Cluster(#[from] crate::cluster::node::ClusterSetupError),
+    #[error(transparent)]
     Cache(#[from] crate::cache::redis::RedisSetupError),
     #[error("--strict: {} module(s) failed:\n  {}", .0.len(), .0.join("\n  "))]
     Strict(Vec<String>),
@@ -277,6 +279,8 @@ pub struct Host {
     pub bus: Arc<dyn EventBus>,
     pub cache: Arc<dyn CacheStore>,
     pub services: Arc<ServiceRegistry>,
+    /// This host in its cluster (`registry_url` set), or `None`: the host runs alone.
+    pub cluster: Option<Arc<crate::cluster::node::Cluster>>,
     ready: AtomicBool,
     /// Turns `true` when shutdown begins: background tasks end, and reloads, drop-ins
     /// and removals waiting for `reload_lock` are refused.
@@ -305,7 +309,7 @@ impl Host {
         let Inspection {
             discovery,
             resolution,
-        } = Inspection::of(&config.modules_dir)?;
+        } = Inspection::of_with(&config.modules_dir, absent_dependencies(&config))?;
 
         let (mut entries, failed) = module_entries(discovery, resolution);
         for e in &failed {
@@ -346,6 +350,18 @@ impl Host {
                 )?)
             }
         };
+        let services = Arc::new(ServiceRegistry::default());
+        let cluster = match config.cluster.clustered() {
+            true => Some(
+                crate::cluster::node::Cluster::start(
+                    &config.cluster,
+                    &config.data_dir,
+                    services.clone(),
+                )
+                .await?,
+            ),
+            false => None,
+        };
         let (worker_exits, exits) = tokio::sync::mpsc::unbounded_channel();
         let host = Arc::new(Host {
             config,
@@ -361,12 +377,38 @@ impl Host {
             reload_lock: tokio::sync::Mutex::new(()),
             bus,
             cache,
-            services: Arc::new(ServiceRegistry::default()),
+            services,
+            cluster,
             ready: AtomicBool::new(false),
             stopping: tokio::sync::watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
         });
+        if let Some(cluster) = &host.cluster {
+            let weak = Arc::downgrade(&host);
+            let http = host.config.listen.to_string();
+            let id = cluster.host_id.clone();
+            let address = cluster.address.to_string();
+            let record = move || match weak.upgrade() {
+                Some(host) => host.cluster_record(),
+                None => crate::cluster::record::HostRecord {
+                    host_id: id.clone(),
+                    address: address.clone(),
+                    http: http.clone(),
+                    modhost: env!("CARGO_PKG_VERSION").to_string(),
+                    modules: Vec::new(),
+                },
+            };
+            cluster.register(&host.config.cluster, Arc::new(record));
+        }
+        let remote_deadline = Instant::now() + host.config.cluster.dependency_wait;
         for idx in 0..count {
+            if let Err(why) = host
+                .wait_for_remote_dependencies(idx, remote_deadline)
+                .await
+            {
+                host.fail(idx, why).await;
+                continue;
+            }
             host.load_and_init(idx).await;
         }
         for idx in 0..count {
@@ -467,6 +509,11 @@ impl Host {
         let deps = entries[idx].dependencies();
         for (dep, spec) in deps {
             let found = entries.iter().find(|e| e.name == dep.as_str());
+            // In a cluster, a dependency that is not a module of this host runs on
+            // another one: `wait_for_remote_dependencies` checked it.
+            if found.is_none() && self.cluster.is_some() {
+                continue;
+            }
             // A started dependency is also initialised.
             let ok = found.is_some_and(|e| &e.state == wanted || e.state == ModuleState::Started);
             if !ok && !spec.optional {
@@ -479,6 +526,79 @@ impl Host {
             }
         }
         None
+    }
+
+    /// In a cluster, waits (up to `deadline`) until every required dependency of
+    /// module `idx` that is not a module of this host runs on another host in a
+    /// matching version; the error is the module's failure reason.
+    pub(crate) async fn wait_for_remote_dependencies(
+        &self,
+        idx: usize,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let remote: Vec<(String, semver::VersionReq)> = {
+            let entries = self.entries();
+            entries[idx]
+                .dependencies()
+                .into_iter()
+                .filter(|(dep, spec)| {
+                    !spec.optional && !entries.iter().any(|e| e.name == dep.as_str())
+                })
+                .map(|(dep, spec)| (dep.to_string(), spec.version))
+                .collect()
+        };
+        let waited = self.config.cluster.dependency_wait;
+        for (dep, requirement) in remote {
+            if cluster.directory().runs(&dep, &requirement).is_err() {
+                tracing::info!(module = %self.entries()[idx].name, dependency = %dep, "waiting up to {waited:?} for a dependency on another host");
+            }
+            if let Err(found) = cluster.wait_for_module(&dep, &requirement, deadline).await {
+                self.entries()[idx].waiting_for = Some(dep.clone());
+                return Err(format!(
+                    "dependency `{dep}` {requirement} is not a module of this host and {found} (waited up to dependency_wait = {waited:?}); start it on a host of the cluster, then reload this module"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What this host announces in the registry.
+    pub fn cluster_record(&self) -> crate::cluster::record::HostRecord {
+        let modules = self
+            .entries()
+            .iter()
+            .filter_map(|e| {
+                let manifest = e.manifest.as_ref()?;
+                Some(crate::cluster::record::ModuleRecord {
+                    name: e.name.clone(),
+                    version: manifest.version.to_string(),
+                    state: e.state.name().to_string(),
+                    services: manifest
+                        .services
+                        .iter()
+                        .map(|s| s.as_str().to_string())
+                        .collect(),
+                })
+            })
+            .collect();
+        crate::cluster::record::HostRecord {
+            host_id: self
+                .cluster
+                .as_ref()
+                .map(|c| c.host_id.clone())
+                .unwrap_or_default(),
+            address: self
+                .cluster
+                .as_ref()
+                .map(|c| c.address.to_string())
+                .unwrap_or_default(),
+            http: self.config.listen.to_string(),
+            modhost: env!("CARGO_PKG_VERSION").to_string(),
+            modules,
+        }
     }
 
     pub(crate) async fn load_and_init(self: &Arc<Self>, idx: usize) {
@@ -790,7 +910,7 @@ impl Host {
                 })
                 .collect();
             let specs: Vec<ModuleSpec<'_>> = listed.iter().map(|(_, s)| *s).collect();
-            let resolution = resolve(&specs);
+            let resolution = resolve_with(&specs, absent_dependencies(&self.config));
             resolution
                 .order
                 .iter()
@@ -832,6 +952,9 @@ impl Host {
     /// afterwards are refused.
     pub async fn stop_all(&self) -> Vec<String> {
         self.ready.store(false, Ordering::SeqCst);
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
         self.stopping.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
@@ -895,6 +1018,10 @@ impl Host {
     /// Marks the host as not ready (shutdown has begun); `/readyz` turns 503.
     pub fn begin_shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
+        // Other hosts stop sending calls while this one drains what it has.
+        if let Some(cluster) = self.cluster.clone() {
+            tokio::spawn(async move { cluster.withdraw().await });
+        }
     }
 
     /// The module whose manifest declares `service`, if any.
@@ -907,6 +1034,11 @@ impl Host {
                     .is_some_and(|m| m.services.iter().any(|s| s.as_str() == service))
             })
             .map(|e| e.name.clone())
+            .or_else(|| {
+                self.cluster
+                    .as_ref()
+                    .and_then(|c| c.directory().provider_module(service))
+            })
     }
 
     /// Whether `module` is started.
@@ -998,10 +1130,22 @@ impl Platform for Host {
     fn service_provider(&self, service: &str) -> Option<String> {
         Host::service_provider(self, service)
     }
+
+    fn cluster(&self) -> Option<&crate::cluster::node::Cluster> {
+        self.cluster.as_deref()
+    }
 }
 
 /// The host's module list from a discovery and its resolution: the resolved modules in
 /// load order, and (second) those that failed, by name.
+/// In a cluster a dependency that is not a module of this host may run on another.
+fn absent_dependencies(config: &HostConfig) -> Absent {
+    match config.cluster.clustered() {
+        true => Absent::MayBeRemote,
+        false => Absent::Fails,
+    }
+}
+
 fn module_entries(
     discovery: Discovery,
     resolution: Resolution,

@@ -461,8 +461,19 @@ impl ModuleHandle {
                 format!("module `{}` calls `{service}` but does not list its provider `{provider}` among its dependencies in module.yaml", self.module),
             ));
         }
-        host.services()
-            .call(&self.module, service, request, deadline, user)
-            .await
+        // A provider on this host answers in-process; otherwise, in a cluster, a host
+        // that runs it does.
+        match host.cluster() {
+            Some(cluster) if !host.services().provides(service) => {
+                cluster
+                    .call(&self.module, service, request.into_string(), deadline, user)
+                    .await
+            }
+            _ => {
+                host.services()
+                    .call(&self.module, service, request, deadline, user)
+                    .await
+            }
+        }
     }
 }

@@ -17,6 +17,8 @@ pub trait Platform: Send + Sync {
     fn cache(&self) -> &dyn CacheStore;
     fn core(&self) -> &Core;
     fn services(&self) -> &ServiceRegistry;
-    /// The module whose manifest declares `service`, if any.
+    /// The module whose manifest declares `service`, if any (in a cluster, on any host).
     fn service_provider(&self, service: &str) -> Option<String>;
+    /// This host in its cluster, if it is in one.
+    fn cluster(&self) -> Option<&crate::cluster::node::Cluster>;
 }

@@ -283,6 +283,20 @@ impl Host {
                     ))
                 }
                 None if spec.optional => {}
+                // In a cluster, a dependency that is not a module of this host may run
+                // on another one.
+                None if self.cluster.is_some()
+                    && !entries.iter().any(|e| e.name == dep.as_str()) =>
+                {
+                    if let Some(cluster) = &self.cluster {
+                        cluster
+                            .directory()
+                            .runs(dep.as_str(), &spec.version)
+                            .map_err(|found| {
+                                format!("needs `{dep}` {}, which {found}", spec.version)
+                            })?;
+                    }
+                }
                 None => {
                     return Err(format!(
                         "needs `{dep}` {}, which is not running",

@@ -62,6 +62,14 @@ impl ServiceRegistry {
             .retain(|_, p| p.module != module);
     }
 
+    /// Whether a module of this host provides `service`.
+    pub fn provides(&self, service: &str) -> bool {
+        self.providers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(service)
+    }
+
     /// Every service with its provider; `healthy` from `is_running(provider)`.
     pub fn report(&self, is_running: impl Fn(&str) -> bool) -> Vec<ServiceReport> {
         self.providers
@@ -71,7 +79,7 @@ impl ServiceRegistry {
             .map(|(name, p)| ServiceReport {
                 service: name.clone(),
                 provider: p.module.clone(),
-                location: "local",
+                location: "local".to_string(),
                 healthy: is_running(&p.module),
                 calls: p.calls.load(Ordering::Relaxed),
                 errors: p.errors.load(Ordering::Relaxed),

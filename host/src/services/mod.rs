@@ -26,8 +26,8 @@ pub type CallFailure = (u8, String);
 pub struct ServiceReport {
     pub service: String,
     pub provider: String,
-    /// Where it runs: `local` today.
-    pub location: &'static str,
+    /// Where it runs: `local`, or the id of the host that runs it.
+    pub location: String,
     pub healthy: bool,
     pub calls: u64,
     pub errors: u64,

@@ -1,0 +1,299 @@
+//! This host as a member of its cluster: its id and peer address, the directory of
+//! the other hosts kept by the registry, calls to their providers, and what
+//! `/admin/cluster` shows.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use modhost_plugin_api::ffi::{call_error, FfiUser};
+use semver::VersionReq;
+use serde::Serialize;
+
+use super::{
+    directory::Directory,
+    etcd::{EtcdRegistry, RecordSource},
+    peer_client::{PeerClients, PeerError},
+    settings::ClusterSettings,
+};
+use crate::services::{local::ServiceRegistry, CallFailure, ServiceReport};
+
+/// Why this host could not join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterSetupError {
+    #[error("cluster_listen {addr}: cannot listen: {source}; choose a free address or port 0")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    HostId(#[from] super::host_id::HostIdError),
+}
+
+#[derive(Default)]
+struct Counts {
+    calls: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// This host in its cluster.
+pub struct Cluster {
+    pub host_id: String,
+    /// The address other hosts call this one at.
+    pub address: SocketAddr,
+    directory: Arc<Directory>,
+    peers: PeerClients,
+    registry: Mutex<Option<Arc<EtcdRegistry>>>,
+    /// Calls made to other hosts, by (service, provider host).
+    counts: Mutex<BTreeMap<(String, String), Arc<Counts>>>,
+    stop_server: tokio::sync::watch::Sender<bool>,
+}
+
+impl Cluster {
+    /// Binds the peer server and starts serving `services` to other hosts. The
+    /// registry starts with [`Cluster::register`], once the host can describe itself.
+    pub async fn start(
+        settings: &ClusterSettings,
+        data_dir: &std::path::Path,
+        services: Arc<ServiceRegistry>,
+    ) -> Result<Arc<Self>, ClusterSetupError> {
+        let host_id = super::host_id::host_id(settings.host_id.as_deref(), data_dir)?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| ClusterSetupError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ClusterSetupError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        let address = settings.advertise.unwrap_or(bound);
+        let (stop_server, mut stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = super::peer_server::serve(services, listener, stop).await {
+                tracing::error!(target: "modhost::cluster", "the peer server stopped: {e}");
+            }
+        });
+        tracing::info!(target: "modhost::cluster", host_id = %host_id, peer = %bound, advertised = %address, "cluster peer server listening");
+        Ok(Arc::new(Self {
+            host_id: host_id.clone(),
+            address,
+            directory: Arc::new(Directory::new(&host_id)),
+            peers: PeerClients::default(),
+            registry: Mutex::new(None),
+            counts: Mutex::new(BTreeMap::new()),
+            stop_server,
+        }))
+    }
+
+    /// Starts announcing this host (as `record` describes it) and watching the others.
+    pub fn register(&self, settings: &ClusterSettings, record: RecordSource) {
+        let Some(endpoints) = settings.registry.clone() else {
+            return;
+        };
+        let registry = EtcdRegistry::start(
+            endpoints,
+            &settings.name,
+            &self.host_id,
+            settings.lease_ttl,
+            self.directory.clone(),
+            record,
+        );
+        *self.registry.lock().unwrap_or_else(|p| p.into_inner()) = Some(registry);
+    }
+
+    /// Asks the registry to write this host's record now (a module changed state).
+    pub fn announce(&self) {
+        if let Some(r) = self
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            r.refresh.notify_one();
+        }
+    }
+
+    /// Leaves the registry: other hosts stop calling this one. The peer server still
+    /// answers the calls already on their way.
+    pub async fn withdraw(&self) {
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(r) = registry {
+            r.leave().await;
+        }
+    }
+
+    /// Leaves the registry, if still in it, and stops the peer server.
+    pub async fn leave(&self) {
+        self.withdraw().await;
+        let _ = self.stop_server.send(true);
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Waits until another host runs `module` in a version `requirement` accepts, up to
+    /// `deadline`; the error says what the cluster has instead.
+    pub async fn wait_for_module(
+        &self,
+        module: &str,
+        requirement: &VersionReq,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let mut changes = self.directory.subscribe();
+        loop {
+            let why = match self.directory.runs(module, requirement) {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(why);
+            }
+            if tokio::time::timeout(left, changes.changed()).await.is_err() {
+                // One last look after the deadline.
+                return self.directory.runs(module, requirement);
+            }
+        }
+    }
+
+    fn counts(&self, service: &str, host: &str) -> Arc<Counts> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .entry((service.to_string(), host.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Calls `service` on another host: the providers in turn, the next one if a host
+    /// cannot be reached, all within `deadline`.
+    pub async fn call(
+        &self,
+        caller: &str,
+        service: &str,
+        request: String,
+        deadline: Duration,
+        user: Option<Arc<FfiUser>>,
+    ) -> Result<String, CallFailure> {
+        let providers = self.directory.in_turn(service);
+        if providers.is_empty() {
+            return Err((
+                call_error::UNAVAILABLE,
+                format!("no host of the cluster runs a started provider of `{service}`"),
+            ));
+        }
+        let attempt = async {
+            let mut unreachable = Vec::new();
+            for p in &providers {
+                let counts = self.counts(service, &p.host_id);
+                counts.calls.fetch_add(1, Ordering::Relaxed);
+                let result = self
+                    .peers
+                    .call(
+                        &p.address,
+                        caller,
+                        service,
+                        request.clone(),
+                        deadline,
+                        user.as_deref(),
+                    )
+                    .await;
+                match result {
+                    Ok(json) => return Ok(json),
+                    Err(e) => {
+                        counts.errors.fetch_add(1, Ordering::Relaxed);
+                        match e {
+                            PeerError::Call(failure) => return Err(failure),
+                            PeerError::TimedOut => return Err(timed_out(service, deadline)),
+                            PeerError::Unreachable(why) => unreachable.push(why),
+                        }
+                    }
+                }
+            }
+            Err((
+                call_error::UNAVAILABLE,
+                format!(
+                    "no provider of `{service}` could be reached: {}",
+                    unreachable.join("; ")
+                ),
+            ))
+        };
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out(service, deadline)),
+        }
+    }
+
+    /// Services on other hosts, for `/admin/services`.
+    pub fn remote_services(&self) -> Vec<ServiceReport> {
+        let mut out = Vec::new();
+        for host in self.directory.hosts() {
+            if host.host_id == self.host_id {
+                continue;
+            }
+            for m in &host.modules {
+                for s in &m.services {
+                    let counts = self.counts(s, &host.host_id);
+                    out.push(ServiceReport {
+                        service: s.clone(),
+                        provider: m.name.clone(),
+                        location: host.host_id.clone(),
+                        healthy: m.started(),
+                        calls: counts.calls.load(Ordering::Relaxed),
+                        errors: counts.errors.load(Ordering::Relaxed),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// What `/admin/cluster` shows.
+    pub fn report(&self) -> ClusterReport {
+        ClusterReport {
+            host_id: self.host_id.clone(),
+            address: self.address.to_string(),
+            registry: self
+                .registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some(),
+            hosts: self.directory.hosts(),
+        }
+    }
+}
+
+fn timed_out(service: &str, deadline: Duration) -> CallFailure {
+    (
+        call_error::TIMEOUT,
+        format!("`{service}` did not answer within {deadline:?}"),
+    )
+}
+
+/// `/admin/cluster`.
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    pub host_id: String,
+    pub address: String,
+    /// Whether a registry is configured.
+    pub registry: bool,
+    /// Every host the registry reports, this one included.
+    pub hosts: Vec<super::record::HostRecord>,
+}
