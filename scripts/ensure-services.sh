@@ -1,10 +1,31 @@
 #!/usr/bin/env bash
 # Makes sure the local PostgreSQL the tests use (127.0.0.1:5432) is running; starts the
-# machine's cluster if it is installed but stopped. Prints what it did. Without a
-# PostgreSQL installation it says so; the PostgreSQL tests then print SKIP lines (and
-# fail under CI, where PostgreSQL is required).
+# machine's cluster if it is installed but stopped. Installs the cluster engines' servers
+# (etcd and etcdctl, nats-server, redis-server) from Debian's packages where they are missing: the
+# cluster tests start their own instances of them on free ports. Prints what it did.
+# Without PostgreSQL or an engine the tests that need it print SKIP lines (and fail
+# under CI, where all are required).
 set -uo pipefail
-case "${1:-}" in -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+
+missing=()
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "ensure-services: installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+      echo "ensure-services: could not install ${missing[*]}; the cluster tests will be skipped outside CI" >&2
+  else
+    echo "ensure-services: please install ${missing[*]} for the cluster tests" >&2
+  fi
+fi
+for tool in etcd etcdctl nats-server redis-server; do
+  command -v "$tool" >/dev/null 2>&1 && echo "ensure-services: $tool is $(command -v "$tool")"
+done
 
 pg_up() {
   if command -v pg_isready >/dev/null 2>&1; then

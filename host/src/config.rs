@@ -560,6 +560,7 @@ impl HostConfig {
             connect_timeout: self.database_connect_timeout,
             max_connections: self.database_max_connections,
             role_prefix: self.postgres_role_prefix.clone(),
+            shared: self.cluster.clustered(),
         }
     }
 

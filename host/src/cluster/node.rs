@@ -216,13 +216,22 @@ impl Cluster {
                     )
                     .await;
                 match result {
-                    Ok(json) => return Ok(json),
+                    Ok(json) => {
+                        tracing::debug!(target: "modhost::cluster", service, host = %p.host_id, "called a provider on another host");
+                        return Ok(json);
+                    }
                     Err(e) => {
                         counts.errors.fetch_add(1, Ordering::Relaxed);
                         match e {
-                            PeerError::Call(failure) => return Err(failure),
+                            PeerError::Call(failure) => {
+                                tracing::debug!(target: "modhost::cluster", service, host = %p.host_id, kind = failure.0, "a provider on another host answered with an error: {}", failure.1);
+                                return Err(failure);
+                            }
                             PeerError::TimedOut => return Err(timed_out(service, deadline)),
-                            PeerError::Unreachable(why) => unreachable.push(why),
+                            PeerError::Unreachable(why) => {
+                                tracing::info!(target: "modhost::cluster", service, host = %p.host_id, "provider unreachable, trying the next: {why}");
+                                unreachable.push(why);
+                            }
                         }
                     }
                 }

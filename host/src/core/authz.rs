@@ -387,6 +387,7 @@ pub(super) mod tests {
             connect_timeout: Duration::from_secs(5),
             max_connections: 2,
             role_prefix: "modhost_".into(),
+            shared: false,
         };
         let databases = Databases::connect(&settings).await.expect("sqlite opens");
         let mut registry = PermissionRegistry::default();
@@ -408,6 +409,7 @@ pub(super) mod tests {
             connect_timeout: Duration::from_secs(5),
             max_connections: 2,
             role_prefix: "modhost_".into(),
+            shared: false,
         };
         let databases = Databases::connect(&settings).await.expect("sqlite opens");
         crate::core::Core::open(databases.core(), AuthSettings::default())

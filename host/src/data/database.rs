@@ -71,6 +71,11 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// Prefix of the PostgreSQL role created for each module.
     pub role_prefix: String,
+    /// Several hosts share this database (cluster mode): each module role's password
+    /// is derived from the database URL (a secret every host of the cluster holds) and
+    /// the role, so that a host provisioning a role does not lock out the others.
+    /// Otherwise it is random.
+    pub shared: bool,
 }
 
 /// Why the databases could not be set up.
@@ -110,6 +115,8 @@ pub enum Databases {
         role_prefix: String,
         max_connections: u32,
         core: PgPool,
+        /// Derive role passwords (see [`DatabaseSettings::shared`]): the URL's secret.
+        shared_secret: Option<String>,
         /// Each module's pool, opened once per process with the password set then. A
         /// new version of a module (hot reload) gets the same pool: its role's
         /// password never changes under a serving version, whether the reload is kept
@@ -208,6 +215,9 @@ impl Databases {
             role_prefix: settings.role_prefix.clone(),
             max_connections: settings.max_connections,
             core,
+            shared_secret: settings
+                .shared
+                .then(|| settings.url.clone().unwrap_or_default()),
             modules: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -251,6 +261,7 @@ impl Databases {
                 role_prefix,
                 max_connections,
                 modules,
+                shared_secret,
                 ..
             } => {
                 let existing = modules
@@ -271,7 +282,13 @@ impl Databases {
                         "role name `{role}` is over PostgreSQL's 63-byte limit; use a shorter module name or postgres_role_prefix"
                     )));
                 }
-                let password = crate::random::random_hex(24);
+                let password = match shared_secret {
+                    None => crate::random::random_hex(24),
+                    Some(secret) => crate::hex::sha256_hex(
+                        format!("modhost module role password\0{secret}\0{role}").as_bytes(),
+                    )[..48]
+                        .to_string(),
+                };
                 let sql = provision_sql(&role, module, database, &password);
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                     .execute(admin)

@@ -492,6 +492,7 @@ impl Subscriber {
         };
         let Some(error) = error else {
             self.delivered.fetch_add(1, Ordering::Relaxed);
+            span.in_scope(|| tracing::debug!(target: "modhost::cluster", "event handled"));
             if let Err(e) = message.double_ack().await {
                 tracing::warn!(target: "modhost::cluster", module = %self.module, event = %event.id, "event handled but its ack was lost (it may be delivered again): {e}");
             }

@@ -415,6 +415,10 @@ impl Host {
             host.start_module(idx).await;
         }
         host.publish_routes();
+        if let Some(cluster) = &host.cluster {
+            // The modules' states as booted, now rather than at the next refresh.
+            cluster.announce();
+        }
         // Exits during boot wait in the channel until every module is committed.
         host.track(tokio::spawn(host.clone().watch_workers(exits)));
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod core;
+pub mod engines;
 pub mod pg;
 
 use std::{

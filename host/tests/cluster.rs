@@ -1,0 +1,634 @@
+//! Cluster mode on the real engines: hosts as separate `modhost run` processes on
+//! loopback, one `modhost core` (gRPC) for all of them, the modules' data in one
+//! PostgreSQL database, and each test's own etcd, nats-server (JetStream) and
+//! redis-server processes, so that the fault tests can kill and restart them.
+//!
+//! - partitioned: blog on host A, billing on B, notifications on C: a premium post on A
+//!   asks billing on B, and its event reaches C, all under the caller's trace id;
+//! - replicated: notifications on C and D: 1,000 posts give exactly 1,000 handled
+//!   events, none twice, none lost;
+//! - faults: a billing host killed with `kill -9` while another runs billing; NATS
+//!   stopped for 10 s while posts are created; Redis stopped; etcd restarted empty;
+//! - a dependency on another host that is not up yet: waited for, or failed with the
+//!   reason and brought back by a reload.
+//!
+//! The tests run one at a time (each starts up to nine processes on two cores).
+
+mod common;
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use common::{core::CoreProcess, engines, http, pg::PgTestDb, HostProcess, HttpResponse, Modules};
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The lease TTL the test hosts use: a dead host is dropped this long after its death.
+const LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// The engines, the core and the database of one test's cluster.
+struct Platform {
+    name: String,
+    etcd: engines::Server,
+    nats: engines::Server,
+    redis: engines::Server,
+    core: CoreProcess,
+    _core_dir: tempfile::TempDir,
+    /// Last: dropped after every host has gone.
+    pg: PgTestDb,
+}
+
+/// One host of the cluster; the process is dropped (killed) before its folder.
+struct Node {
+    host: HostProcess,
+    _modules: Modules,
+}
+
+impl std::ops::Deref for Node {
+    type Target = HostProcess;
+    fn deref(&self) -> &HostProcess {
+        &self.host
+    }
+}
+
+impl Platform {
+    /// Everything up, or `None` (with a SKIP line) where an engine is missing.
+    fn start(test: &str) -> Option<Platform> {
+        for tool in ["etcd", "nats-server", "redis-server"] {
+            if !engines::have(tool, test) {
+                return None;
+            }
+        }
+        let pg = PgTestDb::create()?;
+        let core_dir = tempfile::tempdir().unwrap();
+        let core = CoreProcess::start(
+            core_dir.path(),
+            &["--grpc-listen", "127.0.0.1:0", "--database-url", &pg.url],
+            &[("MODHOST_POSTGRES_ROLE_PREFIX", &pg.prefix)],
+        );
+        Some(Platform {
+            name: format!(
+                "t{}",
+                &pg.prefix.replace('_', "-").trim_end_matches('-')[3..]
+            ),
+            etcd: engines::etcd(),
+            nats: engines::nats(),
+            redis: engines::redis(),
+            core,
+            _core_dir: core_dir,
+            pg,
+        })
+    }
+
+    fn env(&self, id: &str) -> Vec<(String, String)> {
+        vec![
+            ("MODHOST_HOST_ID".into(), id.into()),
+            ("MODHOST_CLUSTER_NAME".into(), self.name.clone()),
+            (
+                "MODHOST_REGISTRY_URL".into(),
+                format!("etcd://127.0.0.1:{}", self.etcd.port),
+            ),
+            (
+                "MODHOST_EVENT_BUS_URL".into(),
+                format!("nats://127.0.0.1:{}", self.nats.port),
+            ),
+            (
+                "MODHOST_CACHE_URL".into(),
+                format!("redis://127.0.0.1:{}", self.redis.port),
+            ),
+            (
+                "MODHOST_REGISTRY_LEASE_TTL".into(),
+                format!("{}s", LEASE_TTL.as_secs()),
+            ),
+            (
+                "MODHOST_CORE_URL".into(),
+                format!("http://{}", self.core.addr("All")),
+            ),
+            ("MODHOST_DATABASE_URL".into(), self.pg.url.clone()),
+            (
+                "MODHOST_POSTGRES_ROLE_PREFIX".into(),
+                self.pg.prefix.clone(),
+            ),
+            ("MODHOST_WATCH".into(), "false".into()),
+            ("RUST_LOG".into(), "info,modhost::cluster=debug".into()),
+        ]
+    }
+
+    /// Host `id` running the example `modules`, with `extra` settings.
+    fn host(&self, id: &str, modules: &[&str], extra: &[(&str, &str)]) -> Node {
+        let m = Modules::new();
+        for name in modules {
+            m.add_example(name);
+        }
+        let mut env = self.env(id);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Node {
+            host: HostProcess::start(&m, &env, &[]),
+            _modules: m,
+        }
+    }
+}
+
+/// Polls `check` until it gives a value, for up to `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < until, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The ids of the hosts `node` knows (from `/admin/cluster`).
+fn known_hosts(node: &Node) -> Vec<String> {
+    let mut ids: Vec<String> = node.get("/admin/cluster").json()["hosts"]
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .filter_map(|h| h["host_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Waits until `node` knows (at least) the hosts `ids`.
+fn wait_for_hosts(node: &Node, ids: &[&str]) {
+    wait_for(
+        &format!("hosts {ids:?} known"),
+        Duration::from_secs(20),
+        || {
+            let known = known_hosts(node);
+            ids.iter()
+                .all(|id| known.iter().any(|k| k == id))
+                .then_some(())
+        },
+    );
+}
+
+/// A metric's value in `/metrics` (summed over its label sets).
+fn metric(node: &Node, name: &str) -> u64 {
+    node.get("/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn notifications(node: &Node) -> Vec<Value> {
+    node.get("/api/v1/notifications/notifications")
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn post(node: &Node, title: &str, premium: bool, headers: &[(&str, &str)]) -> HttpResponse {
+    let auth = format!("Bearer {}", node.token);
+    let mut all = vec![("authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    let body = serde_json::json!({ "title": title, "premium": premium }).to_string();
+    http(
+        node.addr,
+        "POST",
+        "/api/v1/blog/posts",
+        &all,
+        body.as_bytes(),
+    )
+}
+
+fn logs_mention(node: &Node, needle: &str) -> bool {
+    node.logs().iter().any(|l| l.to_string().contains(needle))
+}
+
+#[test]
+fn partitioned_hosts_serve_one_platform_under_one_trace() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(p) = Platform::start("partitioned_hosts_serve_one_platform_under_one_trace") else {
+        return;
+    };
+    let b = p.host("host-b", &["billing"], &[]);
+    let a = p.host("host-a", &["blog"], &[]);
+    let c = p.host("host-c", &["notifications"], &[]);
+    for node in [&a, &b, &c] {
+        wait_for_hosts(node, &["host-a", "host-b", "host-c"]);
+    }
+    assert_eq!(a.module("blog")["state"], "started");
+    assert_eq!(c.module("notifications")["state"], "started");
+
+    // A post on A, under the client's trace: A logs it, C handles its event in it.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let created = post(&a, "Secret", true, &[("traceparent", &traceparent)]);
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_i64().unwrap();
+    let got = wait_for("the notification on C", Duration::from_secs(20), || {
+        let list = notifications(&c);
+        list.iter()
+            .find(|n| n["message"] == "New post: Secret")
+            .cloned()
+    });
+    assert_eq!(got["topic"], "blog.post.created");
+    wait_for(
+        "trace id in A's and C's logs",
+        Duration::from_secs(5),
+        || (logs_mention(&a, trace) && logs_mention(&c, trace)).then_some(()),
+    );
+
+    // Reading the premium post on A asks billing on B: 402 without a subscription...
+    let read_trace = "0af7651916cd43dd8448eb211c80319c";
+    let read_parent = format!("00-{read_trace}-b7ad6b7169203331-01");
+    let auth = format!("Bearer {}", a.token);
+    let path = format!("/api/v1/blog/posts/{id}");
+    let read = |headers: &[(&str, &str)]| {
+        let mut all = vec![("authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        http(a.addr, "GET", &path, &all, b"")
+    };
+    let denied = read(&[("traceparent", &read_parent)]);
+    assert_eq!(denied.status, 402, "{}", denied.text());
+    let traced = Instant::now() + Duration::from_secs(5);
+    while !(logs_mention(&a, read_trace) && logs_mention(&b, read_trace)) {
+        assert!(
+            Instant::now() < traced,
+            "the read's trace id: in A's logs {}, in B's {}; B's last logs: {:?}",
+            logs_mention(&a, read_trace),
+            logs_mention(&b, read_trace),
+            b.logs().iter().rev().take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...and 200 once the user subscribed on B.
+    let sub = b.request(
+        "POST",
+        "/api/v1/billing/subscriptions",
+        br#"{"user_id":"console","plan":"pro"}"#,
+    );
+    assert_eq!(sub.status, 201, "{}", sub.text());
+    assert_eq!(read(&[]).status, 200);
+    // The subscription event went from B to C.
+    wait_for("billing's event on C", Duration::from_secs(20), || {
+        notifications(&c)
+            .iter()
+            .any(|n| n["topic"] == "billing.subscription.created")
+            .then_some(())
+    });
+
+    // Every host sees every provider; A counts its calls to B's.
+    let services = a.get("/admin/services").json();
+    let remote = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "billing.subscription.get")
+        .unwrap_or_else(|| panic!("{services}"));
+    assert_eq!(remote["location"], "host-b");
+    assert_eq!(remote["healthy"], true);
+    assert!(remote["calls"].as_u64().unwrap() >= 2, "{remote}");
+    let cluster = c.get("/admin/cluster").json();
+    let b_record = cluster["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host_id"] == "host-b")
+        .unwrap();
+    assert_eq!(b_record["modules"][0]["name"], "billing");
+    assert_eq!(
+        b_record["modules"][0]["services"][0],
+        "billing.subscription.get"
+    );
+
+    // The post A cached is in the shared Redis, under the cluster's and blog's prefix.
+    let keys = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &p.redis.port.to_string(),
+            "--scan",
+            "--pattern",
+            &format!("{}:cache:blog:*", p.name),
+        ])
+        .output()
+        .expect("redis-cli");
+    let keys = String::from_utf8_lossy(&keys.stdout);
+    assert!(!keys.trim().is_empty(), "no blog keys in Redis");
+}
+
+#[test]
+fn replicated_subscribers_handle_each_event_exactly_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(p) = Platform::start("replicated_subscribers_handle_each_event_exactly_once") else {
+        return;
+    };
+    let a = p.host("host-a", &["billing", "blog"], &[]);
+    let c = p.host("host-c", &["notifications"], &[]);
+    let d = p.host("host-d", &["notifications"], &[]);
+    for node in [&a, &c, &d] {
+        wait_for_hosts(node, &["host-a", "host-c", "host-d"]);
+    }
+    const POSTS: usize = 1000;
+    for i in 0..POSTS {
+        let created = post(&a, &format!("post {i}"), false, &[]);
+        assert_eq!(created.status, 201, "post {i}: {}", created.text());
+    }
+    // Both hosts read the same table (one PostgreSQL schema for the module).
+    let list = wait_for("1,000 notifications", Duration::from_secs(120), || {
+        let list = notifications(&c);
+        (list.len() >= POSTS).then_some(list)
+    });
+    let mut messages: Vec<&str> = list.iter().filter_map(|n| n["message"].as_str()).collect();
+    messages.sort_unstable();
+    messages.dedup();
+    assert_eq!(messages.len(), POSTS, "every post once");
+    assert_eq!(list.len(), POSTS, "no notification twice");
+    // Handled once each across the two hosts (a second delivery would count twice),
+    // and both hosts took a share.
+    let (on_c, on_d) = wait_for("handled counts settle", Duration::from_secs(10), || {
+        let (c_n, d_n) = (
+            metric(&c, "modhost_events_handled_total"),
+            metric(&d, "modhost_events_handled_total"),
+        );
+        (c_n + d_n >= POSTS as u64).then_some((c_n, d_n))
+    });
+    eprintln!("handled on C: {on_c}, on D: {on_d}");
+    assert_eq!(on_c + on_d, POSTS as u64, "C {on_c} + D {on_d}");
+    assert!(
+        on_c > 0 && on_d > 0,
+        "C {on_c}, D {on_d}: both hosts take events"
+    );
+    assert!(a
+        .get("/admin/dead-letters")
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_killed_provider_host_is_dropped_when_its_lease_expires() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(p) = Platform::start("a_killed_provider_host_is_dropped_when_its_lease_expires")
+    else {
+        return;
+    };
+    let b = p.host("host-b", &["billing"], &[]);
+    let e = p.host("host-e", &["billing"], &[]);
+    let a = p.host("host-a", &["blog"], &[]);
+    wait_for_hosts(&a, &["host-a", "host-b", "host-e"]);
+    let created = post(&a, "Premium", true, &[]);
+    let id = created.json()["id"].as_i64().unwrap();
+    let sub = b.request(
+        "POST",
+        "/api/v1/billing/subscriptions",
+        br#"{"user_id":"console","plan":"pro"}"#,
+    );
+    assert_eq!(sub.status, 201, "{}", sub.text());
+    let path = format!("/api/v1/blog/posts/{id}");
+    for _ in 0..10 {
+        assert_eq!(a.get(&path).status, 200);
+    }
+    let calls_before = |host: &str| {
+        a.get("/admin/services")
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["location"] == host)
+            .map(|s| s["calls"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert!(
+        calls_before("host-b") > 0 && calls_before("host-e") > 0,
+        "round-robin over both"
+    );
+
+    let killed = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-9", &b.pid().to_string()])
+        .status()
+        .unwrap();
+    // Calls go on while B's lease runs out; count what fails.
+    let (mut ok, mut failed) = (0u32, 0u32);
+    let mut gone_at = None;
+    while killed.elapsed() < LEASE_TTL + Duration::from_secs(4) {
+        match a.get(&path).status {
+            200 => ok += 1,
+            _ => failed += 1,
+        }
+        if gone_at.is_none() && !known_hosts(&a).contains(&"host-b".to_string()) {
+            gone_at = Some(killed.elapsed());
+        }
+    }
+    let gone_at = gone_at.expect("host-b still listed after its lease");
+    eprintln!(
+        "after kill -9: {ok} calls succeeded, {failed} failed; host-b dropped after {gone_at:?}"
+    );
+    assert!(
+        gone_at <= LEASE_TTL + Duration::from_secs(3),
+        "dropped after {gone_at:?}"
+    );
+    // Once the lease is gone, every call succeeds, on E.
+    for i in 0..50 {
+        let r = a.get(&path);
+        assert_eq!(
+            r.status,
+            200,
+            "call {i} after the lease expired: {}",
+            r.text()
+        );
+    }
+    drop(e);
+}
+
+#[test]
+fn events_published_while_nats_is_down_all_arrive() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut p) = Platform::start("events_published_while_nats_is_down_all_arrive") else {
+        return;
+    };
+    let a = p.host("host-a", &["billing", "blog"], &[]);
+    let c = p.host("host-c", &["notifications"], &[]);
+    wait_for_hosts(&a, &["host-a", "host-c"]);
+    assert_eq!(post(&a, "before", false, &[]).status, 201);
+    wait_for("the first notification", Duration::from_secs(20), || {
+        (notifications(&c).len() == 1).then_some(())
+    });
+
+    p.nats.stop();
+    let stopped = Instant::now();
+    let mut during = 0;
+    while stopped.elapsed() < Duration::from_secs(10) {
+        let r = post(&a, &format!("during {during}"), false, &[]);
+        assert_eq!(r.status, 201, "publishing while NATS is down: {}", r.text());
+        during += 1;
+        // Paces the posts over the 10 s outage (the outage's length is the scenario).
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let waiting = metric(&a, "modhost_event_outbox_waiting");
+    assert!(waiting > 0, "events wait in the outbox while NATS is down");
+    p.nats.start();
+    let want = 1 + during;
+    let list = wait_for(
+        "every event after NATS is back",
+        Duration::from_secs(60),
+        || {
+            let list = notifications(&c);
+            (list.len() >= want).then_some(list)
+        },
+    );
+    assert_eq!(list.len(), want, "none twice");
+    // In publish order.
+    let during_order: Vec<String> = list[1..]
+        .iter()
+        .map(|n| n["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let expected: Vec<String> = (0..during)
+        .map(|i| format!("New post: during {i}"))
+        .collect();
+    assert_eq!(during_order, expected);
+    wait_for("the outbox empties", Duration::from_secs(10), || {
+        (metric(&a, "modhost_event_outbox_waiting") == 0).then_some(())
+    });
+    assert!(metric(&a, "modhost_event_outbox_queued_total") >= waiting);
+    eprintln!("{during} posts while NATS was down; {waiting} events waited in the outbox");
+}
+
+#[test]
+fn requests_succeed_without_redis_and_hosts_reregister_after_etcd_restarts() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut p) =
+        Platform::start("requests_succeed_without_redis_and_hosts_reregister_after_etcd_restarts")
+    else {
+        return;
+    };
+    let b = p.host("host-b", &["billing"], &[]);
+    let a = p.host("host-a", &["blog"], &[]);
+    wait_for_hosts(&a, &["host-a", "host-b"]);
+    let created = post(&a, "Cached", false, &[]);
+    let path = format!("/api/v1/blog/posts/{}", created.json()["id"]);
+    assert_eq!(a.get(&path).status, 200);
+
+    // Redis gone: reads and writes still answer, as misses, counted.
+    p.redis.stop();
+    for i in 0..20 {
+        assert_eq!(a.get(&path).status, 200, "read {i} without Redis");
+    }
+    assert_eq!(post(&a, "No cache", false, &[]).status, 201);
+    assert!(metric(&a, "modhost_cache_errors_total") > 0);
+    p.redis.start();
+    wait_for("the cache answers again", Duration::from_secs(10), || {
+        let before = metric(&a, "modhost_cache_errors_total");
+        (a.get(&path).status == 200 && metric(&a, "modhost_cache_errors_total") == before)
+            .then_some(())
+    });
+
+    // etcd restarted with nothing: both hosts register again by themselves.
+    p.etcd.restart_empty();
+    let keys = || {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                &format!("--endpoints=127.0.0.1:{}", p.etcd.port),
+                "get",
+                "--prefix",
+                "--keys-only",
+                &format!("{}/hosts/", p.name),
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut keys: Vec<String> = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        Some(keys)
+    };
+    let want = vec![
+        format!("{}/hosts/host-a", p.name),
+        format!("{}/hosts/host-b", p.name),
+    ];
+    wait_for(
+        "both hosts in the new etcd",
+        Duration::from_secs(20),
+        || (keys()? == want).then_some(()),
+    );
+    wait_for_hosts(&a, &["host-a", "host-b"]);
+    let sub = b.request(
+        "POST",
+        "/api/v1/billing/subscriptions",
+        br#"{"user_id":"console","plan":"pro"}"#,
+    );
+    assert_eq!(sub.status, 201);
+    let premium = post(&a, "After etcd", true, &[]);
+    let premium = format!("/api/v1/blog/posts/{}", premium.json()["id"]);
+    assert_eq!(a.get(&premium).status, 200, "A calls B again");
+}
+
+#[test]
+fn a_dependency_on_another_host_is_waited_for_or_fails_with_the_reason() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(p) =
+        Platform::start("a_dependency_on_another_host_is_waited_for_or_fails_with_the_reason")
+    else {
+        return;
+    };
+    // Billing runs nowhere: blog waits one second, then fails, saying why.
+    let a = p.host("host-a", &["blog"], &[("MODHOST_DEPENDENCY_WAIT", "1s")]);
+    let blog = a.module("blog");
+    assert_eq!(blog["state"], "failed", "{blog}");
+    let reason = blog["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("dependency `billing`") && reason.contains("runs on no host"),
+        "{reason}"
+    );
+
+    // Notifications on C needs blog and billing, neither running yet: C waits, and
+    // starts it once billing is up on B and blog is reloaded on A.
+    std::thread::scope(|s| {
+        let starting = s.spawn(|| {
+            p.host(
+                "host-c",
+                &["notifications"],
+                &[("MODHOST_DEPENDENCY_WAIT", "60s")],
+            )
+        });
+        let b = p.host("host-b", &["billing"], &[]);
+        wait_for(
+            "billing started on B, as A sees it",
+            Duration::from_secs(20),
+            || {
+                let cluster = a.get("/admin/cluster").json();
+                cluster["hosts"]
+                    .as_array()?
+                    .iter()
+                    .any(|h| h["host_id"] == "host-b" && h["modules"][0]["state"] == "started")
+                    .then_some(())
+            },
+        );
+        let reloaded = a.request("POST", "/admin/modules/blog/reload", b"");
+        assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+        assert_eq!(a.module("blog")["state"], "started");
+        let c = starting.join().expect("host C starts");
+        assert_eq!(c.module("notifications")["state"], "started");
+        assert!(logs_mention(
+            &c,
+            "waiting up to 60s for a dependency on another host"
+        ));
+        assert_eq!(post(&a, "Works", false, &[]).status, 201);
+        wait_for("the notification on C", Duration::from_secs(20), || {
+            (!notifications(&c).is_empty()).then_some(())
+        });
+        drop(b);
+    });
+}
