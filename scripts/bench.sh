@@ -12,26 +12,31 @@
 #      tokens as modhost does, with the jsonwebtoken crate), public and private route;
 #   7. the core services in-process vs over gRPC on loopback, and logins per second;
 #   8. an isolated module (worker process) vs in-process: added route latency, memory
-#      across hot reloads, instructions per request with the worker counted.
+#      across hot reloads, instructions per request with the worker counted;
+#   9. cluster mode (etcd and nats-server started by the harness): a service call across
+#      hosts vs in-process, events through JetStream with two consumer hosts vs
+#      in-process, and 1,000 simulated hosts with 10,000 services in etcd.
 #
-#   scripts/bench.sh [--quick] [--wasm] [--instructions] [--isolation]
+#   scripts/bench.sh [--quick] [--wasm] [--instructions] [--isolation] [--cluster]
 #     --quick:        shorter runs, for a smoke test
 #     --wasm:         also time a WebAssembly function under wasmtime (builds wasmtime: slow)
 #     --instructions: only section 6, printed (RESULTS.md is left alone)
 #     --isolation:    only section 8, printed (RESULTS.md is left alone)
+#     --cluster:      only section 9, printed (RESULTS.md is left alone)
 #
 # Benchmarks never fail CI; they are not timed tests.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-secs=10; rounds=3; counts="10,100,500,1000"; reloads=20; features=(); only_instructions=""; only_isolation=""; requests=1000
+secs=10; rounds=3; counts="10,100,500,1000"; reloads=20; features=(); only_instructions=""; only_isolation=""; only_cluster=""; requests=1000
 for arg in "$@"; do
   case "$arg" in
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --quick) secs=2; rounds=1; counts="10,100"; reloads=5; requests=300 ;;
     --wasm) features=(--features wasm) ;;
     --instructions) only_instructions=1 ;;
     --isolation) only_isolation=1 ;;
+    --cluster) only_cluster=1 ;;
     *) echo "bench: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,7 +54,8 @@ if ! command -v valgrind >/dev/null; then
     echo "bench: valgrind is needed (apt-get install valgrind)" >&2; exit 1
   fi
 fi
-scripts/build-plugins.sh --release --out "$root/target/bench-modules" plugins/hello >/dev/null
+scripts/build-plugins.sh --release --out "$root/target/bench-modules" plugins/hello plugins/blog plugins/billing plugins/notifications >/dev/null
+scripts/ensure-services.sh >/dev/null
 cargo build -q --release -p modhost -p modhost-bench
 bin="$root/target/release"
 key=$(printf 'ab%.0s' $(seq 1 32))
@@ -77,6 +83,18 @@ isolation() {
   "$bin/harness" isolation "$bin/modhost" "$root/target/bench-modules/hello/libhello.so" $((requests * 5)) "$reloads" "$requests"
 }
 
+cluster() {
+  echo "## 9. Cluster mode (issue 16)"
+  echo
+  echo "\`harness cluster\` on $(date -u +%Y-%m-%d); release builds; etcd $(etcd --version | awk '/etcd Version/{print $3}') and nats-server $(nats-server --version | awk '{print $2}') started by the harness on loopback; every host embedded SQLite."
+  echo
+  "$bin/harness" cluster "$bin/modhost" "$root/target/bench-modules" "$((requests * 2))" "$((requests * 2))" 1000
+}
+
+if [ -n "$only_cluster" ]; then
+  cluster
+  exit 0
+fi
 if [ -n "$only_instructions" ]; then
   instructions
   exit 0
@@ -146,5 +164,7 @@ wait 2>/dev/null || true
   "$bin/harness" core "$bin/modhost" "$requests" "$secs"
   echo
   isolation
+  echo
+  cluster
 } >> "$out"
 echo "bench: wrote $out"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, as CI does: formatting, clippy, then every test (the
 # integration tests build the plugins and run the real host over loopback, against
-# embedded SQLite and the local PostgreSQL, which it starts if it is stopped).
+# embedded SQLite and the local PostgreSQL, which it starts if it is stopped; the
+# cluster tests start their own etcd, nats-server and redis-server, installed by
+# scripts/ensure-services.sh), then the three-host example cluster.
 #
 #   scripts/test.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-case "${1:-}" in -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 cd "$root"
 scripts/ensure-toolchain.sh
 scripts/ensure-services.sh
@@ -25,5 +27,7 @@ echo "== the plugin API reference (cargo doc -p modhost-plugin-api)"
 RUSTDOCFLAGS="-D warnings" cargo doc -p modhost-plugin-api --no-deps --features schema,build
 echo "== schemathesis against /openapi.json"
 scripts/schemathesis.sh
+echo "== the example modules on three hosts (scripts/run-cluster.sh --check)"
+scripts/run-cluster.sh --check
 echo "== scripts"
 bash -n scripts/*.sh

@@ -8,7 +8,7 @@
 
 use crate::{free_port, percentile};
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -94,35 +94,13 @@ fn post(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
     (status, raw)
 }
 
-/// Microseconds of each of `n` sequential requests on one keep-alive connection.
+/// Microseconds of each of `n` sequential requests to hello on one keep-alive connection.
 fn latencies(addr: SocketAddr, n: usize, into: &mut Vec<f64>) {
     send_requests(addr, ROUTE, None, 200); // warm-up
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let request = format!("GET {ROUTE} HTTP/1.1\r\nhost: bench\r\n\r\n");
-    for _ in 0..n {
-        let started = Instant::now();
-        stream.write_all(request.as_bytes()).expect("send");
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("read");
-            let lower = line.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse().expect("length");
-            }
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).expect("body");
-        into.push(started.elapsed().as_secs_f64() * 1e6);
-    }
+    crate::keepalive_latencies(addr, ROUTE, None, n, into);
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -133,7 +111,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn admin_token(bin: &Path, data: &Path) -> String {
+pub(crate) fn admin_token(bin: &Path, data: &Path) -> String {
     let out = Command::new(bin)
         .args(["admin", "token", "--ttl", "1h", "--data-dir"])
         .arg(data)

@@ -21,6 +21,50 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Microseconds of each of `n` sequential GETs of `path` on one keep-alive connection.
+pub fn keepalive_latencies(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    n: usize,
+    into: &mut Vec<f64>,
+) {
+    use std::io::{BufRead, Read, Write};
+    let stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = std::io::BufReader::new(stream);
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: bench\r\n{auth}\r\n");
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        writer.write_all(request.as_bytes()).expect("send");
+        let mut length = 0;
+        let mut status = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read");
+            if status.is_empty() {
+                status = line.clone();
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).expect("body");
+        assert!(status.contains(" 200 "), "GET {path}: {status}");
+        into.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+}
+
+pub mod cluster;
 pub mod core_rpc;
 pub mod instructions;
 pub mod isolation;

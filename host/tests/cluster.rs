@@ -57,7 +57,7 @@ impl std::ops::Deref for Node {
 impl Platform {
     /// Everything up, or `None` (with a SKIP line) where an engine is missing.
     fn start(test: &str) -> Option<Platform> {
-        for tool in ["etcd", "nats-server", "redis-server"] {
+        for tool in ["etcd", "etcdctl", "nats-server", "redis-server"] {
             if !engines::have(tool, test) {
                 return None;
             }

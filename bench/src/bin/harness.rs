@@ -396,6 +396,19 @@ fn main() {
                 parse(instr),
             );
         }
+        Some("cluster") => {
+            let [bin, examples, calls, events, hosts] = &args[1..] else {
+                panic!("usage: harness cluster MODHOST_BIN EXAMPLES_DIR CALLS EVENTS SIM_HOSTS");
+            };
+            let parse = |v: &String| v.parse::<usize>().expect("a number");
+            modhost_bench::cluster::run(
+                Path::new(bin),
+                Path::new(examples),
+                parse(calls),
+                parse(events),
+                parse(hosts),
+            );
+        }
         Some("core") => {
             let bin = PathBuf::from(args.get(1).expect("harness core MODHOST_BIN N SECONDS"));
             let n = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(2000);

@@ -39,6 +39,8 @@ pub struct InProcessBus {
     subscriptions: Mutex<Vec<Subscription>>,
     dead: Arc<Mutex<VecDeque<DeadLetter>>>,
     sink: DeadLetterSink,
+    /// Events the subscriptions handled successfully.
+    handled: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Dead letters kept in memory (oldest dropped first).
@@ -51,6 +53,7 @@ impl InProcessBus {
             subscriptions: Mutex::new(Vec::new()),
             dead: Arc::new(Mutex::new(VecDeque::new())),
             sink,
+            handled: Arc::default(),
         }
     }
 
@@ -155,6 +158,7 @@ impl EventBus for InProcessBus {
         let (tx, mut rx) = mpsc::channel::<FfiEvent>(self.settings.queue_capacity.max(1));
         let (module_name, pat) = (module.to_string(), pattern.to_string());
         let (settings, dead, sink) = (self.settings.clone(), self.dead.clone(), self.sink.clone());
+        let handled = self.handled.clone();
         let active = Arc::new(AtomicBool::new(true));
         let running = active.clone();
         tokio::spawn(async move {
@@ -162,7 +166,11 @@ impl EventBus for InProcessBus {
                 if !running.load(Ordering::SeqCst) {
                     break;
                 }
-                if let Err((attempts, error)) = deliver(&handler, &event, &settings).await {
+                let delivered = deliver(&handler, &event, &settings).await;
+                if delivered.is_ok() {
+                    handled.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Err((attempts, error)) = delivered {
                     Self::park(
                         &dead,
                         &sink,
@@ -207,5 +215,13 @@ impl EventBus for InProcessBus {
     fn dead_letters(&self) -> Vec<DeadLetter> {
         let list = self.dead.lock().unwrap_or_else(|p| p.into_inner());
         list.iter().cloned().collect()
+    }
+
+    fn metrics(&self) -> Vec<crate::engine_metrics::EngineMetric> {
+        vec![crate::engine_metrics::EngineMetric::counter(
+            super::HANDLED_TOTAL,
+            super::HANDLED_HELP,
+            self.handled.load(Ordering::Relaxed),
+        )]
     }
 }

@@ -96,6 +96,10 @@ pub trait EventBus: Send + Sync {
     }
 }
 
+/// The series every engine counts successful deliveries in.
+pub const HANDLED_TOTAL: &str = "modhost_events_handled_total";
+pub const HANDLED_HELP: &str = "Events this host's subscriptions handled successfully.";
+
 /// A new event id: a UUIDv7, unique across restarts and hosts and ordered by time, so
 /// a subscriber's `ON CONFLICT (event_id) DO NOTHING` never drops a new event.
 pub fn new_event_id() -> String {

@@ -657,8 +657,8 @@ impl EventBus for NatsBus {
                 self.published_direct.load(Ordering::Relaxed),
             ),
             EngineMetric::counter(
-                "modhost_events_handled_total",
-                "Events this host's subscriptions handled successfully.",
+                super::HANDLED_TOTAL,
+                super::HANDLED_HELP,
                 self.delivered.load(Ordering::Relaxed),
             ),
         ]
