@@ -482,7 +482,9 @@ fn scale(etcd: SocketAddr, hosts: usize, per_host: usize, changes: usize) {
         let t = Instant::now();
         for i in 0..picks {
             let service = format!("svc{}.op{}", i % hosts, i % per_host);
-            assert_eq!(directory.in_turn(&service).len(), 1);
+            assert_eq!(directory
+                    .in_turn(&service, &format!("svc{}", i % hosts), None)
+                    .len(), 1);
         }
         let pick = t.elapsed().as_secs_f64() * 1e6 / picks as f64;
         registry.leave().await;

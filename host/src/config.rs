@@ -385,7 +385,18 @@ const SETTINGS: &[(&str, Setter)] = &[
         Ok(())
     }),
     ("dependency_wait", |c, v| {
-        c.cluster.dependency_wait = parse_duration(v)?;
+        let wait = parse_duration(v)?;
+        if wait > crate::cluster::settings::MAX_DEPENDENCY_WAIT {
+            return Err("must be at most 24h".into());
+        }
+        c.cluster.dependency_wait = wait;
+        Ok(())
+    }),
+    ("cluster_secret", |c, v| {
+        c.cluster.secret = match v.trim() {
+            "" => None,
+            s => Some(crate::cluster::settings::parse_secret(s)?),
+        };
         Ok(())
     }),
 ];
@@ -560,7 +571,13 @@ impl HostConfig {
             connect_timeout: self.database_connect_timeout,
             max_connections: self.database_max_connections,
             role_prefix: self.postgres_role_prefix.clone(),
-            shared: self.cluster.clustered(),
+            shared: self.cluster.clustered().then(|| {
+                self.cluster
+                    .secret
+                    .clone()
+                    .or_else(|| self.database_url.clone())
+                    .unwrap_or_default()
+            }),
         }
     }
 

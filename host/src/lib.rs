@@ -40,6 +40,7 @@ pub mod logging;
 pub mod module;
 pub mod package;
 pub(crate) mod random;
+pub(crate) mod redact;
 pub mod routes;
 pub mod runtime;
 pub mod services;

@@ -26,6 +26,9 @@ use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// What every test host presents on peer calls.
+const SECRET: &str = "test-cluster-secret-0123456789";
+
 /// The lease TTL the test hosts use: a dead host is dropped this long after its death.
 const LEASE_TTL: Duration = Duration::from_secs(2);
 
@@ -113,6 +116,7 @@ impl Platform {
                 self.pg.prefix.clone(),
             ),
             ("MODHOST_WATCH".into(), "false".into()),
+            ("MODHOST_CLUSTER_SECRET".into(), SECRET.into()),
             ("RUST_LOG".into(), "info,modhost::cluster=debug".into()),
         ]
     }
@@ -631,4 +635,47 @@ fn a_dependency_on_another_host_is_waited_for_or_fails_with_the_reason() {
         });
         drop(b);
     });
+}
+
+#[test]
+fn peer_calls_need_the_cluster_secret_and_open_listeners_need_one() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(p) = Platform::start("peer_calls_need_the_cluster_secret_and_open_listeners_need_one")
+    else {
+        return;
+    };
+    let b = p.host("host-b", &["billing"], &[]);
+    // A host with the wrong secret finds billing in the registry, but B refuses it.
+    let x = p.host(
+        "host-x",
+        &["blog"],
+        &[("MODHOST_CLUSTER_SECRET", "not-the-cluster-secret-at-all")],
+    );
+    wait_for_hosts(&x, &["host-b", "host-x"]);
+    let created = post(&x, "Premium", true, &[]);
+    let path = format!("/api/v1/blog/posts/{}", created.json()["id"]);
+    let refused = x.get(&path);
+    assert!(
+        refused.status >= 500,
+        "{} {}",
+        refused.status,
+        refused.text()
+    );
+    wait_for("B logs the refusal", Duration::from_secs(5), || {
+        logs_mention(&b, "refused a peer call without the cluster secret").then_some(())
+    });
+
+    // A peer server open to other machines without a secret is refused at start.
+    let m = Modules::new();
+    let mut env = p.env("host-open");
+    env.retain(|(k, _)| k != "MODHOST_CLUSTER_SECRET");
+    env.push(("MODHOST_CLUSTER_LISTEN".into(), "0.0.0.0:0".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let exited = HostProcess::run_to_exit(&m, &env, &[], Duration::from_secs(60));
+    assert_ne!(exited.code, Some(0));
+    assert!(
+        exited.stderr.contains("cluster_secret") && exited.stderr.contains("0.0.0.0"),
+        "{}",
+        exited.stderr
+    );
 }

@@ -48,7 +48,7 @@ impl RedisCache {
     /// starts while Redis is down.
     pub fn new(url: &str, cluster: &str, default_ttl: Duration) -> Result<Self, RedisSetupError> {
         let setup = |why: String| RedisSetupError {
-            url: url.to_string(),
+            url: crate::redact::url(url),
             why,
         };
         let client = redis::Client::open(url).map_err(|e| setup(e.to_string()))?;

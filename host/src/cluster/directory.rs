@@ -88,16 +88,31 @@ impl Directory {
             .sum()
     }
 
-    /// Every other host running `service`'s provider, started.
-    pub fn providers(&self, service: &str) -> Vec<Provider> {
+    /// Every other host running `module` started (in a version `requirement` accepts),
+    /// providing `service`.
+    pub fn providers(
+        &self,
+        service: &str,
+        module: &str,
+        requirement: Option<&VersionReq>,
+    ) -> Vec<Provider> {
         let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+        let accepted = |version: &str| match requirement {
+            None => true,
+            Some(req) => Version::parse(version).is_ok_and(|v| req.matches(&v)),
+        };
         hosts
             .values()
             .filter(|h| h.host_id != self.own_id)
             .flat_map(|h| {
                 h.modules
                     .iter()
-                    .filter(|m| m.started() && m.services.iter().any(|s| s == service))
+                    .filter(|m| {
+                        m.name == module
+                            && m.started()
+                            && accepted(&m.version)
+                            && m.services.iter().any(|s| s == service)
+                    })
                     .map(|m| Provider {
                         host_id: h.host_id.clone(),
                         address: h.address.clone(),
@@ -108,8 +123,13 @@ impl Directory {
     }
 
     /// The other providers of `service`, starting with the next in turn (round-robin).
-    pub fn in_turn(&self, service: &str) -> Vec<Provider> {
-        let mut all = self.providers(service);
+    pub fn in_turn(
+        &self,
+        service: &str,
+        module: &str,
+        requirement: Option<&VersionReq>,
+    ) -> Vec<Provider> {
+        let mut all = self.providers(service, module, requirement);
         if !all.is_empty() {
             let n = all.len();
             all.rotate_left(self.next.fetch_add(1, Ordering::Relaxed) % n);
@@ -186,11 +206,20 @@ mod tests {
             host("d", "billing", "1.0.0", "failed"),
         ]);
         let firsts: Vec<String> = (0..4)
-            .map(|_| d.in_turn("billing.check")[0].host_id.clone())
+            .map(|_| {
+                d.in_turn("billing.check", "billing", None)[0]
+                    .host_id
+                    .clone()
+            })
             .collect();
         assert_eq!(firsts, ["b", "c", "b", "c"]);
+        let old = VersionReq::parse("^0.9").unwrap();
+        assert!(d
+            .providers("billing.check", "billing", Some(&old))
+            .is_empty());
+        assert!(d.providers("billing.check", "other", None).is_empty());
         d.remove("b");
-        assert_eq!(d.providers("billing.check").len(), 1);
+        assert_eq!(d.providers("billing.check", "billing", None).len(), 1);
         assert_eq!(
             d.provider_module("billing.check").as_deref(),
             Some("billing")

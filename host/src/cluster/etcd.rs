@@ -225,6 +225,11 @@ impl Session<'_> {
                                 Some(host) => self.directory.upsert(host),
                                 None => tracing::warn!(target: "modhost::cluster", host = %id, "etcd: a host record that is not JSON, ignored"),
                             },
+                            EventType::Delete if kv.key() == self.key.as_bytes() => {
+                                // Someone removed this host's record: write it again.
+                                tracing::warn!(target: "modhost::cluster", key = %self.key, "this host's record was deleted from etcd; writing it again");
+                                self.put(client, lease, &written).await?;
+                            }
                             EventType::Delete => {
                                 tracing::info!(target: "modhost::cluster", host = %id, "host left the cluster (lease expired or revoked)");
                                 self.directory.remove(id);

@@ -34,6 +34,10 @@ pub enum ClusterSetupError {
     },
     #[error(transparent)]
     HostId(#[from] super::host_id::HostIdError),
+    #[error("cluster_listen {addr} is reachable from other machines, but no cluster_secret is set: any caller could run any module's services as any user; set cluster_secret (the same on every host, e.g. `openssl rand -hex 32`) or listen on a loopback address")]
+    Unprotected { addr: SocketAddr },
+    #[error("cluster_listen {addr} is not an address other hosts can dial; set cluster_advertise to this host's address on the cluster's network")]
+    Unadvertised { addr: SocketAddr },
 }
 
 #[derive(Default)]
@@ -64,6 +68,16 @@ impl Cluster {
         services: Arc<ServiceRegistry>,
     ) -> Result<Arc<Self>, ClusterSetupError> {
         let host_id = super::host_id::host_id(settings.host_id.as_deref(), data_dir)?;
+        if !settings.listen.ip().is_loopback() && settings.secret.is_none() {
+            return Err(ClusterSetupError::Unprotected {
+                addr: settings.listen,
+            });
+        }
+        if settings.advertise.is_none() && settings.listen.ip().is_unspecified() {
+            return Err(ClusterSetupError::Unadvertised {
+                addr: settings.listen,
+            });
+        }
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|source| ClusterSetupError::Listen {
@@ -78,11 +92,12 @@ impl Cluster {
             })?;
         let address = settings.advertise.unwrap_or(bound);
         let (stop_server, mut stopped) = tokio::sync::watch::channel(false);
+        let secret = settings.secret.clone();
         tokio::spawn(async move {
             let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = super::peer_server::serve(services, listener, stop).await {
+            if let Err(e) = super::peer_server::serve(services, listener, secret, stop).await {
                 tracing::error!(target: "modhost::cluster", "the peer server stopped: {e}");
             }
         });
@@ -91,7 +106,7 @@ impl Cluster {
             host_id: host_id.clone(),
             address,
             directory: Arc::new(Directory::new(&host_id)),
-            peers: PeerClients::default(),
+            peers: PeerClients::new(settings.secret.clone()),
             registry: Mutex::new(None),
             counts: Mutex::new(BTreeMap::new()),
             stop_server,
@@ -182,72 +197,87 @@ impl Cluster {
             .clone()
     }
 
-    /// Calls `service` on another host: the providers in turn, the next one if a host
-    /// cannot be reached, all within `deadline`.
+    /// Calls `service` of `module` (in a version `requirement` accepts) on another
+    /// host: the providers in turn, the next one if a host cannot be reached or its
+    /// provider is not running there (nothing ran), all within `deadline`. A call that
+    /// may have run is never sent twice.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call(
         &self,
         caller: &str,
+        module: &str,
+        requirement: Option<&VersionReq>,
         service: &str,
         request: String,
         deadline: Duration,
         user: Option<Arc<FfiUser>>,
     ) -> Result<String, CallFailure> {
-        let providers = self.directory.in_turn(service);
+        let providers = self.directory.in_turn(service, module, requirement);
         if providers.is_empty() {
             return Err((
                 call_error::UNAVAILABLE,
-                format!("no host of the cluster runs a started provider of `{service}`"),
+                format!("no host of the cluster runs a started `{module}` providing `{service}`"),
             ));
         }
-        let attempt = async {
-            let mut unreachable = Vec::new();
-            for p in &providers {
-                let counts = self.counts(service, &p.host_id);
-                counts.calls.fetch_add(1, Ordering::Relaxed);
-                let result = self
-                    .peers
-                    .call(
-                        &p.address,
-                        caller,
-                        service,
-                        request.clone(),
-                        deadline,
-                        user.as_deref(),
-                    )
-                    .await;
-                match result {
-                    Ok(json) => {
-                        tracing::debug!(target: "modhost::cluster", service, host = %p.host_id, "called a provider on another host");
-                        return Ok(json);
-                    }
-                    Err(e) => {
-                        counts.errors.fetch_add(1, Ordering::Relaxed);
-                        match e {
-                            PeerError::Call(failure) => {
-                                tracing::debug!(target: "modhost::cluster", service, host = %p.host_id, kind = failure.0, "a provider on another host answered with an error: {}", failure.1);
-                                return Err(failure);
-                            }
-                            PeerError::TimedOut => return Err(timed_out(service, deadline)),
-                            PeerError::Unreachable(why) => {
-                                tracing::info!(target: "modhost::cluster", service, host = %p.host_id, "provider unreachable, trying the next: {why}");
-                                unreachable.push(why);
-                            }
-                        }
-                    }
+        let until = Instant::now() + deadline;
+        let mut passed = Vec::new();
+        for p in &providers {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out(service, deadline));
+            }
+            let counts = self.counts(service, &p.host_id);
+            counts.calls.fetch_add(1, Ordering::Relaxed);
+            let sent = self.peers.call(
+                &p.address,
+                caller,
+                service,
+                request.clone(),
+                left,
+                user.as_deref(),
+            );
+            let result = match tokio::time::timeout(left, sent).await {
+                Ok(result) => result,
+                Err(_) => Err(PeerError::TimedOut),
+            };
+            let failure = match result {
+                Ok(json) => {
+                    tracing::debug!(target: "modhost::cluster", service, host = %p.host_id, "called a provider on another host");
+                    return Ok(json);
+                }
+                Err(e) => e,
+            };
+            counts.errors.fetch_add(1, Ordering::Relaxed);
+            match failure {
+                PeerError::Call((kind, why)) if kind == call_error::UNAVAILABLE => {
+                    tracing::info!(target: "modhost::cluster", service, host = %p.host_id, "provider not running there, trying the next: {why}");
+                    passed.push(format!("host {}: {why}", p.host_id));
+                }
+                PeerError::Call(failure) => {
+                    tracing::debug!(target: "modhost::cluster", service, host = %p.host_id, kind = failure.0, "a provider on another host answered with an error: {}", failure.1);
+                    return Err(failure);
+                }
+                PeerError::TimedOut => return Err(timed_out(service, deadline)),
+                PeerError::Unreachable(why) => {
+                    tracing::info!(target: "modhost::cluster", service, host = %p.host_id, "provider unreachable, trying the next: {why}");
+                    passed.push(why);
+                }
+                PeerError::Unknown(why) => {
+                    tracing::warn!(target: "modhost::cluster", service, host = %p.host_id, "call to another host failed after it was sent: {why}");
+                    return Err((
+                        call_error::FAILED,
+                        format!("`{service}` on host {}: the call failed after it was sent, so it may have run: {why}", p.host_id),
+                    ));
                 }
             }
-            Err((
-                call_error::UNAVAILABLE,
-                format!(
-                    "no provider of `{service}` could be reached: {}",
-                    unreachable.join("; ")
-                ),
-            ))
-        };
-        match tokio::time::timeout(deadline, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(timed_out(service, deadline)),
         }
+        Err((
+            call_error::UNAVAILABLE,
+            format!(
+                "no provider of `{service}` could answer: {}",
+                passed.join("; ")
+            ),
+        ))
     }
 
     /// Services on other hosts, for `/admin/services`.

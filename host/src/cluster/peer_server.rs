@@ -3,8 +3,10 @@
 //! service, the calling module, the end user and the caller's deadline; it runs as an
 //! in-process call would, inside the caller's trace.
 //!
-//! The calling host has checked the call against the manifests; this host trusts the
-//! cluster's network (see docs/scale-out.md: bind it to a private address).
+//! The calling host has checked the call against the manifests. With a
+//! `cluster_secret`, a call must present it (`authorization: Bearer …`, compared in
+//! constant time); without one the server listens on loopback only (the host refuses
+//! anything else at start). There is no TLS: keep the peer network private.
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,11 +26,32 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// Answers calls from other hosts with this host's providers.
 pub struct PeerService {
     services: Arc<ServiceRegistry>,
+    /// What a caller must present, when the cluster has a secret.
+    bearer: Option<String>,
 }
 
 impl PeerService {
-    pub fn new(services: Arc<ServiceRegistry>) -> Self {
-        Self { services }
+    pub fn new(services: Arc<ServiceRegistry>, secret: Option<String>) -> Self {
+        Self {
+            services,
+            bearer: secret.map(|s| format!("Bearer {s}")),
+        }
+    }
+
+    fn admitted(&self, metadata: &tonic::metadata::MetadataMap) -> bool {
+        let Some(want) = &self.bearer else {
+            return true;
+        };
+        let got = metadata
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        // Constant time in the content: every byte of the expected value is compared.
+        let mut diff = u8::from(got.len() != want.len());
+        for (i, b) in want.bytes().enumerate() {
+            diff |= b ^ got.get(i).copied().unwrap_or(0);
+        }
+        diff == 0
     }
 }
 
@@ -38,6 +61,12 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         request: Request<pb::PeerCall>,
     ) -> Result<Response<pb::CallReply>, Status> {
+        if !self.admitted(request.metadata()) {
+            tracing::warn!(target: "modhost::cluster", "refused a peer call without the cluster secret");
+            return Err(Status::unauthenticated(
+                "this host's peer calls need the cluster secret (cluster_secret)",
+            ));
+        }
         let trace = request
             .metadata()
             .get("traceparent")
@@ -79,11 +108,15 @@ impl pb::peer_server::Peer for PeerService {
 pub async fn serve(
     services: Arc<ServiceRegistry>,
     listener: tokio::net::TcpListener,
+    secret: Option<String>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let service = pb::peer_server::PeerServer::new(PeerService::new(services, secret))
+        .max_decoding_message_size(super::peer_client::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(super::peer_client::MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
-        .add_service(pb::peer_server::PeerServer::new(PeerService::new(services)))
+        .add_service(service)
         .serve_with_incoming_shutdown(incoming, stop)
         .await
 }

@@ -26,6 +26,10 @@ pub struct ClusterSettings {
     /// `dependency_wait`: how long a module whose dependency runs on no host yet waits
     /// for it before it fails.
     pub dependency_wait: Duration,
+    /// `cluster_secret`: what every host of the cluster presents on peer calls, and
+    /// the key module roles' PostgreSQL passwords are derived from. Required when
+    /// `cluster_listen` is not a loopback address.
+    pub secret: Option<String>,
 }
 
 impl Default for ClusterSettings {
@@ -40,6 +44,7 @@ impl Default for ClusterSettings {
             name: "modhost".to_string(),
             lease_ttl: Duration::from_secs(5),
             dependency_wait: Duration::from_secs(30),
+            secret: None,
         }
     }
 }
@@ -106,6 +111,21 @@ pub fn parse_cluster_name(v: &str) -> Result<String, String> {
         Err("expected 1 to 32 lower-case letters, digits or `-`, starting with a letter".into())
     }
 }
+
+/// Checks a cluster secret: at least 16 characters, no spaces.
+pub fn parse_secret(v: &str) -> Result<String, String> {
+    if v.len() >= 16 && !v.chars().any(char::is_whitespace) && v.is_ascii() {
+        Ok(v.to_string())
+    } else {
+        Err(
+            "expected at least 16 ASCII characters without spaces (e.g. `openssl rand -hex 32`)"
+                .into(),
+        )
+    }
+}
+
+/// The longest `dependency_wait` accepted.
+pub const MAX_DEPENDENCY_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// Checks a host id: the same alphabet as a cluster name, up to 64 characters.
 pub fn parse_host_id(v: &str) -> Result<String, String> {

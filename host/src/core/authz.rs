@@ -387,7 +387,7 @@ pub(super) mod tests {
             connect_timeout: Duration::from_secs(5),
             max_connections: 2,
             role_prefix: "modhost_".into(),
-            shared: false,
+            shared: None,
         };
         let databases = Databases::connect(&settings).await.expect("sqlite opens");
         let mut registry = PermissionRegistry::default();
@@ -409,7 +409,7 @@ pub(super) mod tests {
             connect_timeout: Duration::from_secs(5),
             max_connections: 2,
             role_prefix: "modhost_".into(),
-            shared: false,
+            shared: None,
         };
         let databases = Databases::connect(&settings).await.expect("sqlite opens");
         crate::core::Core::open(databases.core(), AuthSettings::default())

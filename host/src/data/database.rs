@@ -72,10 +72,10 @@ pub struct DatabaseSettings {
     /// Prefix of the PostgreSQL role created for each module.
     pub role_prefix: String,
     /// Several hosts share this database (cluster mode): each module role's password
-    /// is derived from the database URL (a secret every host of the cluster holds) and
-    /// the role, so that a host provisioning a role does not lock out the others.
-    /// Otherwise it is random.
-    pub shared: bool,
+    /// is derived from this secret (`cluster_secret`, else the database URL) and the
+    /// role, so that a host provisioning a role does not lock out the others; `None`:
+    /// random.
+    pub shared: Option<String>,
 }
 
 /// Why the databases could not be set up.
@@ -215,9 +215,7 @@ impl Databases {
             role_prefix: settings.role_prefix.clone(),
             max_connections: settings.max_connections,
             core,
-            shared_secret: settings
-                .shared
-                .then(|| settings.url.clone().unwrap_or_default()),
+            shared_secret: settings.shared.clone(),
             modules: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -424,7 +422,10 @@ fn module_pool(max_connections: u32) -> PgPoolOptions {
         .acquire_timeout(Duration::from_secs(5))
 }
 
-/// SQL that creates a module's role and schema and closes everything else to it. Every
+/// SQL that creates a module's role and schema and closes everything else to it, run as
+/// one transaction (one simple query) under an advisory lock, so that hosts provisioning
+/// at the same time (a cluster booting) take turns instead of failing on each other's
+/// catalog updates. Every
 /// name is quoted as an identifier and the password as a literal: module names are
 /// validated, but the database name comes from the URL and the role prefix from the
 /// configuration.
@@ -434,6 +435,7 @@ fn provision_sql(role: &str, schema: &str, database: &str, password: &str) -> St
     let password = quote_literal(password);
     format!(
         r#"
+SELECT pg_advisory_xact_lock(hashtext('modhost module provisioning'));
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {role_literal}) THEN
     CREATE ROLE {role} LOGIN;
@@ -539,16 +541,7 @@ where
 
 /// The URL without its password.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
+    crate::redact::url(url)
 }
 
 #[cfg(test)]

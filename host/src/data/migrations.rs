@@ -374,7 +374,7 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(5),
             max_connections: 1,
             role_prefix: String::new(),
-            shared: false,
+            shared: None,
         };
         let databases = crate::data::database::Databases::connect(&settings)
             .await

@@ -94,6 +94,11 @@ pub trait EventBus: Send + Sync {
     fn metrics(&self) -> Vec<crate::engine_metrics::EngineMetric> {
         Vec::new()
     }
+    /// The host is stopping: hand over what is still held (up to `deadline`).
+    fn close(&self, deadline: Duration) -> BoxFuture<'_, ()> {
+        let _ = deadline;
+        Box::pin(async {})
+    }
 }
 
 /// The series every engine counts successful deliveries in.

@@ -112,6 +112,7 @@ struct Subscription {
 
 /// The NATS JetStream engine.
 pub struct NatsBus {
+    client: async_nats::Client,
     context: jetstream::Context,
     names: Names,
     settings: BusSettings,
@@ -149,13 +150,14 @@ impl NatsBus {
             .connect(url)
             .await
             .map_err(|e| NatsSetupError::Connect {
-                url: url.to_string(),
+                url: crate::redact::url(url),
                 why: e.to_string(),
             })?;
-        let context = jetstream::new(client);
+        let context = jetstream::new(client.clone());
         let names = Names::of(cluster);
         let (ready_tx, ready) = watch::channel(false);
         let bus = Arc::new(Self {
+            client,
             context,
             names,
             settings,
@@ -168,7 +170,7 @@ impl NatsBus {
             published_direct: AtomicU64::new(0),
             delivered: Arc::new(AtomicU64::new(0)),
         });
-        tokio::spawn(create_streams(
+        tokio::spawn(keep_streams(
             bus.context.clone(),
             bus.names.clone(),
             ready_tx,
@@ -205,8 +207,13 @@ impl NatsBus {
     }
 }
 
-/// Creates (or finds) the two streams, retrying until NATS answers.
-async fn create_streams(context: jetstream::Context, names: Names, ready: watch::Sender<bool>) {
+/// How often the streams are checked (and created again if the server lost them).
+const CHECK_STREAMS_EVERY: Duration = Duration::from_secs(5);
+
+/// Creates (or finds) the two streams, retrying until NATS answers, then checks them
+/// every [`CHECK_STREAMS_EVERY`]: a server restarted without its storage gets them
+/// back. Ends when the bus is dropped.
+async fn keep_streams(context: jetstream::Context, names: Names, ready: watch::Sender<bool>) {
     let configs = [
         stream::Config {
             name: names.events_stream.clone(),
@@ -236,17 +243,26 @@ async fn create_streams(context: jetstream::Context, names: Names, ready: watch:
         }
         match failed {
             None => {
-                tracing::info!(target: "modhost::cluster", stream = %names.events_stream, "NATS JetStream streams ready");
+                if !*ready.borrow() {
+                    tracing::info!(target: "modhost::cluster", stream = %names.events_stream, "NATS JetStream streams ready");
+                }
                 let _ = ready.send(true);
-                return;
+                logged = false;
             }
             Some(why) if !logged => {
-                tracing::warn!(target: "modhost::cluster", "NATS JetStream not ready, events wait in the outbox: {why}");
+                tracing::warn!(target: "modhost::cluster", "NATS JetStream not ready, events wait in the outbox: {why} (is event_bus_url a nats-server started with JetStream, `-js`?)");
                 logged = true;
             }
             Some(_) => {}
         }
-        tokio::time::sleep(super::outbox::RETRY_EVERY).await;
+        if ready.is_closed() {
+            return;
+        }
+        let pause = match *ready.borrow() {
+            true => CHECK_STREAMS_EVERY,
+            false => super::outbox::RETRY_EVERY,
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -262,6 +278,13 @@ async fn send_outbox(bus: std::sync::Weak<NatsBus>) {
             continue;
         }
         let batch = match this.outbox.oldest(256).await {
+            Ok(b) if b.is_empty() => {
+                // The count ran ahead of the table (a write that failed): set it right.
+                this.outbox.recount().await;
+                drop(this);
+                tokio::time::sleep(super::outbox::RETRY_EVERY).await;
+                continue;
+            }
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(target: "modhost::cluster", "{e}");
@@ -348,6 +371,9 @@ async fn read_dead_letters(bus: std::sync::Weak<NatsBus>) {
 
 /// What one subscription needs, apart from the bus.
 struct Subscriber {
+    /// When the module subscribed: a consumer created now starts there, so nothing
+    /// published since is missed while it is being created.
+    since: async_nats::datetime::DateTime,
     module: String,
     pattern: String,
     handler: Arc<FfiEventHandlerBox>,
@@ -376,7 +402,9 @@ impl Subscriber {
                         self.module, self.pattern
                     )),
                     filter_subject: format!("{}{}", self.names.events_prefix, self.pattern),
-                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime {
+                        start_time: self.since,
+                    },
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: ACK_WAIT,
                     max_ack_pending: 1,
@@ -530,7 +558,11 @@ impl Subscriber {
                 .await
                 .map_err(|e| e.to_string())
         };
-        match kept.await {
+        let kept = tokio::time::timeout(PUBLISH_TIMEOUT, kept);
+        match kept
+            .await
+            .unwrap_or_else(|_| Err(format!("no acknowledgement within {PUBLISH_TIMEOUT:?}")))
+        {
             Ok(_) => {
                 (self.sink)(letter);
                 let _ = message.ack_with(AckKind::Term).await;
@@ -564,6 +596,13 @@ impl EventBus for NatsBus {
         }
         async move {
             let payload = payload.into_bytes();
+            let limit = self.client.server_info().max_payload;
+            if limit > 0 && payload.len() + 1024 > limit {
+                return Err(format!(
+                    "the event is {} bytes; the NATS server takes at most {limit} bytes per message (its max_payload)",
+                    payload.len()
+                ));
+            }
             if self.outbox.waiting() == 0 && *self.ready.borrow() {
                 match self.publish_now(&subject, &headers, &payload).await {
                     Ok(()) => {
@@ -575,10 +614,15 @@ impl EventBus for NatsBus {
                     }
                 }
             }
-            self.outbox
-                .push(&subject, &headers, &payload)
-                .await
-                .map_err(|e| format!("the event could not be published nor kept: {e}"))?;
+            // On a task of its own: a caller that gives up waiting does not leave the
+            // outbox half-written.
+            let outbox = self.outbox.clone();
+            let kept = tokio::spawn(async move { outbox.push(&subject, &headers, &payload).await });
+            match kept.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("the event could not be published nor kept: {e}")),
+                Err(e) => return Err(format!("the event could not be kept: {e}")),
+            }
             self.outbox_added.notify_one();
             Ok(id)
         }
@@ -588,6 +632,7 @@ impl EventBus for NatsBus {
     fn subscribe(&self, module: &str, pattern: &str, handler: Arc<FfiEventHandlerBox>) {
         let (stop, stopped) = watch::channel(false);
         let subscriber = Subscriber {
+            since: async_nats::datetime::DateTime::now_utc(),
             module: module.to_string(),
             pattern: pattern.to_string(),
             handler,
@@ -637,6 +682,22 @@ impl EventBus for NatsBus {
     fn dead_letters(&self) -> Vec<DeadLetter> {
         let list = self.dead.lock().unwrap_or_else(|p| p.into_inner());
         list.iter().cloned().collect()
+    }
+
+    fn close(&self, deadline: Duration) -> BoxFuture<'_, ()> {
+        async move {
+            let until = std::time::Instant::now() + deadline;
+            while self.outbox.waiting() > 0 && std::time::Instant::now() < until {
+                self.outbox_added.notify_one();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let left = self.outbox.waiting();
+            if left > 0 {
+                tracing::warn!(target: "modhost::cluster", waiting = left, outbox = %self.outbox.path(), "stopping with events not yet in JetStream: they stay in the outbox and are sent when this host starts again with the same data dir");
+            }
+            let _ = self.client.flush().await;
+        }
+        .boxed()
     }
 
     fn metrics(&self) -> Vec<EngineMetric> {

@@ -108,6 +108,22 @@ impl Outbox {
         self.waiting.load(Ordering::SeqCst)
     }
 
+    /// The outbox file.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Sets the count of waiting events from the table.
+    pub async fn recount(&self) {
+        if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+        {
+            self.waiting
+                .store(u64::try_from(n).unwrap_or(0), Ordering::SeqCst);
+        }
+    }
+
     /// Events that went through the outbox since start.
     pub fn queued_total(&self) -> u64 {
         self.queued_total.load(Ordering::Relaxed)

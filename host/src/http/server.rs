@@ -57,6 +57,7 @@ pub async fn serve(
     }
     drop(listener);
     host.begin_shutdown();
+    host.leave_cluster().await;
     let deadline = host.config.shutdown_timeout;
     tracing::info!(
         ?deadline,

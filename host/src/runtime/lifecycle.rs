@@ -325,7 +325,7 @@ impl Host {
         let bus: Arc<dyn EventBus> = match &config.cluster.event_bus {
             None => Arc::new(InProcessBus::new(config.events.clone(), sink)),
             Some(url) => {
-                tracing::info!(event_bus = %url, "event bus: NATS JetStream");
+                tracing::info!(event_bus = %crate::redact::url(url), "event bus: NATS JetStream");
                 crate::events::nats::NatsBus::start(
                     url,
                     &config.cluster.name,
@@ -342,7 +342,7 @@ impl Host {
                 config.cache_default_ttl,
             )),
             Some(url) => {
-                tracing::info!(cache = %url, "cache: Redis");
+                tracing::info!(cache = %crate::redact::url(url), "cache: Redis");
                 Arc::new(crate::cache::redis::RedisCache::new(
                     url,
                     &config.cluster.name,
@@ -400,8 +400,20 @@ impl Host {
             };
             cluster.register(&host.config.cluster, Arc::new(record));
         }
-        let remote_deadline = Instant::now() + host.config.cluster.dependency_wait;
+        // First every module whose dependencies are here or already run elsewhere, so
+        // that hosts needing each other's modules do not wait on each other; then, in
+        // order, those that wait for a dependency on another host (and their local
+        // dependents), up to `dependency_wait`.
+        let mut deferred: Vec<usize> = Vec::new();
         for idx in 0..count {
+            if host.needs_remote_wait(idx, &deferred) {
+                deferred.push(idx);
+                continue;
+            }
+            host.load_and_init(idx).await;
+        }
+        let remote_deadline = Instant::now() + host.config.cluster.dependency_wait;
+        for idx in deferred {
             if let Err(why) = host
                 .wait_for_remote_dependencies(idx, remote_deadline)
                 .await
@@ -530,6 +542,27 @@ impl Host {
             }
         }
         None
+    }
+
+    /// Whether module `idx` must wait: a required dependency that is not a module of
+    /// this host runs on no other host yet, or a dependency is among `deferred`.
+    fn needs_remote_wait(&self, idx: usize, deferred: &[usize]) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        let entries = self.entries();
+        entries[idx].dependencies().into_iter().any(|(dep, spec)| {
+            match entries.iter().position(|e| e.name == dep.as_str()) {
+                Some(local) => deferred.contains(&local),
+                None => {
+                    !spec.optional
+                        && cluster
+                            .directory()
+                            .runs(dep.as_str(), &spec.version)
+                            .is_err()
+                }
+            }
+        })
     }
 
     /// In a cluster, waits (up to `deadline`) until every required dependency of
@@ -959,6 +992,8 @@ impl Host {
         if let Some(cluster) = &self.cluster {
             cluster.leave().await;
         }
+        // Events still held for the broker: handed over, or reported.
+        self.bus.close(Duration::from_secs(5)).await;
         self.stopping.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
@@ -1019,13 +1054,17 @@ impl Host {
         self.services.unregister_module(name);
     }
 
+    /// Leaves the cluster's registry, so other hosts stop sending calls while this one
+    /// drains what it has (the peer server still answers calls on their way).
+    pub async fn leave_cluster(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.withdraw().await;
+        }
+    }
+
     /// Marks the host as not ready (shutdown has begun); `/readyz` turns 503.
     pub fn begin_shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
-        // Other hosts stop sending calls while this one drains what it has.
-        if let Some(cluster) = self.cluster.clone() {
-            tokio::spawn(async move { cluster.withdraw().await });
-        }
     }
 
     /// The module whose manifest declares `service`, if any.

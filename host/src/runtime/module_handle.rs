@@ -49,6 +49,9 @@ pub struct ModuleRules {
     pub provides: HashSet<String>,
     /// Names of the modules it depends on.
     pub dependencies: HashSet<String>,
+    /// The version each dependency must have (a provider on another host is checked
+    /// against it at every call).
+    pub requirements: std::collections::HashMap<String, semver::VersionReq>,
 }
 
 impl ModuleRules {
@@ -82,6 +85,11 @@ impl ModuleRules {
                 .dependencies
                 .keys()
                 .map(|d| d.to_string())
+                .collect(),
+            requirements: manifest
+                .dependencies
+                .iter()
+                .map(|(name, dep)| (name.to_string(), dep.version.clone()))
                 .collect(),
         }
     }
@@ -465,8 +473,17 @@ impl ModuleHandle {
         // that runs it does.
         match host.cluster() {
             Some(cluster) if !host.services().provides(service) => {
+                let requirement = self.rules.requirements.get(&provider);
                 cluster
-                    .call(&self.module, service, request.into_string(), deadline, user)
+                    .call(
+                        &self.module,
+                        &provider,
+                        requirement,
+                        service,
+                        request.into_string(),
+                        deadline,
+                        user,
+                    )
                     .await
             }
             _ => {
