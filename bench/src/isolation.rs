@@ -10,8 +10,8 @@ use crate::{free_port, percentile};
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -19,18 +19,10 @@ use crate::instructions::{per_request, send_requests, Server};
 
 const ROUTE: &str = "/api/v1/hello/greet/ada";
 
+/// A host, killed and its data dir removed on drop.
 struct Host {
-    child: Child,
+    process: crate::ChildGuard,
     addr: SocketAddr,
-    data: PathBuf,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
 }
 
 fn start(bin: &Path, modules: &Path, isolation: &str, tag: &str) -> Host {
@@ -50,7 +42,10 @@ fn start(bin: &Path, modules: &Path, isolation: &str, tag: &str) -> Host {
         .stderr(Stdio::null())
         .spawn()
         .expect("start modhost");
-    let host = Host { child, addr, data };
+    let host = Host {
+        process: crate::ChildGuard { child, dir: data },
+        addr,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(addr, "/readyz") != Some(200) {
         assert!(
@@ -184,8 +179,8 @@ pub fn run(bin: &Path, libhello: &Path, n: usize, reloads: usize, instructions_n
     println!("| | host RSS before → after | per reload | worker RSS (first → last worker) |");
     println!("|---|---|---|---|");
     for (label, host) in [("in-process", &inproc), ("isolated", &isolated)] {
-        let token = admin_token(bin, &host.data);
-        let pid = host.child.id();
+        let token = admin_token(bin, &host.process.dir);
+        let pid = host.process.child.id();
         let before = rss_kib(pid);
         let first_worker = rss_kib(worker_pid(host.addr, &token));
         for _ in 0..reloads {

@@ -21,6 +21,20 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// A child process (and its scratch directory) killed and removed on drop.
+pub struct ChildGuard {
+    pub child: std::process::Child,
+    pub dir: std::path::PathBuf,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Microseconds of each of `n` sequential GETs of `path` on one keep-alive connection.
 pub fn keepalive_latencies(
     addr: std::net::SocketAddr,

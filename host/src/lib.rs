@@ -18,9 +18,12 @@
 //!   [`services`];
 //! - [`isolation`]: modules in worker processes of their own (`modhost worker`), behind
 //!   the same `FfiModule` the runtime runs;
+//! - [`cluster`]: several hosts on etcd, calls between them (gRPC), this host's place
+//!   in the cluster (the NATS and Redis engines live beside their ports);
 //! - [`core`]: the core services (auth, identity, authz, audit);
 //! - [`wire`]: the wire protocol (gRPC from `proto/`) and `modhost core`'s server;
-//! - [`config`], [`logging`], [`hex`] and [`random`] are shared by all of them.
+//! - [`config`], [`logging`], [`hex`], [`random`], [`trace`], `redact` and
+//!   `engine_metrics` are shared by all of them.
 //!
 //! Dependencies point one way: `http` → `runtime` → `module`, `data`, `routes` and the
 //! ports; none of those uses `runtime` or `http`. `docs/architecture.md` draws it.

@@ -3,8 +3,9 @@
 //! PostgreSQL database, and each test's own etcd, nats-server (JetStream) and
 //! redis-server processes, so that the fault tests can kill and restart them.
 //!
-//! - partitioned: blog on host A, billing on B, notifications on C: a premium post on A
-//!   asks billing on B, and its event reaches C, all under the caller's trace id;
+//! - partitioned: blog on host A, billing on B (in a worker process), notifications on
+//!   C: a premium post on A asks billing on B, and its event reaches C, all under the
+//!   caller's trace id;
 //! - replicated: notifications on C and D: 1,000 posts give exactly 1,000 handled
 //!   events, none twice, none lost;
 //! - faults: a billing host killed with `kill -9` while another runs billing; NATS
@@ -221,9 +222,11 @@ fn partitioned_hosts_serve_one_platform_under_one_trace() {
     let Some(p) = Platform::start("partitioned_hosts_serve_one_platform_under_one_trace") else {
         return;
     };
-    let b = p.host("host-b", &["billing"], &[]);
+    // Billing runs in a worker process on B: a cross-host call reaches an isolated module.
+    let b = p.host("host-b", &["billing"], &[("MODHOST_ISOLATION", "process")]);
     let a = p.host("host-a", &["blog"], &[]);
     let c = p.host("host-c", &["notifications"], &[]);
+    assert!(b.module("billing")["worker_pid"].as_u64().is_some());
     for node in [&a, &b, &c] {
         wait_for_hosts(node, &["host-a", "host-b", "host-c"]);
     }

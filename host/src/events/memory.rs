@@ -1,13 +1,8 @@
 //! The embedded event-bus engine: in-process, one bounded queue and worker per
 //! subscription, retries with doubling backoff, dead letters kept in memory.
 //!
-//! How this maps onto NATS JetStream (the scale-out engine, a later issue): one stream
-//! over `modhost.events.>`; publish = JetStream publish with the event id as
-//! `Nats-Msg-Id` (deduplication); one durable pull consumer per (module, pattern), named
-//! after them and shared by every host running that module, so each module processes each
-//! event once across hosts; ack after the handler succeeds, `nak` with delay for retries,
-//! `max_deliver` = retries + 1, and an advisory-driven dead-letter stream. Ordering per
-//! topic holds with `max_ack_pending = 1` per consumer, as here.
+//! The cluster engine, `nats.rs`, keeps the same semantics on NATS JetStream (durable
+//! consumers shared across hosts, order per topic, retries, dead letters).
 
 use std::{
     collections::VecDeque,
@@ -200,16 +195,8 @@ impl EventBus for InProcessBus {
 
     fn retire_module(&self, module: &str, keep_newest: usize) {
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        let total = subs.iter().filter(|s| s.module == module).count();
-        let mut seen = 0;
         // Dropping a sender ends its worker once its queue is drained.
-        subs.retain(|s| {
-            if s.module != module {
-                return true;
-            }
-            seen += 1;
-            seen > total.saturating_sub(keep_newest)
-        });
+        super::retire_oldest(&mut subs, module, keep_newest, |s| &s.module, drop);
     }
 
     fn dead_letters(&self) -> Vec<DeadLetter> {

@@ -101,6 +101,34 @@ pub trait EventBus: Send + Sync {
     }
 }
 
+/// Of `module`'s subscriptions in `subs` (oldest first), removes all but the
+/// `keep_newest` most recent, handing each removed one to `retire` (hot reload: the
+/// new instance's subscriptions are the newest).
+pub(crate) fn retire_oldest<T>(
+    subs: &mut Vec<T>,
+    module: &str,
+    keep_newest: usize,
+    module_of: impl Fn(&T) -> &str,
+    mut retire: impl FnMut(T),
+) {
+    let total = subs.iter().filter(|s| module_of(s) == module).count();
+    let mut seen = 0;
+    let mut kept = Vec::with_capacity(subs.len());
+    for s in subs.drain(..) {
+        if module_of(&s) != module {
+            kept.push(s);
+            continue;
+        }
+        seen += 1;
+        if seen > total.saturating_sub(keep_newest) {
+            kept.push(s);
+        } else {
+            retire(s);
+        }
+    }
+    *subs = kept;
+}
+
 /// The series every engine counts successful deliveries in.
 pub const HANDLED_TOTAL: &str = "modhost_events_handled_total";
 pub const HANDLED_HELP: &str = "Events this host's subscriptions handled successfully.";

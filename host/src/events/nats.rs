@@ -662,21 +662,12 @@ impl EventBus for NatsBus {
 
     fn retire_module(&self, module: &str, keep_newest: usize) {
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        let total = subs.iter().filter(|s| s.module == module).count();
-        let mut seen = 0;
         // A retired subscription finishes the event in hand; the consumer is shared
         // with the new instance, which takes the next one.
-        subs.retain(|s| {
-            if s.module != module {
-                return true;
-            }
-            seen += 1;
-            let keep = seen > total.saturating_sub(keep_newest);
-            if !keep {
-                let _ = s.stop.send(true);
-            }
-            keep
-        });
+        let stop = |s: Subscription| {
+            let _ = s.stop.send(true);
+        };
+        super::retire_oldest(&mut subs, module, keep_newest, |s| &s.module, stop);
     }
 
     fn dead_letters(&self) -> Vec<DeadLetter> {

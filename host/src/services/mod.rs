@@ -3,13 +3,10 @@
 //! registry of the providers running in this process.
 //!
 //! A call is allowed only if the service is declared by its provider's manifest, the
-//! caller lists the provider among its dependencies, and the provider is running. Across
-//! hosts the registry would be kept in etcd (key `modhost/services/<name>/<host>` with a
-//! lease per host, value = the host's address), and a call to a provider on another host
-//! would go to that host with the same JSON request and error kinds. Nothing here or in
-//! the plugin API assumes the provider is local except [`local::ServiceRegistry::call`]'s
-//! final step. A call made inside a request carries the request's end user
-//! ([`end_user`]) to the provider.
+//! caller lists the provider among its dependencies, and the provider is running. In a
+//! cluster, a service no module of this host provides is called on another host by
+//! `cluster/node.rs`, after the same checks. A call made inside a request carries the
+//! request's end user ([`end_user`]) to the provider.
 //!
 //! May use: the plugin API's FFI service types. Must not use the runtime or HTTP layers.
 
