@@ -56,7 +56,7 @@ if ! command -v valgrind >/dev/null; then
 fi
 scripts/build-plugins.sh --release --out "$root/target/bench-modules" plugins/hello plugins/blog plugins/billing plugins/notifications >/dev/null
 scripts/ensure-services.sh >/dev/null
-cargo build -q --release -p modhost -p modhost-bench
+cargo build -q --release -p modhost -p modhost-bench --features modhost/kafka
 bin="$root/target/release"
 key=$(printf 'ab%.0s' $(seq 1 32))
 tmp=$(mktemp -d)

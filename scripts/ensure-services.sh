@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the local PostgreSQL the tests use (127.0.0.1:5432) is running; starts the
 # machine's cluster if it is installed but stopped. Installs the cluster engines' servers
-# (etcd and etcdctl, nats-server, redis-server) from Debian's packages where they are missing: the
+# (etcd and etcdctl, nats-server, redis-server) from Debian's packages, and the Kafka-protocol
+# broker noida-db from PyPI (pinned by hash), where they are missing: the
 # cluster tests start their own instances of them on free ports. Prints what it did.
 # Without PostgreSQL or an engine the tests that need it print SKIP lines (and fail
 # under CI, where all are required).
@@ -23,7 +24,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "ensure-services: please install ${missing[*]} for the cluster tests" >&2
   fi
 fi
-for tool in etcd etcdctl nats-server redis-server; do
+# The Kafka-protocol broker for the Kafka engine's tests: noida-db from PyPI, pinned by
+# hash (scripts/kafka-broker.txt).
+if ! command -v noida-db >/dev/null 2>&1; then
+  if command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1; then
+    echo "ensure-services: installing noida-db (scripts/kafka-broker.txt)"
+    "$(command -v pip3 || command -v pip)" install -q --require-hashes -r "$(dirname "$0")/kafka-broker.txt" ||
+      echo "ensure-services: could not install noida-db; the Kafka tests will be skipped outside CI" >&2
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true
+  else
+    echo "ensure-services: please install pip, then noida-db (scripts/kafka-broker.txt), for the Kafka tests" >&2
+  fi
+fi
+for tool in etcd etcdctl nats-server redis-server noida-db; do
   command -v "$tool" >/dev/null 2>&1 && echo "ensure-services: $tool is $(command -v "$tool")"
 done
 

@@ -32,7 +32,7 @@ pids=()
 stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap stop EXIT INT TERM
 
-cargo build -q -p modhost
+cargo build -q -p modhost --features kafka
 bin="$root/target/debug/modhost"
 for host in a:blog b:billing c:notifications; do
   scripts/build-plugins.sh --out "$demo/hosts/${host%%:*}/modules" "plugins/${host#*:}" >/dev/null

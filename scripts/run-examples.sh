@@ -9,5 +9,5 @@ case "${1:-}" in -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 "$root/scripts/ensure-toolchain.sh"
 cd "$root"
 scripts/build-plugins.sh --release
-cargo build --release -p modhost
+cargo build --release -p modhost --features kafka
 exec target/release/modhost run --modules modules --data-dir data "$@"

@@ -16,10 +16,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# The Kafka engine is a cargo feature (librdkafka is built from source): on in CI.
+cargo clippy --workspace --all-targets --features modhost/kafka -- -D warnings
 echo "== cargo test"
 # The manifest fuzz test runs for a bounded time: 60 s under CI, 5 s otherwise.
 if [ -n "${CI:-}" ]; then export MODHOST_FUZZ_SECONDS="${MODHOST_FUZZ_SECONDS:-60}"; fi
-cargo test --workspace --no-fail-fast
+cargo test --workspace --no-fail-fast --features modhost/kafka
 # plugin-api's `build` module (the build-script helper) is compiled only with the `build`
 # feature, which the workspace run above does not turn on: run its tests and doctest too.
 cargo test -p modhost-plugin-api --features build

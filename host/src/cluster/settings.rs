@@ -85,10 +85,17 @@ pub fn parse_registry_url(v: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// Checks `event_bus_url`: `nats://HOST:PORT`.
+/// Checks `event_bus_url`: `nats://HOST:PORT`, or `kafka://HOST:PORT[,HOST:PORT…]` in a
+/// build with the `kafka` feature.
 pub fn parse_event_bus_url(v: &str) -> Result<String, String> {
-    if v.starts_with("kafka://") {
-        return Err("the Kafka engine is not built yet; use nats://HOST:PORT".into());
+    if let Some(list) = v.strip_prefix("kafka://") {
+        if !cfg!(feature = "kafka") {
+            return Err("this modhost was built without the Kafka engine; build it with `--features kafka` (the scripts' release builds have it), or use nats://HOST:PORT".into());
+        }
+        for one in list.split(',') {
+            host_port(&format!("kafka://{}", one.trim()), "kafka")?;
+        }
+        return Ok(v.to_string());
     }
     host_port(v, "nats").map(|_| v.to_string())
 }
@@ -158,9 +165,15 @@ mod tests {
             .contains("HOST:PORT"));
         assert!(parse_event_bus_url("nats://127.0.0.1:4222").is_ok());
         assert!(parse_event_bus_url("nats://127.0.0.1").is_err());
-        assert!(parse_event_bus_url("kafka://x:9092")
-            .unwrap_err()
-            .contains("Kafka"));
+        match cfg!(feature = "kafka") {
+            true => {
+                assert!(parse_event_bus_url("kafka://x:9092,y:9093").is_ok());
+                assert!(parse_event_bus_url("kafka://x").is_err());
+            }
+            false => assert!(parse_event_bus_url("kafka://x:9092")
+                .unwrap_err()
+                .contains("--features kafka")),
+        }
         assert!(parse_cache_url("redis://127.0.0.1:6379/2").is_ok());
         assert!(parse_cache_url("127.0.0.1:6379").is_err());
         assert!(parse_cluster_name("test-1").is_ok());

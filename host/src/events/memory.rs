@@ -6,14 +6,12 @@
 
 use std::{
     collections::VecDeque,
-    panic::AssertUnwindSafe,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
 };
 
-use abi_stable::std_types::RResult;
 use futures_util::{future::BoxFuture, FutureExt as _};
 use modhost_plugin_api::ffi::{FfiEvent, FfiEventHandlerBox};
 use tokio::sync::mpsc;
@@ -65,53 +63,6 @@ impl InProcessBus {
     }
 }
 
-fn letter(
-    event: &FfiEvent,
-    module: &str,
-    pattern: &str,
-    attempts: u32,
-    error: String,
-) -> DeadLetter {
-    DeadLetter {
-        event_id: event.id.to_string(),
-        topic: event.topic.to_string(),
-        source: event.source.to_string(),
-        payload: event.payload.to_string(),
-        module: module.to_string(),
-        pattern: pattern.to_string(),
-        attempts,
-        error,
-        time: crate::core::now_rfc3339(),
-    }
-}
-
-/// Delivers one event with retries; returns the final error, if any.
-async fn deliver(
-    handler: &FfiEventHandlerBox,
-    event: &FfiEvent,
-    s: &BusSettings,
-) -> Result<(), (u32, String)> {
-    let mut delay = s.retry_backoff;
-    let attempts = s.max_retries + 1;
-    let mut last = String::new();
-    for attempt in 1..=attempts {
-        let mut e = event.clone();
-        e.attempt = attempt;
-        let call = AssertUnwindSafe(handler.handle(e)).catch_unwind();
-        last = match tokio::time::timeout(s.handler_timeout, call).await {
-            Ok(Ok(RResult::ROk(()))) => return Ok(()),
-            Ok(Ok(RResult::RErr(msg))) => msg.into_string(),
-            Ok(Err(_)) => "the handler panicked".to_string(),
-            Err(_) => format!("the handler did not finish within {:?}", s.handler_timeout),
-        };
-        if attempt < attempts {
-            tokio::time::sleep(delay).await;
-            delay = delay.saturating_mul(2);
-        }
-    }
-    Err((attempts, last))
-}
-
 impl EventBus for InProcessBus {
     fn publish(
         &self,
@@ -141,7 +92,7 @@ impl EventBus for InProcessBus {
                 Self::park(
                     &self.dead,
                     &self.sink,
-                    letter(&event, &sub.module, &sub.pattern, 0, why),
+                    DeadLetter::of(&event, &sub.module, &sub.pattern, 0, why),
                 );
             }
         }
@@ -161,7 +112,7 @@ impl EventBus for InProcessBus {
                 if !running.load(Ordering::SeqCst) {
                     break;
                 }
-                let delivered = deliver(&handler, &event, &settings).await;
+                let delivered = super::delivery::deliver(&handler, &event, &settings).await;
                 if delivered.is_ok() {
                     handled.fetch_add(1, Ordering::Relaxed);
                 }
@@ -169,7 +120,7 @@ impl EventBus for InProcessBus {
                     Self::park(
                         &dead,
                         &sink,
-                        letter(&event, &module_name, &pat, attempts, error),
+                        DeadLetter::of(&event, &module_name, &pat, attempts, error),
                     );
                 }
             }

@@ -1,7 +1,8 @@
 //! The event bus port: the [`EventBus`] interface every engine implements, its settings,
 //! dead letters and topic patterns. Engines live beside it, one file each:
-//! [`memory`] is the embedded, in-process engine; [`nats`] the cluster engine (NATS
-//! JetStream), with its durable local [`outbox`].
+//! [`memory`] is the embedded, in-process engine; [`nats`] the cluster engine on NATS
+//! JetStream; `kafka` (cargo feature `kafka`) the cluster engine on Kafka. Broker engines publish through one [`publisher`], which holds events in
+//! the durable local [`outbox`] while the broker is away.
 //!
 //! Semantics every engine keeps (the plugin API does not change between them):
 //! - every subscription receives every event whose topic matches its pattern, at least
@@ -17,14 +18,18 @@
 //! May use: the plugin API's FFI event types, `core`'s clock, [`crate::trace`] and
 //! [`crate::engine_metrics`]. Must not use the runtime, HTTP or data layers.
 
+pub mod delivery;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 pub mod nats;
 pub mod outbox;
+pub mod publisher;
 
 use std::{sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
-use modhost_plugin_api::ffi::FfiEventHandlerBox;
+use modhost_plugin_api::ffi::{FfiEvent, FfiEventHandlerBox};
 use serde::Serialize;
 
 /// Delivery tuning, shared by every engine.
@@ -64,6 +69,23 @@ pub struct DeadLetter {
     pub attempts: u32,
     pub error: String,
     pub time: String,
+}
+
+impl DeadLetter {
+    /// The dead letter of `event` for `module`'s subscription to `pattern`.
+    pub fn of(event: &FfiEvent, module: &str, pattern: &str, attempts: u32, error: String) -> Self {
+        Self {
+            event_id: event.id.to_string(),
+            topic: event.topic.to_string(),
+            source: event.source.to_string(),
+            payload: event.payload.to_string(),
+            module: module.to_string(),
+            pattern: pattern.to_string(),
+            attempts,
+            error,
+            time: crate::core::now_rfc3339(),
+        }
+    }
 }
 
 /// Called with each new dead letter (the host audits it).

@@ -3,11 +3,10 @@
 //! - **Streams.** `<NAME>_EVENTS` holds `<cluster>.events.<topic>` (file storage, kept
 //!   for [`KEEP_EVENTS`], duplicates by event id dropped within [`DUPLICATE_WINDOW`]);
 //!   `<NAME>_DEAD` holds `<cluster>.dead.<module>`, the dead letters.
-//! - **Publishing** answers once JetStream has acknowledged the event, or once the
-//!   durable local [`Outbox`] has it on disk (broker unreachable, or older events still
-//!   waiting there): nothing is lost and order is kept; a sender task empties the outbox
-//!   when the broker is back. The event id is the `Nats-Msg-Id`, so an event sent twice
-//!   (its acknowledgement lost, then sent from the outbox) is stored once.
+//! - **Publishing** goes through the shared [`Publisher`]: JetStream's acknowledgement,
+//!   or the durable local outbox while NATS is away. The event id is the `Nats-Msg-Id`,
+//!   so an event sent twice (its acknowledgement lost, then sent from the outbox) is
+//!   stored once.
 //! - **Subscribing.** One durable pull consumer per (module, pattern), named after
 //!   them, shared by every host that runs the module: each event is processed once per
 //!   module across the cluster. `max_ack_pending = 1` keeps publish order per consumer
@@ -39,9 +38,13 @@ use async_nats::{
 };
 use futures_util::{future::BoxFuture, FutureExt as _, StreamExt as _};
 use modhost_plugin_api::ffi::{FfiEvent, FfiEventHandlerBox};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
-use super::{outbox::Outbox, BusSettings, DeadLetter, DeadLetterSink, EventBus};
+use super::{
+    outbox::Outbox,
+    publisher::{Broker, Publisher},
+    BusSettings, DeadLetter, DeadLetterSink, EventBus,
+};
 use crate::{engine_metrics::EngineMetric, trace::TraceContext};
 
 /// How long the event stream keeps an event.
@@ -116,15 +119,12 @@ pub struct NatsBus {
     context: jetstream::Context,
     names: Names,
     settings: BusSettings,
-    outbox: Arc<Outbox>,
-    /// Wakes the outbox sender.
-    outbox_added: Arc<Notify>,
+    publisher: Arc<Publisher>,
     /// `true` once both streams exist.
     ready: watch::Receiver<bool>,
     subscriptions: Mutex<Vec<Subscription>>,
     dead: Arc<Mutex<VecDeque<DeadLetter>>>,
     sink: DeadLetterSink,
-    published_direct: AtomicU64,
     delivered: Arc<AtomicU64>,
 }
 
@@ -158,16 +158,20 @@ impl NatsBus {
         let (ready_tx, ready) = watch::channel(false);
         let bus = Arc::new(Self {
             client,
-            context,
+            context: context.clone(),
             names,
             settings,
-            outbox,
-            outbox_added: Arc::new(Notify::new()),
+            publisher: Publisher::start(
+                Arc::new(JetStream {
+                    context: context.clone(),
+                    ready: ready.clone(),
+                }),
+                outbox,
+            ),
             ready,
             subscriptions: Mutex::new(Vec::new()),
             dead: Arc::new(Mutex::new(VecDeque::new())),
             sink,
-            published_direct: AtomicU64::new(0),
             delivered: Arc::new(AtomicU64::new(0)),
         });
         tokio::spawn(keep_streams(
@@ -175,35 +179,8 @@ impl NatsBus {
             bus.names.clone(),
             ready_tx,
         ));
-        tokio::spawn(send_outbox(Arc::downgrade(&bus)));
         tokio::spawn(read_dead_letters(Arc::downgrade(&bus)));
         Ok(bus)
-    }
-
-    /// Publishes to JetStream and waits for its acknowledgement.
-    async fn publish_now(
-        &self,
-        subject: &str,
-        headers: &[(String, String)],
-        payload: &[u8],
-    ) -> Result<(), String> {
-        let mut map = HeaderMap::new();
-        for (name, value) in headers {
-            map.insert(name.as_str(), value.as_str());
-        }
-        let send = async {
-            let ack = self
-                .context
-                .publish_with_headers(subject.to_string(), map, payload.to_vec().into())
-                .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, send).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("no acknowledgement within {PUBLISH_TIMEOUT:?}")),
-        }
     }
 }
 
@@ -266,56 +243,47 @@ async fn keep_streams(context: jetstream::Context, names: Names, ready: watch::S
     }
 }
 
-/// Sends what waits in the outbox, oldest first, whenever the broker takes it.
-async fn send_outbox(bus: std::sync::Weak<NatsBus>) {
-    loop {
-        let Some(this) = bus.upgrade() else { return };
-        let added = this.outbox_added.clone();
-        let notified = added.notified();
-        if this.outbox.waiting() == 0 || !*this.ready.borrow() {
-            drop(this);
-            let _ = tokio::time::timeout(super::outbox::RETRY_EVERY, notified).await;
-            continue;
-        }
-        let batch = match this.outbox.oldest(256).await {
-            Ok(b) if b.is_empty() => {
-                // The count ran ahead of the table (a write that failed): set it right.
-                this.outbox.recount().await;
-                drop(this);
-                tokio::time::sleep(super::outbox::RETRY_EVERY).await;
-                continue;
+/// JetStream as the publisher's broker.
+struct JetStream {
+    context: jetstream::Context,
+    ready: watch::Receiver<bool>,
+}
+
+impl Broker for JetStream {
+    fn send<'a>(
+        &'a self,
+        subject: &'a str,
+        headers: &'a [(String, String)],
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.insert(name.as_str(), value.as_str());
             }
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(target: "modhost::cluster", "{e}");
-                drop(this);
-                tokio::time::sleep(super::outbox::RETRY_EVERY).await;
-                continue;
-            }
-        };
-        let mut stalled = false;
-        for event in batch {
-            if let Err(why) = this
-                .publish_now(&event.subject, &event.headers, &event.payload)
-                .await
-            {
-                tracing::debug!(target: "modhost::cluster", "outbox: NATS did not take an event yet: {why}");
-                stalled = true;
-                break;
-            }
-            if let Err(e) = this.outbox.sent(event.seq).await {
-                tracing::error!(target: "modhost::cluster", "{e}");
-                stalled = true;
-                break;
-            }
-            if this.outbox.waiting() == 0 {
-                tracing::info!(target: "modhost::cluster", "outbox empty: every held event is in JetStream");
+            let send = async {
+                let ack = self
+                    .context
+                    .publish_with_headers(subject.to_string(), map, payload.to_vec().into())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ack.await.map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(PUBLISH_TIMEOUT, send).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(format!("no acknowledgement within {PUBLISH_TIMEOUT:?}")),
             }
         }
-        drop(this);
-        if stalled {
-            tokio::time::sleep(super::outbox::RETRY_EVERY).await;
-        }
+        .boxed()
+    }
+
+    fn ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    fn name(&self) -> &'static str {
+        "NATS"
     }
 }
 
@@ -535,17 +503,7 @@ impl Subscriber {
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             return;
         }
-        let letter = DeadLetter {
-            event_id: event.id.to_string(),
-            topic,
-            source: event.source.to_string(),
-            payload: event.payload.to_string(),
-            module: self.module.clone(),
-            pattern: self.pattern.clone(),
-            attempts: attempt,
-            error,
-            time: crate::core::now_rfc3339(),
-        };
+        let letter = DeadLetter::of(&event, &self.module, &self.pattern, attempt, error);
         tracing::warn!(module = %letter.module, topic = %letter.topic, event = %letter.event_id, error = %letter.error, "event dead-lettered");
         let subject = format!("{}{}", self.names.dead_prefix, self.module);
         let body = serde_json::to_vec(&letter).unwrap_or_default();
@@ -603,27 +561,7 @@ impl EventBus for NatsBus {
                     payload.len()
                 ));
             }
-            if self.outbox.waiting() == 0 && *self.ready.borrow() {
-                match self.publish_now(&subject, &headers, &payload).await {
-                    Ok(()) => {
-                        self.published_direct.fetch_add(1, Ordering::Relaxed);
-                        return Ok(id);
-                    }
-                    Err(why) => {
-                        tracing::warn!(target: "modhost::cluster", event = %id, "NATS did not take the event, keeping it in the outbox: {why}");
-                    }
-                }
-            }
-            // On a task of its own: a caller that gives up waiting does not leave the
-            // outbox half-written.
-            let outbox = self.outbox.clone();
-            let kept = tokio::spawn(async move { outbox.push(&subject, &headers, &payload).await });
-            match kept.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("the event could not be published nor kept: {e}")),
-                Err(e) => return Err(format!("the event could not be kept: {e}")),
-            }
-            self.outbox_added.notify_one();
+            self.publisher.publish(subject, headers, payload, &id).await?;
             Ok(id)
         }
         .boxed()
@@ -677,42 +615,19 @@ impl EventBus for NatsBus {
 
     fn close(&self, deadline: Duration) -> BoxFuture<'_, ()> {
         async move {
-            let until = std::time::Instant::now() + deadline;
-            while self.outbox.waiting() > 0 && std::time::Instant::now() < until {
-                self.outbox_added.notify_one();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let left = self.outbox.waiting();
-            if left > 0 {
-                tracing::warn!(target: "modhost::cluster", waiting = left, outbox = %self.outbox.path(), "stopping with events not yet in JetStream: they stay in the outbox and are sent when this host starts again with the same data dir");
-            }
+            self.publisher.close(deadline).await;
             let _ = self.client.flush().await;
         }
         .boxed()
     }
 
     fn metrics(&self) -> Vec<EngineMetric> {
-        vec![
-            EngineMetric::gauge(
-                "modhost_event_outbox_waiting",
-                "Events kept in the local outbox, waiting for NATS.",
-                self.outbox.waiting(),
-            ),
-            EngineMetric::counter(
-                "modhost_event_outbox_queued_total",
-                "Events that went through the local outbox since start.",
-                self.outbox.queued_total(),
-            ),
-            EngineMetric::counter(
-                "modhost_events_published_total",
-                "Events JetStream acknowledged at once (not through the outbox).",
-                self.published_direct.load(Ordering::Relaxed),
-            ),
-            EngineMetric::counter(
-                super::HANDLED_TOTAL,
-                super::HANDLED_HELP,
-                self.delivered.load(Ordering::Relaxed),
-            ),
-        ]
+        let mut all = self.publisher.metrics();
+        all.push(EngineMetric::counter(
+            super::HANDLED_TOTAL,
+            super::HANDLED_HELP,
+            self.delivered.load(Ordering::Relaxed),
+        ));
+        all
     }
 }

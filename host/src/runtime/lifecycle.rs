@@ -250,6 +250,9 @@ pub enum BootError {
     RemoteCore(#[from] crate::core::remote::RemoteSetupError),
     #[error(transparent)]
     EventBus(#[from] crate::events::nats::NatsSetupError),
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] crate::events::kafka::KafkaSetupError),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::node::ClusterSetupError),
     #[error(transparent)]
@@ -324,6 +327,18 @@ impl Host {
         let sink = audit_dead_letters(core.clone());
         let bus: Arc<dyn EventBus> = match &config.cluster.event_bus {
             None => Arc::new(InProcessBus::new(config.events.clone(), sink)),
+            #[cfg(feature = "kafka")]
+            Some(url) if url.starts_with("kafka://") => {
+                tracing::info!(event_bus = %crate::redact::url(url), "event bus: Kafka");
+                crate::events::kafka::KafkaBus::start(
+                    url,
+                    &config.cluster.name,
+                    config.events.clone(),
+                    sink,
+                    &config.data_dir,
+                )
+                .await?
+            }
             Some(url) => {
                 tracing::info!(event_bus = %crate::redact::url(url), "event bus: NATS JetStream");
                 crate::events::nats::NatsBus::start(

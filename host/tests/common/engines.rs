@@ -1,5 +1,5 @@
-//! The cluster engines as real processes for tests: etcd, nats-server (JetStream) and
-//! redis-server, each on free loopback ports with its own data directory, killed on
+//! The cluster engines as real processes for tests: etcd, nats-server (JetStream), a
+//! Kafka-protocol broker (noida-db) and redis-server, each on free loopback ports with its own data directory, killed on
 //! drop, and stoppable and restartable for the fault tests. `scripts/ensure-services.sh`
 //! installs the servers; without one, [`have`] prints a SKIP line (and fails under CI).
 
@@ -52,7 +52,7 @@ fn wait_listening(port: u16, what: &str) {
 /// One engine server: its command line, its port, its process while it runs.
 pub struct Server {
     what: &'static str,
-    program: &'static str,
+    program: String,
     args: Vec<String>,
     pub port: u16,
     process: Option<KillOnDrop>,
@@ -63,7 +63,7 @@ pub struct Server {
 impl Server {
     fn launch(
         what: &'static str,
-        program: &'static str,
+        program: impl Into<String>,
         port: u16,
         args: impl Fn(&std::path::Path) -> Vec<String>,
     ) -> Server {
@@ -71,7 +71,7 @@ impl Server {
         let data_dir = data.path().to_path_buf();
         let mut server = Server {
             what,
-            program,
+            program: program.into(),
             args: args(&data_dir),
             port,
             process: None,
@@ -85,7 +85,7 @@ impl Server {
     /// Starts the server (again), keeping its data.
     pub fn start(&mut self) {
         assert!(self.process.is_none(), "{} is already running", self.what);
-        let mut cmd = Command::new(self.program);
+        let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -148,6 +148,37 @@ pub fn nats() -> Server {
             "-p".into(),
             port.to_string(),
             "-sd".into(),
+            dir.display().to_string(),
+        ]
+    })
+}
+
+/// A Kafka-protocol broker (noida-db, `scripts/kafka-broker.txt`) on a free port. Its
+/// `noida-db` command is a Python launcher that runs the server as a child; the server
+/// binary is started directly, so that stopping it stops the broker.
+pub fn kafka() -> Server {
+    let port = free_port();
+    let located = Command::new("python3")
+        .args([
+            "-c",
+            "import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'))",
+        ])
+        .output()
+        .expect("python3 (noida-db is a Python package)");
+    let binary = String::from_utf8_lossy(&located.stdout).trim().to_string();
+    assert!(
+        located.status.success() && std::path::Path::new(&binary).is_file(),
+        "noida-db's server binary not found: {}",
+        String::from_utf8_lossy(&located.stderr)
+    );
+    Server::launch("noida-db (Kafka)", binary, port, move |dir| {
+        vec![
+            "start".into(),
+            "--only".into(),
+            "kafka".into(),
+            "--kafka-port".into(),
+            port.to_string(),
+            "--data-dir".into(),
             dir.display().to_string(),
         ]
     })
