@@ -258,7 +258,147 @@ fn calls(bin: &Path, examples: &Path, etcd: SocketAddr, n: usize) {
     drop((a, b, x));
 }
 
-/// Section 2: events through JetStream with two consumer hosts vs in-process.
+/// A broker's figures: drain rate of a backlog with two consumer hosts, publish rate,
+/// publish → handled latencies (ms).
+struct BrokerRun {
+    drain: f64,
+    publish: f64,
+    latency: Vec<f64>,
+}
+
+/// Section 2, for one broker (`url`): a backlog of `n` events drained by two consumer
+/// hosts, then `samples` events one at a time.
+fn through_broker(
+    bin: &Path,
+    examples: &Path,
+    etcd: SocketAddr,
+    url: &str,
+    tag: &str,
+    n: usize,
+    samples: usize,
+) -> BrokerRun {
+    let env = [
+        ("MODHOST_REGISTRY_URL", format!("etcd://{etcd}")),
+        ("MODHOST_EVENT_BUS_URL", url.to_string()),
+        ("MODHOST_CLUSTER_NAME", format!("events-{tag}")),
+    ];
+    let p = host(
+        bin,
+        examples,
+        &format!("{tag}-p"),
+        &["billing", "blog"],
+        &env,
+    );
+    // The consumers exist (durable), then stop (gracefully: a Kafka consumer leaves
+    // its group); the backlog waits in the broker.
+    for name in ["c", "d"] {
+        let mut h = host(
+            bin,
+            examples,
+            &format!("{tag}-{name}"),
+            &["notifications"],
+            &env,
+        );
+        h._proc.terminate();
+    }
+    let published = Instant::now();
+    for i in 0..n {
+        post(&p, i);
+    }
+    let publish = n as f64 / published.elapsed().as_secs_f64();
+    let c = host(
+        bin,
+        examples,
+        &format!("{tag}-c2"),
+        &["notifications"],
+        &env,
+    );
+    let d = host(
+        bin,
+        examples,
+        &format!("{tag}-d2"),
+        &["notifications"],
+        &env,
+    );
+    let started = Instant::now();
+    let until = started + Duration::from_secs(300);
+    while handled(&[&c, &d]) < n as u64 {
+        assert!(
+            Instant::now() < until,
+            "the backlog did not drain through {tag}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let drain = n as f64 / started.elapsed().as_secs_f64();
+    let latency = one_at_a_time(&p, &[&c, &d], n, samples);
+    BrokerRun {
+        drain,
+        publish,
+        latency,
+    }
+}
+
+fn post(h: &Host, i: usize) {
+    let body = format!(r#"{{"title":"event {i}"}}"#);
+    let (status, text) = request(h.addr, "POST", "/api/v1/blog/posts", Some(&h.token), &body);
+    assert_eq!(status, 201, "{text}");
+}
+
+/// Publish → handled, one event at a time, in ms (sorted).
+fn one_at_a_time(publisher: &Host, consumers: &[&Host], from: usize, samples: usize) -> Vec<f64> {
+    let mut latency = Vec::new();
+    for i in 0..samples {
+        let before = handled(consumers);
+        let t = Instant::now();
+        post(publisher, from + i);
+        while handled(consumers) <= before {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "an event was not handled"
+            );
+        }
+        latency.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    sorted(latency)
+}
+
+/// The noida-db server binary (the Kafka-protocol broker the tests use), if installed.
+fn noida_binary() -> Option<String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'))",
+        ])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && Path::new(&path).is_file()).then_some(path)
+}
+
+fn kafka() -> Option<(Proc, SocketAddr)> {
+    let binary = noida_binary()?;
+    let addr = free_port();
+    let dir = scratch("kafka");
+    let child = Command::new(binary)
+        .args([
+            "start",
+            "--only",
+            "kafka",
+            "--kafka-port",
+            &addr.port().to_string(),
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let p = Proc { child, dir };
+    wait_tcp(addr, "noida-db");
+    Some((p, addr))
+}
+
+/// Section 2: events through JetStream and Kafka with two consumer hosts vs in-process.
 fn events(
     bin: &Path,
     examples: &Path,
@@ -267,52 +407,28 @@ fn events(
     n: usize,
     samples: usize,
 ) {
-    let env = [
-        ("MODHOST_REGISTRY_URL", format!("etcd://{etcd}")),
-        ("MODHOST_EVENT_BUS_URL", format!("nats://{nats}")),
-        ("MODHOST_CLUSTER_NAME", "events".to_string()),
-    ];
-    let p = host(bin, examples, "p", &["billing", "blog"], &env);
-    let post = |h: &Host, i: usize| {
-        let body = format!(r#"{{"title":"event {i}"}}"#);
-        let (status, text) = request(h.addr, "POST", "/api/v1/blog/posts", Some(&h.token), &body);
-        assert_eq!(status, 201, "{text}");
-    };
-    // The consumers exist (durable), then stop; the backlog waits in JetStream.
-    {
-        let c = host(bin, examples, "c", &["notifications"], &env);
-        let d = host(bin, examples, "d", &["notifications"], &env);
-        drop((c, d));
-    }
-    let published = Instant::now();
-    for i in 0..n {
-        post(&p, i);
-    }
-    let publish_rate = n as f64 / published.elapsed().as_secs_f64();
-    let c = host(bin, examples, "c2", &["notifications"], &env);
-    let d = host(bin, examples, "d2", &["notifications"], &env);
-    let started = Instant::now();
-    let until = started + Duration::from_secs(300);
-    while handled(&[&c, &d]) < n as u64 {
-        assert!(Instant::now() < until, "the backlog did not drain");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let drain_rate = n as f64 / started.elapsed().as_secs_f64();
-    let mut latency = Vec::new();
-    for i in 0..samples {
-        let before = handled(&[&c, &d]);
-        let t = Instant::now();
-        post(&p, n + i);
-        while handled(&[&c, &d]) <= before {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "an event was not handled"
-            );
-        }
-        latency.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let js = sorted(latency);
-    drop((c, d, p));
+    let js = through_broker(
+        bin,
+        examples,
+        etcd,
+        &format!("nats://{nats}"),
+        "js",
+        n,
+        samples,
+    );
+    let kafka = kafka().map(|(broker, addr)| {
+        let run = through_broker(
+            bin,
+            examples,
+            etcd,
+            &format!("kafka://{addr}"),
+            "kafka",
+            n,
+            samples,
+        );
+        drop(broker);
+        run
+    });
 
     // The same on one embedded host.
     let q = host(
@@ -332,38 +448,32 @@ fn events(
         std::thread::sleep(Duration::from_millis(5));
     }
     let inproc_rate = n as f64 / t.elapsed().as_secs_f64();
-    let mut latency = Vec::new();
-    for i in 0..samples {
-        let before = handled(&[&q]);
-        let t = Instant::now();
-        post(&q, n + i);
-        while handled(&[&q]) <= before {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "an event was not handled"
-            );
-        }
-        latency.push(t.elapsed().as_secs_f64() * 1e3);
+    let mem = one_at_a_time(&q, &[&q], n, samples);
+    println!("### Events: NATS JetStream and Kafka with two consumer hosts vs in-process");
+    println!();
+    println!("blog publishes `blog.post.created` for each post; notifications handles it (an insert in its own SQLite file). Brokers: {n} events published while both consumer hosts were stopped, then both started: the drain rate is {n} / (time from both ready to all handled). In-process: one host with the three modules, {n} posts then all handled. Latency: one post at a time, from the POST to the handled counter moving ({samples} samples; the figure includes the POST's own time and one `/metrics` poll per host). Kafka is noida-db 0.2.3 (a Kafka-protocol broker), not Apache Kafka.");
+    println!();
+    println!("| | events/s | publish → handled p50 | p99 | publishing (posts/s) |");
+    println!("|---|---|---|---|---|");
+    let row = |label: &str, r: &BrokerRun| {
+        println!(
+            "| {label} | {:.0} | {:.2} ms | {:.2} ms | {:.0} |",
+            r.drain,
+            percentile(&r.latency, 0.5),
+            percentile(&r.latency, 0.99),
+            r.publish
+        );
+    };
+    row("JetStream, 2 consumer hosts (drain)", &js);
+    match &kafka {
+        Some(k) => row("Kafka, 2 consumer hosts (drain)", k),
+        None => println!("| Kafka | not measured: noida-db is not installed (scripts/ensure-services.sh) | | | |"),
     }
-    let mem = sorted(latency);
-    println!("### Events: NATS JetStream with two consumer hosts vs in-process");
-    println!();
-    println!("blog publishes `blog.post.created` for each post; notifications handles it (an insert in its own SQLite file). JetStream: {n} events published while both consumer hosts were stopped, then both started: the drain rate is {n} / (time from both ready to all handled). In-process: one host with the three modules, {n} posts then all handled. Latency: one post at a time, from the POST to the handled counter moving ({samples} samples; the figure includes the POST's own time and one `/metrics` poll per host).");
-    println!();
-    println!("| | events/s | publish → handled p50 | p99 |");
-    println!("|---|---|---|---|");
     println!(
-        "| JetStream, 2 consumer hosts (drain) | {drain_rate:.0} | {:.2} ms | {:.2} ms |",
-        percentile(&js, 0.5),
-        percentile(&js, 0.99)
-    );
-    println!(
-        "| in-process (publish and handle) | {inproc_rate:.0} | {:.2} ms | {:.2} ms |",
+        "| in-process (publish and handle) | {inproc_rate:.0} | {:.2} ms | {:.2} ms | — |",
         percentile(&mem, 0.5),
         percentile(&mem, 0.99)
     );
-    println!();
-    println!("Publishing through blog's route (insert + JetStream ack) ran at {publish_rate:.0} posts/s.");
     println!();
 }
 

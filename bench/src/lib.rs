@@ -27,6 +27,23 @@ pub struct ChildGuard {
     pub dir: std::path::PathBuf,
 }
 
+impl ChildGuard {
+    /// Stops the process with SIGTERM (a graceful stop: a Kafka consumer leaves its
+    /// group) and waits up to 30 s, then kills it.
+    pub fn terminate(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.child.kill();
