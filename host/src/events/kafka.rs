@@ -1,10 +1,11 @@
 //! The Kafka event-bus engine (`event_bus_url = "kafka://HOST:PORT[,HOST:PORT…]"`, cargo
 //! feature `kafka`), with librdkafka through the `rdkafka` crate.
 //!
-//! - **Topics.** One Kafka topic per modhost topic, named `<cluster_name>.<topic>`, made
-//!   by the host when first published to or subscribed to, with **one partition**, so
-//!   each topic keeps publish order, and a replication factor of up to 3 (as many as
-//!   the cluster has brokers). Dead letters go to `<cluster_name>.dead.<module>`.
+//! - **Topics.** One Kafka topic per modhost topic, named `<cluster_name>.events.<topic>`,
+//!   made by the host when first published to or subscribed to, with **one partition**,
+//!   so each topic keeps publish order, and a replication factor of up to 3 (as many as
+//!   the cluster has brokers). Dead letters go to `<cluster_name>.dead.<module>`, outside
+//!   the events' namespace, so no subscription pattern reaches them.
 //! - **Publishing** goes through the shared [`Publisher`]: the idempotent producer
 //!   (`acks=all`) waits up to [`SEND_TIMEOUT`] for the broker's acknowledgement, then the
 //!   event is held in the durable local outbox. Each message is keyed by its topic and
@@ -46,7 +47,7 @@ use tokio::sync::watch;
 
 use super::{
     outbox::Outbox,
-    publisher::{Broker, Publisher},
+    publisher::{Broker, Publisher, SendError},
     BusSettings, DeadLetter, DeadLetterSink, EventBus,
 };
 use crate::{engine_metrics::EngineMetric, trace::TraceContext};
@@ -59,6 +60,15 @@ pub const METADATA_REFRESH: Duration = Duration::from_secs(1);
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// Dead letters kept for `/admin/dead-letters`.
 const MAX_DEAD_LETTERS: usize = 10_000;
+/// The largest event taken (librdkafka's default `message.max.bytes`, less room for
+/// the headers).
+const MAX_EVENT_BYTES: usize = 1_000_000 - 4096;
+/// A dead letter's copy of the payload is cut to this, so the letter always fits.
+const DEAD_LETTER_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Attempts at storing a dead letter before the event is left for redelivery.
+const DEAD_LETTER_ATTEMPTS: u32 = 10;
+/// librdkafka's upper bound of `max.poll.interval.ms`.
+const MAX_POLL_INTERVAL_MS: u128 = 86_400_000;
 
 const EVENT_ID: &str = "modhost-event-id";
 const SOURCE: &str = "modhost-source";
@@ -89,7 +99,7 @@ pub fn bootstrap_servers(url: &str) -> Option<String> {
 /// Topic and group names of one cluster.
 #[derive(Debug, Clone)]
 struct Names {
-    /// `<cluster>.`
+    /// `<cluster>.events.`
     prefix: String,
     /// `<cluster>.dead.`
     dead_prefix: String,
@@ -99,7 +109,7 @@ struct Names {
 impl Names {
     fn of(cluster: &str) -> Self {
         Self {
-            prefix: format!("{cluster}."),
+            prefix: format!("{cluster}.events."),
             dead_prefix: format!("{cluster}.dead."),
             cluster: cluster.to_string(),
         }
@@ -176,8 +186,16 @@ struct Topics {
 }
 
 impl Topics {
+    /// Forgets that `topic` exists (it was deleted, or the broker lost it).
+    fn forget(&self, topic: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+    }
+
     /// Creates `topic` (one partition) unless it is known to exist.
-    async fn ensure(&self, topic: &str) -> Result<(), String> {
+    async fn ensure(&self, topic: &str) -> Result<(), SendError> {
         if self
             .known
             .lock()
@@ -194,23 +212,34 @@ impl Topics {
                 .map(|m| m.brokers().len())
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot read the cluster's metadata: {e}"))?;
+        .map_err(|e| SendError::Retry(e.to_string()))?
+        .map_err(|e| SendError::Retry(format!("cannot read the cluster's metadata: {e}")))?;
         let replication = i32::try_from(brokers.clamp(1, 3)).unwrap_or(1);
         let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication));
-        let options = AdminOptions::new().operation_timeout(Some(SEND_TIMEOUT));
+        let options = AdminOptions::new()
+            .operation_timeout(Some(SEND_TIMEOUT))
+            .request_timeout(Some(SEND_TIMEOUT));
         let results = self
             .admin
             .create_topics([&new], &options)
             .await
-            .map_err(|e| format!("cannot create topic {topic}: {e}"))?;
+            .map_err(|e| SendError::Retry(format!("cannot create topic {topic}: {e}")))?;
         for r in results {
             match r {
                 Ok(_) => {
                     tracing::info!(target: "modhost::cluster", topic, replication, "Kafka topic created (1 partition)")
                 }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
+                Err((name, code)) if refused_for_good(code) => {
+                    return Err(SendError::Refused(format!(
+                        "cannot create topic {name}: {code}"
+                    )))
+                }
+                Err((name, code)) => {
+                    return Err(SendError::Retry(format!(
+                        "cannot create topic {name}: {code}"
+                    )))
+                }
             }
         }
         self.known
@@ -219,6 +248,21 @@ impl Topics {
             .insert(topic.to_string());
         Ok(())
     }
+}
+
+/// Whether librdkafka's `code` means the broker will never take the message.
+fn refused_for_good(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        MessageSizeTooLarge
+            | MessageBatchTooLarge
+            | InvalidTopic
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | InvalidMessage
+            | InvalidRecord
+    )
 }
 
 /// Kafka as the publisher's broker.
@@ -233,23 +277,50 @@ impl Broker for KafkaSender {
         subject: &'a str,
         headers: &'a [(String, String)],
         payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), SendError>> {
         async move {
-            self.topics.ensure(subject).await?;
-            let mut owned = OwnedHeaders::new();
-            for (name, value) in headers {
-                owned = owned.insert(Header {
-                    key: name,
-                    value: Some(value.as_bytes()),
-                });
-            }
-            let record = FutureRecord::to(subject)
-                .key(subject)
-                .payload(payload)
-                .headers(owned);
-            match self.producer.send(record, SEND_TIMEOUT).await {
-                Ok(_) => Ok(()),
-                Err((e, _)) => Err(e.to_string()),
+            let send = async {
+                self.topics.ensure(subject).await?;
+                let mut owned = OwnedHeaders::new();
+                for (name, value) in headers {
+                    owned = owned.insert(Header {
+                        key: name,
+                        value: Some(value.as_bytes()),
+                    });
+                }
+                let record = FutureRecord::to(subject)
+                    .key(subject)
+                    .payload(payload)
+                    .headers(owned);
+                match self.producer.send(record, SEND_TIMEOUT).await {
+                    Ok(_) => Ok(()),
+                    Err((e, _)) => {
+                        let code = e.rdkafka_error_code();
+                        if matches!(
+                            code,
+                            Some(
+                                RDKafkaErrorCode::UnknownTopicOrPartition
+                                    | RDKafkaErrorCode::UnknownTopic
+                            )
+                        ) {
+                            // Deleted, or the broker lost it: made again next time.
+                            self.topics.forget(subject);
+                        }
+                        match code.is_some_and(refused_for_good) {
+                            true => Err(SendError::Refused(e.to_string())),
+                            false => Err(SendError::Retry(e.to_string())),
+                        }
+                    }
+                }
+            };
+            // Topic creation included, one send never waits much longer than the
+            // producer's own limit.
+            match tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(1), send).await {
+                Ok(result) => result,
+                Err(_) => Err(SendError::Retry(format!(
+                    "no acknowledgement within {:?}",
+                    SEND_TIMEOUT + Duration::from_secs(1)
+                ))),
             }
         }
         .boxed()
@@ -377,7 +448,7 @@ impl KafkaBus {
             )
             .set(
                 "max.poll.interval.ms",
-                max_poll.as_millis().min(i32::MAX as u128).to_string(),
+                max_poll.as_millis().min(MAX_POLL_INTERVAL_MS).to_string(),
             )
             .create_with_context(Quiet)
     }
@@ -418,7 +489,7 @@ impl Subscriber {
             // A consumer subscribed to a topic that does not exist yet would wait for
             // the next metadata refresh; make it now.
             while let Err(why) = self.topics.ensure(&subscription).await {
-                tracing::warn!(target: "modhost::cluster", module = %self.module, topic = %subscription, "waiting for Kafka: {why}");
+                tracing::warn!(target: "modhost::cluster", module = %self.module, topic = %subscription, "waiting for Kafka: {why:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(super::outbox::RETRY_EVERY) => {}
                     _ = stop.wait_for(|s| *s) => return close(consumer),
@@ -495,30 +566,20 @@ impl Subscriber {
                 span.in_scope(|| tracing::debug!(target: "modhost::cluster", "event handled"));
             }
             Err((attempts, error)) => {
-                let letter = DeadLetter::of(&event, &self.module, &self.pattern, attempts, error);
+                let mut letter =
+                    DeadLetter::of(&event, &self.module, &self.pattern, attempts, error);
                 tracing::warn!(module = %letter.module, topic = %letter.topic, event = %letter.event_id, error = %letter.error, "event dead-lettered");
-                let dead_topic = format!("{}{}", self.names.dead_prefix, self.module);
-                let body = serde_json::to_vec(&letter).unwrap_or_default();
-                // Kept before the offset moves past the event.
-                loop {
-                    let sent = async {
-                        self.topics.ensure(&dead_topic).await?;
-                        let record = FutureRecord::to(&dead_topic)
-                            .key(&letter.event_id)
-                            .payload(&body);
-                        self.producer
-                            .send(record, SEND_TIMEOUT)
-                            .await
-                            .map(|_| ())
-                            .map_err(|(e, _)| e.to_string())
-                    };
-                    match sent.await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::error!(target: "modhost::cluster", module = %self.module, "dead letter not stored yet, retrying: {e}");
-                            tokio::time::sleep(super::outbox::RETRY_EVERY).await;
-                        }
+                if letter.payload.len() > DEAD_LETTER_PAYLOAD_BYTES {
+                    let mut cut = DEAD_LETTER_PAYLOAD_BYTES;
+                    while !letter.payload.is_char_boundary(cut) {
+                        cut -= 1;
                     }
+                    letter.payload.truncate(cut);
+                    letter.payload.push_str("…(cut)");
+                }
+                if !self.keep_dead_letter(&letter).await {
+                    // Not committed: the event comes back (here or on another host).
+                    return;
                 }
                 (self.sink)(letter);
             }
@@ -526,6 +587,39 @@ impl Subscriber {
         if let Err(e) = consumer.commit_message(message, CommitMode::Async) {
             tracing::warn!(target: "modhost::cluster", module = %self.module, group = %self.group, event = %event.id, "offset not committed (the event may be handled again): {e}");
         }
+    }
+}
+
+impl Subscriber {
+    /// Stores `letter` in the module's dead-letter topic, a bounded number of times.
+    async fn keep_dead_letter(&self, letter: &DeadLetter) -> bool {
+        let dead_topic = format!("{}{}", self.names.dead_prefix, self.module);
+        let body = serde_json::to_vec(letter).unwrap_or_default();
+        for attempt in 1..=DEAD_LETTER_ATTEMPTS {
+            let sent = async {
+                self.topics
+                    .ensure(&dead_topic)
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                let record = FutureRecord::to(&dead_topic)
+                    .key(&letter.event_id)
+                    .payload(&body);
+                self.producer
+                    .send(record, SEND_TIMEOUT)
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e.to_string())
+            };
+            match sent.await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::error!(target: "modhost::cluster", module = %self.module, event = %letter.event_id, attempt, "dead letter not stored: {e}");
+                    tokio::time::sleep(super::outbox::RETRY_EVERY).await;
+                }
+            }
+        }
+        tracing::error!(target: "modhost::cluster", module = %self.module, event = %letter.event_id, "dead letter not stored after {DEAD_LETTER_ATTEMPTS} attempts; the event stays uncommitted and will be delivered again");
+        false
     }
 }
 
@@ -608,6 +702,12 @@ impl EventBus for KafkaBus {
             headers.push((TRACEPARENT.to_string(), tp));
         }
         async move {
+            if payload.len() > MAX_EVENT_BYTES {
+                return Err(format!(
+                    "the event is {} bytes; Kafka takes at most {MAX_EVENT_BYTES} bytes per event here (message.max.bytes)",
+                    payload.len()
+                ));
+            }
             self.publisher
                 .publish(subject, headers, payload.into_bytes(), &id)
                 .await?;
@@ -707,10 +807,15 @@ mod tests {
         let n = Names::of("prod");
         assert_eq!(
             n.subscription("blog.post.created"),
-            "prod.blog.post.created"
+            "prod.events.blog.post.created"
         );
-        assert_eq!(n.subscription("billing.*"), "^prod\\.billing\\.[^.]+$");
-        assert_eq!(n.subscription("blog.>"), "^prod\\.blog\\..+$");
+        assert_eq!(
+            n.subscription("billing.*"),
+            "^prod\\.events\\.billing\\.[^.]+$"
+        );
+        assert_eq!(n.subscription("blog.>"), "^prod\\.events\\.blog\\..+$");
+        // No subscription reaches the dead letters.
+        assert!(!n.subscription("dead.*").starts_with("^prod\\.dead"));
         assert!(n
             .group("notifications", "billing.*")
             .starts_with("prod.notifications.billing.S."));

@@ -42,7 +42,7 @@ use tokio::sync::watch;
 
 use super::{
     outbox::Outbox,
-    publisher::{Broker, Publisher},
+    publisher::{Broker, Publisher, SendError},
     BusSettings, DeadLetter, DeadLetterSink, EventBus,
 };
 use crate::{engine_metrics::EngineMetric, trace::TraceContext};
@@ -255,7 +255,7 @@ impl Broker for JetStream {
         subject: &'a str,
         headers: &'a [(String, String)],
         payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), SendError>> {
         async move {
             let mut map = HeaderMap::new();
             for (name, value) in headers {
@@ -271,8 +271,11 @@ impl Broker for JetStream {
             };
             match tokio::time::timeout(PUBLISH_TIMEOUT, send).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(format!("no acknowledgement within {PUBLISH_TIMEOUT:?}")),
+                Ok(Err(e)) if e.contains("maximum payload") => Err(SendError::Refused(e)),
+                Ok(Err(e)) => Err(SendError::Retry(e)),
+                Err(_) => Err(SendError::Retry(format!(
+                    "no acknowledgement within {PUBLISH_TIMEOUT:?}"
+                ))),
             }
         }
         .boxed()

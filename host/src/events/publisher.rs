@@ -23,6 +23,16 @@ use tokio::sync::Notify;
 use super::outbox::{Outbox, RETRY_EVERY};
 use crate::engine_metrics::EngineMetric;
 
+/// Why a broker did not take an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// The broker may take it later (unreachable, timed out): keep it in the outbox.
+    Retry(String),
+    /// The broker will never take it (too large, an invalid or forbidden name): keeping
+    /// it would block every later event, so it is refused.
+    Refused(String),
+}
+
 /// What a broker engine does for the publisher.
 pub trait Broker: Send + Sync + 'static {
     /// Sends one event and waits for the broker's acknowledgement (with the engine's
@@ -32,7 +42,7 @@ pub trait Broker: Send + Sync + 'static {
         subject: &'a str,
         headers: &'a [(String, String)],
         payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), SendError>>;
     /// Whether the broker can take events now (its streams or topics exist).
     fn ready(&self) -> bool;
     /// The broker's name, for logs (`NATS`, `Kafka`).
@@ -45,6 +55,8 @@ pub struct Publisher {
     outbox: Arc<Outbox>,
     added: Notify,
     direct: AtomicU64,
+    /// Events the broker refused for good after they were held.
+    refused: AtomicU64,
 }
 
 impl Publisher {
@@ -55,13 +67,14 @@ impl Publisher {
             outbox,
             added: Notify::new(),
             direct: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         });
         tokio::spawn(send_held(Arc::downgrade(&publisher)));
         publisher
     }
 
     /// Publishes one event: `Ok` once the broker acknowledged it or the outbox holds it
-    /// on disk.
+    /// on disk; an error when the broker refuses it for good (the module hears why).
     pub async fn publish(
         &self,
         subject: String,
@@ -75,7 +88,10 @@ impl Publisher {
                     self.direct.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-                Err(why) => {
+                Err(SendError::Refused(why)) => {
+                    return Err(format!("{} refused the event: {why}", self.broker.name()));
+                }
+                Err(SendError::Retry(why)) => {
                     tracing::warn!(target: "modhost::cluster", event = %event_id, "{} did not take the event, keeping it in the outbox: {why}", self.broker.name());
                 }
             }
@@ -120,6 +136,11 @@ impl Publisher {
                 self.outbox.queued_total(),
             ),
             EngineMetric::counter(
+                "modhost_event_outbox_refused_total",
+                "Held events the broker refused for good (logged with their id), removed from the outbox.",
+                self.refused.load(Ordering::Relaxed),
+            ),
+            EngineMetric::counter(
                 "modhost_events_published_total",
                 "Events the broker acknowledged at once (not through the outbox).",
                 self.direct.load(Ordering::Relaxed),
@@ -161,10 +182,24 @@ async fn send_held(publisher: Weak<Publisher>) {
                 .broker
                 .send(&event.subject, &event.headers, &event.payload)
                 .await;
-            if let Err(why) = sent {
-                tracing::debug!(target: "modhost::cluster", "outbox: {} did not take an event yet: {why}", this.broker.name());
-                stalled = true;
-                break;
+            match sent {
+                Ok(()) => {}
+                Err(SendError::Retry(why)) => {
+                    tracing::debug!(target: "modhost::cluster", "outbox: {} did not take an event yet: {why}", this.broker.name());
+                    stalled = true;
+                    break;
+                }
+                Err(SendError::Refused(why)) => {
+                    // Kept, it would block every later event for good.
+                    let id = event
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k == "Nats-Msg-Id" || k == "modhost-event-id")
+                        .map(|(_, v)| v.as_str())
+                        .unwrap_or("?");
+                    tracing::error!(target: "modhost::cluster", event = %id, subject = %event.subject, "{} refused a held event for good; it is dropped from the outbox: {why}", this.broker.name());
+                    this.refused.fetch_add(1, Ordering::Relaxed);
+                }
             }
             if let Err(e) = this.outbox.sent(event.seq).await {
                 tracing::error!(target: "modhost::cluster", "{e}");

@@ -1053,6 +1053,9 @@ impl Host {
         instance: &FfiModuleBox,
         handle: &ModuleHandle,
     ) {
+        // No new events for a module that is stopping: with a broker, another host
+        // running it takes them.
+        self.bus.unsubscribe_module(name);
         let entry = Audit::new("system", "module.stop", name).module(name);
         let entry = match call_plugin(instance.stop(), self.config.init_timeout, handle).await {
             Ok(()) => {
@@ -1065,7 +1068,6 @@ impl Host {
             }
         };
         self.core.record(entry).await;
-        self.bus.unsubscribe_module(name);
         self.services.unregister_module(name);
     }
 
