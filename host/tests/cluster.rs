@@ -874,6 +874,12 @@ fn consumer_host_killed_mid_stream(bus: Bus) {
     all.sort_unstable();
     all.dedup();
     assert_eq!(all.len(), total, "every event handled (victim ∪ survivor)");
+    assert!(
+        !survivor_ids.is_empty() && victim_ids.len() < total,
+        "the survivor took over mid-stream (victim {}, survivor {})",
+        victim_ids.len(),
+        survivor_ids.len()
+    );
     let duplicates = handlings - total;
     eprintln!(
         "{bus:?}: the victim handled {} events before kill {signal}, the survivor {}; {duplicates} handled twice (at least once), all stored once (deduplicated by event id)",

@@ -198,7 +198,9 @@ impl Databases {
             why: why.to_string(),
         };
         sqlx::raw_sql(
-            "CREATE SCHEMA IF NOT EXISTS core; REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+            // One simple query (one transaction) under the provisioning lock: hosts of
+            // a cluster starting together take turns.
+            "SELECT pg_advisory_xact_lock(hashtext('modhost module provisioning')); CREATE SCHEMA IF NOT EXISTS core; REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
         )
         .execute(&admin)
         .await

@@ -160,6 +160,13 @@ const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _modhost_migrations (
     applied_at TEXT NOT NULL
 )";
 
+/// On PostgreSQL, several hosts of a cluster may migrate the same module at once: each
+/// migration (and the bookkeeping table's creation) takes this transaction-scoped
+/// advisory lock on the module's schema first, then skips a version another host has
+/// just recorded.
+const PG_MIGRATION_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtext('modhost migrations ' || current_schema()))";
+
 /// Applies the pending migrations of `module_dir` to `pool`; returns how many ran.
 ///
 /// `signed`: the signed file list of a signed module (path to SHA-256). Each migration
@@ -233,8 +240,8 @@ pub async fn apply_list(
 ) -> Result<usize, MigrationError> {
     let book = |e: sqlx::Error| MigrationError::Bookkeeping(e.to_string());
     macro_rules! applied_on {
-        ($pool:expr) => {{
-            sqlx::query(BOOKKEEPING)
+        ($pool:expr, $bookkeeping:expr) => {{
+            sqlx::raw_sql(sqlx::AssertSqlSafe($bookkeeping))
                 .execute($pool)
                 .await
                 .map_err(book)?;
@@ -253,8 +260,9 @@ pub async fn apply_list(
         }};
     }
     let applied: Vec<(i64, String, String)> = match pool {
-        AreaPool::Sqlite(p) => applied_on!(p),
-        AreaPool::Postgres(p) => applied_on!(p),
+        AreaPool::Sqlite(p) => applied_on!(p, BOOKKEEPING.to_string()),
+        // One simple query: one transaction, under the lock.
+        AreaPool::Postgres(p) => applied_on!(p, format!("{PG_MIGRATION_LOCK}; {BOOKKEEPING}")),
     };
     let by_version: BTreeMap<i64, &Migration> = migrations.iter().map(|m| (m.version, m)).collect();
     for (version, description, checksum) in &applied {
@@ -290,19 +298,22 @@ pub async fn apply_list(
                 path: m.path.clone(),
             });
         }
-        run_one(pool, m)
+        let applied_here = run_one(pool, m)
             .await
             .map_err(|error| MigrationError::Failed {
                 path: m.path.clone(),
                 error,
             })?;
-        tracing::info!(migration = %m.path.display(), version = m.version, "migration applied");
-        ran += 1;
+        if applied_here {
+            tracing::info!(migration = %m.path.display(), version = m.version, "migration applied");
+            ran += 1;
+        }
     }
     Ok(ran)
 }
 
-async fn run_one(pool: &AreaPool, m: &Migration) -> Result<(), String> {
+/// Runs one migration in a transaction; `false` if another host recorded it first.
+async fn run_one(pool: &AreaPool, m: &Migration) -> Result<bool, String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs().to_string())
@@ -311,8 +322,23 @@ async fn run_one(pool: &AreaPool, m: &Migration) -> Result<(), String> {
     let err = |e: sqlx::Error| e.to_string();
     // The same steps on either backend's pool (their types differ, the code does not).
     macro_rules! in_transaction {
-        ($pool:expr) => {{
+        ($pool:expr, $locked:expr) => {{
             let mut tx = $pool.begin().await.map_err(err)?;
+            if $locked {
+                sqlx::query(PG_MIGRATION_LOCK)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                let done = sqlx::query("SELECT 1 FROM _modhost_migrations WHERE version = $1")
+                    .bind(m.version)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                if done.is_some() {
+                    tx.commit().await.map_err(err)?;
+                    return Ok(false);
+                }
+            }
             sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql.as_str()))
                 .execute(&mut *tx)
                 .await
@@ -325,12 +351,13 @@ async fn run_one(pool: &AreaPool, m: &Migration) -> Result<(), String> {
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
-            tx.commit().await.map_err(err)
+            tx.commit().await.map_err(err)?;
+            Ok(true)
         }};
     }
     match pool {
-        AreaPool::Sqlite(p) => in_transaction!(p),
-        AreaPool::Postgres(p) => in_transaction!(p),
+        AreaPool::Sqlite(p) => in_transaction!(p, false),
+        AreaPool::Postgres(p) => in_transaction!(p, true),
     }
 }
 

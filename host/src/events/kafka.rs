@@ -24,7 +24,7 @@
 //! - A new consumer group starts at the earliest retained event of its topics.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::HashSet,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -46,8 +46,10 @@ use rdkafka::{
 use tokio::sync::watch;
 
 use super::{
+    dead_letters::DeadLetterList,
     outbox::Outbox,
     publisher::{Broker, Publisher, SendError},
+    stops::Stops,
     BusSettings, DeadLetter, DeadLetterSink, EventBus,
 };
 use crate::{engine_metrics::EngineMetric, trace::TraceContext};
@@ -58,8 +60,6 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 pub const METADATA_REFRESH: Duration = Duration::from_secs(1);
 /// A member that stops heart-beating for this long loses its partitions.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
-/// Dead letters kept for `/admin/dead-letters`.
-const MAX_DEAD_LETTERS: usize = 10_000;
 /// The largest event taken (librdkafka's default `message.max.bytes`, less room for
 /// the headers).
 const MAX_EVENT_BYTES: usize = 1_000_000 - 4096;
@@ -335,11 +335,6 @@ impl Broker for KafkaSender {
     }
 }
 
-struct Subscription {
-    module: String,
-    stop: watch::Sender<bool>,
-}
-
 /// The Kafka engine.
 pub struct KafkaBus {
     servers: String,
@@ -348,11 +343,13 @@ pub struct KafkaBus {
     producer: FutureProducer,
     topics: Arc<Topics>,
     publisher: Arc<Publisher>,
-    subscriptions: Mutex<Vec<Subscription>>,
-    dead: Arc<Mutex<VecDeque<DeadLetter>>>,
+    subscriptions: Stops,
+    dead: Arc<DeadLetterList>,
     sink: DeadLetterSink,
     handled: Arc<AtomicU64>,
     stop_reader: watch::Sender<bool>,
+    /// The subscriptions' tasks: shutdown waits for their consumers to leave.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn producer(servers: &str) -> Result<FutureProducer, rdkafka::error::KafkaError> {
@@ -406,11 +403,12 @@ impl KafkaBus {
             producer,
             topics,
             publisher,
-            subscriptions: Mutex::new(Vec::new()),
-            dead: Arc::new(Mutex::new(VecDeque::new())),
+            subscriptions: Stops::default(),
+            dead: Arc::default(),
             sink,
             handled: Arc::new(AtomicU64::new(0)),
             stop_reader,
+            tasks: Mutex::new(Vec::new()),
         });
         tokio::spawn(read_dead_letters(
             bus.servers.clone(),
@@ -455,8 +453,10 @@ impl KafkaBus {
 }
 
 /// Ends a consumer off the async threads: leaving the group blocks.
-fn close(consumer: QuietConsumer) {
-    tokio::task::spawn_blocking(move || drop(consumer));
+/// Waits for it: a consumer that has not left its group when the process exits keeps
+/// its partitions until the broker expires its session.
+async fn close(consumer: QuietConsumer) {
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
 }
 
 /// What one subscription needs, apart from the bus.
@@ -490,15 +490,18 @@ impl Subscriber {
             // the next metadata refresh; make it now.
             while let Err(why) = self.topics.ensure(&subscription).await {
                 tracing::warn!(target: "modhost::cluster", module = %self.module, topic = %subscription, "waiting for Kafka: {why:?}");
-                tokio::select! {
-                    _ = tokio::time::sleep(super::outbox::RETRY_EVERY) => {}
-                    _ = stop.wait_for(|s| *s) => return close(consumer),
+                let stopped = tokio::select! {
+                    _ = tokio::time::sleep(super::outbox::RETRY_EVERY) => false,
+                    _ = stop.wait_for(|s| *s) => true,
+                };
+                if stopped {
+                    return close(consumer).await;
                 }
             }
         }
         if let Err(e) = consumer.subscribe(&[subscription.as_str()]) {
             tracing::error!(target: "modhost::cluster", module = %self.module, pattern = %self.pattern, "cannot subscribe to Kafka topic {subscription}: {e}");
-            return close(consumer);
+            return close(consumer).await;
         }
         let mut logged = false;
         loop {
@@ -526,7 +529,7 @@ impl Subscriber {
                 break;
             }
         }
-        close(consumer);
+        close(consumer).await;
     }
 
     async fn handle(
@@ -628,7 +631,7 @@ impl Subscriber {
 async fn read_dead_letters(
     servers: String,
     names: Names,
-    dead: Arc<Mutex<VecDeque<DeadLetter>>>,
+    dead: Arc<DeadLetterList>,
     mut stop: watch::Receiver<bool>,
 ) {
     let group = format!(
@@ -656,7 +659,7 @@ async fn read_dead_letters(
     let pattern = format!("^{}.+$", regex_escape(&names.dead_prefix));
     if let Err(e) = consumer.subscribe(&[pattern.as_str()]) {
         tracing::error!(target: "modhost::cluster", "dead letters: cannot subscribe: {e}");
-        return close(consumer);
+        return close(consumer).await;
     }
     loop {
         let next = tokio::select! {
@@ -666,11 +669,7 @@ async fn read_dead_letters(
         match next {
             Ok(m) => {
                 if let Some(letter) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-                    let mut list = dead.lock().unwrap_or_else(|p| p.into_inner());
-                    if list.len() >= MAX_DEAD_LETTERS {
-                        list.pop_front();
-                    }
-                    list.push_back(letter);
+                    dead.push(letter);
                 }
             }
             Err(_) => {
@@ -681,7 +680,7 @@ async fn read_dead_letters(
             }
         }
     }
-    close(consumer);
+    close(consumer).await;
 }
 
 impl EventBus for KafkaBus {
@@ -725,7 +724,7 @@ impl EventBus for KafkaBus {
                 return;
             }
         };
-        let (stop, stopped) = watch::channel(false);
+        let stopped = self.subscriptions.add(module);
         let subscriber = Subscriber {
             module: module.to_string(),
             pattern: pattern.to_string(),
@@ -738,43 +737,37 @@ impl EventBus for KafkaBus {
             sink: self.sink.clone(),
             handled: self.handled.clone(),
         };
-        tokio::spawn(subscriber.run(consumer, stopped));
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Subscription {
-                module: module.to_string(),
-                stop,
-            });
+        let task = tokio::spawn(subscriber.run(consumer, stopped));
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     fn unsubscribe_module(&self, module: &str) {
-        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        for s in subs.iter().filter(|s| s.module == module) {
-            let _ = s.stop.send(true);
-        }
-        subs.retain(|s| s.module != module);
+        self.subscriptions.stop_module(module);
     }
 
     fn retire_module(&self, module: &str, keep_newest: usize) {
-        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        // A retired consumer finishes the event in hand and leaves the group; its
-        // partitions go to the new instance's consumer.
-        let stop = |s: Subscription| {
-            let _ = s.stop.send(true);
-        };
-        super::retire_oldest(&mut subs, module, keep_newest, |s| &s.module, stop);
+        // A retired subscription finishes the event in hand; the new instance's, on
+        // the same consumer (group), takes the next one.
+        self.subscriptions.retire(module, keep_newest);
     }
 
     fn dead_letters(&self) -> Vec<DeadLetter> {
-        let list = self.dead.lock().unwrap_or_else(|p| p.into_inner());
-        list.iter().cloned().collect()
+        self.dead.all()
+    }
+
+    fn stop_taking(&self) {
+        self.subscriptions.stop_all();
     }
 
     fn close(&self, deadline: Duration) -> BoxFuture<'_, ()> {
         async move {
             self.publisher.close(deadline).await;
             let _ = self.stop_reader.send(true);
+            // Every module was unsubscribed: wait for the consumers to leave their groups.
+            let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+            let _ = tokio::time::timeout(deadline, futures_util::future::join_all(tasks)).await;
             let producer = self.producer.clone();
             let _ =
                 tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;

@@ -4,19 +4,18 @@
 //! The cluster engine, `nats.rs`, keeps the same semantics on NATS JetStream (durable
 //! consumers shared across hosts, order per topic, retries, dead letters).
 
-use std::{
-    collections::VecDeque,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex,
 };
 
 use futures_util::{future::BoxFuture, FutureExt as _};
 use modhost_plugin_api::ffi::{FfiEvent, FfiEventHandlerBox};
 use tokio::sync::mpsc;
 
-use super::{topic_matches, BusSettings, DeadLetter, DeadLetterSink, EventBus};
+use super::{
+    dead_letters::DeadLetterList, topic_matches, BusSettings, DeadLetter, DeadLetterSink, EventBus,
+};
 
 struct Subscription {
     module: String,
@@ -30,35 +29,26 @@ struct Subscription {
 pub struct InProcessBus {
     settings: BusSettings,
     subscriptions: Mutex<Vec<Subscription>>,
-    dead: Arc<Mutex<VecDeque<DeadLetter>>>,
+    dead: Arc<DeadLetterList>,
     sink: DeadLetterSink,
     /// Events the subscriptions handled successfully.
     handled: Arc<std::sync::atomic::AtomicU64>,
 }
-
-/// Dead letters kept in memory (oldest dropped first).
-const MAX_DEAD_LETTERS: usize = 10_000;
 
 impl InProcessBus {
     pub fn new(settings: BusSettings, sink: DeadLetterSink) -> Self {
         Self {
             settings,
             subscriptions: Mutex::new(Vec::new()),
-            dead: Arc::new(Mutex::new(VecDeque::new())),
+            dead: Arc::default(),
             sink,
             handled: Arc::default(),
         }
     }
 
-    fn park(dead: &Mutex<VecDeque<DeadLetter>>, sink: &DeadLetterSink, letter: DeadLetter) {
+    fn park(dead: &DeadLetterList, sink: &DeadLetterSink, letter: DeadLetter) {
         tracing::warn!(module = %letter.module, topic = %letter.topic, event = %letter.event_id, error = %letter.error, "event dead-lettered");
-        {
-            let mut list = dead.lock().unwrap_or_else(|p| p.into_inner());
-            if list.len() >= MAX_DEAD_LETTERS {
-                list.pop_front();
-            }
-            list.push_back(letter.clone());
-        }
+        dead.push(letter.clone());
         sink(letter);
     }
 }
@@ -151,8 +141,7 @@ impl EventBus for InProcessBus {
     }
 
     fn dead_letters(&self) -> Vec<DeadLetter> {
-        let list = self.dead.lock().unwrap_or_else(|p| p.into_inner());
-        list.iter().cloned().collect()
+        self.dead.all()
     }
 
     fn metrics(&self) -> Vec<crate::engine_metrics::EngineMetric> {

@@ -18,6 +18,7 @@
 //! May use: the plugin API's FFI event types, `core`'s clock, [`crate::trace`] and
 //! [`crate::engine_metrics`]. Must not use the runtime, HTTP or data layers.
 
+pub mod dead_letters;
 pub mod delivery;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -25,6 +26,7 @@ pub mod memory;
 pub mod nats;
 pub mod outbox;
 pub mod publisher;
+pub mod stops;
 
 use std::{sync::Arc, time::Duration};
 
@@ -116,6 +118,10 @@ pub trait EventBus: Send + Sync {
     fn metrics(&self) -> Vec<crate::engine_metrics::EngineMetric> {
         Vec::new()
     }
+    /// The host begins to shut down: a broker engine stops taking events, so that the
+    /// other hosts running the same modules take them while this one drains. The
+    /// in-process engine keeps delivering what it has queued.
+    fn stop_taking(&self) {}
     /// The host is stopping: hand over what is still held (up to `deadline`).
     fn close(&self, deadline: Duration) -> BoxFuture<'_, ()> {
         let _ = deadline;

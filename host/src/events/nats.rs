@@ -22,11 +22,10 @@
 //!   durable, and events wait for it while no host runs the module.
 
 use std::{
-    collections::VecDeque,
     panic::AssertUnwindSafe,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
@@ -41,8 +40,10 @@ use modhost_plugin_api::ffi::{FfiEvent, FfiEventHandlerBox};
 use tokio::sync::watch;
 
 use super::{
+    dead_letters::DeadLetterList,
     outbox::Outbox,
     publisher::{Broker, Publisher, SendError},
+    stops::Stops,
     BusSettings, DeadLetter, DeadLetterSink, EventBus,
 };
 use crate::{engine_metrics::EngineMetric, trace::TraceContext};
@@ -56,8 +57,6 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 pub const ACK_WAIT: Duration = Duration::from_secs(5);
 /// How long publishing waits for JetStream before the event goes to the outbox.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Dead letters kept for `/admin/dead-letters`.
-const MAX_DEAD_LETTERS: usize = 10_000;
 
 const SOURCE: &str = "Modhost-Source";
 const OCCURRED: &str = "Modhost-Occurred-At";
@@ -108,11 +107,6 @@ impl Names {
     }
 }
 
-struct Subscription {
-    module: String,
-    stop: watch::Sender<bool>,
-}
-
 /// The NATS JetStream engine.
 pub struct NatsBus {
     client: async_nats::Client,
@@ -122,8 +116,8 @@ pub struct NatsBus {
     publisher: Arc<Publisher>,
     /// `true` once both streams exist.
     ready: watch::Receiver<bool>,
-    subscriptions: Mutex<Vec<Subscription>>,
-    dead: Arc<Mutex<VecDeque<DeadLetter>>>,
+    subscriptions: Stops,
+    dead: Arc<DeadLetterList>,
     sink: DeadLetterSink,
     delivered: Arc<AtomicU64>,
 }
@@ -169,8 +163,8 @@ impl NatsBus {
                 outbox,
             ),
             ready,
-            subscriptions: Mutex::new(Vec::new()),
-            dead: Arc::new(Mutex::new(VecDeque::new())),
+            subscriptions: Stops::default(),
+            dead: Arc::default(),
             sink,
             delivered: Arc::new(AtomicU64::new(0)),
         });
@@ -204,7 +198,7 @@ async fn keep_streams(context: jetstream::Context, names: Names, ready: watch::S
             name: names.dead_stream.clone(),
             subjects: vec![format!("{}>", names.dead_prefix)],
             max_age: KEEP_EVENTS,
-            max_messages: i64::try_from(MAX_DEAD_LETTERS).unwrap_or(i64::MAX),
+            max_messages: i64::try_from(super::dead_letters::MAX_DEAD_LETTERS).unwrap_or(i64::MAX),
             storage: stream::StorageType::File,
             ..Default::default()
         },
@@ -314,15 +308,11 @@ async fn read_dead_letters(bus: std::sync::Weak<NatsBus>) {
                 .map_err(|e| e.to_string())?;
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
             // A restart re-reads the stream from its start.
-            dead.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            dead.clear();
             while let Some(message) = messages.next().await {
                 let message = message.map_err(|e| e.to_string())?;
                 if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&message.payload) {
-                    let mut list = dead.lock().unwrap_or_else(|p| p.into_inner());
-                    if list.len() >= MAX_DEAD_LETTERS {
-                        list.pop_front();
-                    }
-                    list.push_back(letter);
+                    dead.push(letter);
                 }
                 if bus.strong_count() == 0 {
                     return Ok(());
@@ -571,7 +561,7 @@ impl EventBus for NatsBus {
     }
 
     fn subscribe(&self, module: &str, pattern: &str, handler: Arc<FfiEventHandlerBox>) {
-        let (stop, stopped) = watch::channel(false);
+        let stopped = self.subscriptions.add(module);
         let subscriber = Subscriber {
             since: async_nats::datetime::DateTime::now_utc(),
             module: module.to_string(),
@@ -584,36 +574,24 @@ impl EventBus for NatsBus {
             delivered: self.delivered.clone(),
         };
         tokio::spawn(subscriber.run(stopped, self.ready.clone()));
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Subscription {
-                module: module.to_string(),
-                stop,
-            });
     }
 
     fn unsubscribe_module(&self, module: &str) {
-        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        for s in subs.iter().filter(|s| s.module == module) {
-            let _ = s.stop.send(true);
-        }
-        subs.retain(|s| s.module != module);
+        self.subscriptions.stop_module(module);
     }
 
     fn retire_module(&self, module: &str, keep_newest: usize) {
-        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        // A retired subscription finishes the event in hand; the consumer is shared
-        // with the new instance, which takes the next one.
-        let stop = |s: Subscription| {
-            let _ = s.stop.send(true);
-        };
-        super::retire_oldest(&mut subs, module, keep_newest, |s| &s.module, stop);
+        // A retired subscription finishes the event in hand; the new instance's, on
+        // the same consumer (group), takes the next one.
+        self.subscriptions.retire(module, keep_newest);
     }
 
     fn dead_letters(&self) -> Vec<DeadLetter> {
-        let list = self.dead.lock().unwrap_or_else(|p| p.into_inner());
-        list.iter().cloned().collect()
+        self.dead.all()
+    }
+
+    fn stop_taking(&self) {
+        self.subscriptions.stop_all();
     }
 
     fn close(&self, deadline: Duration) -> BoxFuture<'_, ()> {

@@ -1082,6 +1082,7 @@ impl Host {
     /// Marks the host as not ready (shutdown has begun); `/readyz` turns 503.
     pub fn begin_shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
+        self.bus.stop_taking();
     }
 
     /// The module whose manifest declares `service`, if any.
