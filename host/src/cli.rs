@@ -17,6 +17,10 @@ pub struct Cli {
     /// Log format (also MODHOST_LOG_FORMAT); filter with RUST_LOG, e.g. RUST_LOG=debug.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormatArg>,
+    /// Colour in text logs: auto (only when the log goes to a terminal), always or
+    /// never (also MODHOST_COLOR).
+    #[arg(long, global = true, value_enum, value_name = "WHEN")]
+    color: Option<ColorArg>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +54,11 @@ enum Command {
     /// Operators: check a package (folder or .tar.gz) under the trust policy, then move
     /// it into the modules directory in one step (a watching host loads it once).
     Install(InstallArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell, e.g.
+    /// `modhost completions bash > /etc/bash_completion.d/modhost`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `modhost man > modhost.1; man ./modhost.1`.
+    Man,
     /// Internal: the process an isolated module runs in (`isolation = "process"`). The
     /// host starts it with these arguments and talks to it over its socket; it is not
     /// meant to be run by hand.
@@ -291,6 +300,20 @@ struct GraphArgs {
     format: GraphFormat,
 }
 
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormatArg {
     Text,
@@ -317,9 +340,17 @@ pub fn main() -> ExitCode {
         Command::Run(_) | Command::Core(_) => logging::LogTarget::Stdout,
         _ => logging::LogTarget::Stderr,
     };
+    let color = match cli
+        .color
+        .or_else(|| env("MODHOST_COLOR").and_then(|v| ColorArg::from_str(&v, true).ok()))
+    {
+        Some(ColorArg::Always) => logging::Color::Always,
+        Some(ColorArg::Never) => logging::Color::Never,
+        Some(ColorArg::Auto) | None => logging::Color::Auto,
+    };
     // A worker writes its log lines in the format the host reads back.
     if !matches!(cli.command, Command::Worker(_)) {
-        logging::init(format, target);
+        logging::init(format, target, color);
     }
     match run_command(cli.command, &env) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
@@ -343,6 +374,23 @@ type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 fn run_command(command: Command, env: Env) -> Result<Outcome, AppError> {
     match command {
+        Command::Completions(args) => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "modhost",
+                &mut std::io::stdout(),
+            );
+            Ok(Outcome::Done)
+        }
+        Command::Man => {
+            use clap::CommandFactory as _;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| AppError::Usage(format!("cannot write the man page: {e}")))?;
+            Ok(Outcome::Done)
+        }
         Command::Run(args) => app::run(run_config(args, env)?).map(|()| Outcome::Done),
         Command::Core(CoreArgs {
             action: Some(CoreAction::RotateKey(data)),

@@ -14,9 +14,33 @@ pub enum LogTarget {
     Stderr,
 }
 
+/// Whether text logs carry ANSI colour codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Color {
+    /// Only when the log goes to a terminal (not a file or a pipe).
+    Auto,
+    Always,
+    Never,
+}
+
+impl Color {
+    /// Whether to colour a log written to `target`.
+    pub fn enabled(self, target: LogTarget) -> bool {
+        use std::io::IsTerminal as _;
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => match target {
+                LogTarget::Stdout => std::io::stdout().is_terminal(),
+                LogTarget::Stderr => std::io::stderr().is_terminal(),
+            },
+        }
+    }
+}
+
 /// Installs the global subscriber (once; later calls are ignored) and a panic hook that
 /// logs panics instead of printing them raw.
-pub fn init(format: LogFormat, target: LogTarget) {
+pub fn init(format: LogFormat, target: LogTarget, color: Color) {
     // PostgreSQL's NOTICEs ("schema core already exists, skipping" from the idempotent
     // setup statements) are not news: sqlx logs them at info, so keep them below it
     // unless RUST_LOG asks for them.
@@ -26,7 +50,10 @@ pub fn init(format: LogFormat, target: LogTarget) {
         LogTarget::Stdout => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
         LogTarget::Stderr => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
     };
-    let builder = fmt().with_env_filter(filter).with_writer(writer);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(color.enabled(target));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -166,10 +166,21 @@ impl Platform {
 
     /// Host `id` running the example `modules`, with `extra` settings.
     fn host(&self, id: &str, modules: &[&str], extra: &[(&str, &str)]) -> Node {
+        self.host_of(
+            id,
+            |m| {
+                for name in modules {
+                    m.add_example(name);
+                }
+            },
+            extra,
+        )
+    }
+
+    /// Host `id` running the modules `layout` puts in its folder, with `extra` settings.
+    fn host_of(&self, id: &str, layout: impl FnOnce(&Modules), extra: &[(&str, &str)]) -> Node {
         let m = Modules::new();
-        for name in modules {
-            m.add_example(name);
-        }
+        layout(&m);
         let mut env = self.env(id);
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -886,4 +897,106 @@ fn consumer_host_killed_mid_stream(bus: Bus) {
         victim_ids.len(),
         survivor_ids.len()
     );
+}
+
+#[test]
+fn failing_handlers_are_retried_then_dead_lettered_across_hosts() {
+    failing_handlers_across_hosts(Bus::JetStream);
+}
+
+#[cfg(feature = "kafka")]
+#[test]
+fn failing_handlers_are_retried_then_dead_lettered_across_hosts_on_kafka() {
+    failing_handlers_across_hosts(Bus::Kafka);
+}
+
+/// Test modules (the `faulty` plugin): `pub` and `broken` (always fails) on A, `flaky`
+/// (fails its first attempt, subscribed with a wildcard) on B. The broken subscription's
+/// event becomes a dead letter, shown on both hosts and audited once; flaky gets it on
+/// its second attempt.
+fn failing_handlers_across_hosts(bus: Bus) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(p) = Platform::start_on(&format!("dead letters on {bus:?}"), bus) else {
+        return;
+    };
+    let retries = [
+        ("MODHOST_EVENT_MAX_RETRIES", "2"),
+        ("MODHOST_EVENT_RETRY_BACKOFF", "20ms"),
+    ];
+    let configure = |m: &Modules, module: &str, lines: &str| {
+        let path = m.dir().join(module).join("module.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}{lines}")).unwrap();
+    };
+    let a = p.host_of(
+        "host-a",
+        |m| {
+            m.add_faulty("pub", "ok", "events:\n  publishes: [pub.item.created]\n");
+            m.add_faulty(
+                "broken",
+                "ok",
+                "events:\n  subscribes: [pub.item.created]\n",
+            );
+            configure(
+                m,
+                "broken",
+                "  subscribe: [\"pub.item.created\"]\n  fail_always: true\n",
+            );
+        },
+        &retries,
+    );
+    let b = p.host_of(
+        "host-b",
+        |m| {
+            m.add_faulty("flaky", "ok", "events:\n  subscribes: [pub.item.*]\n");
+            configure(
+                m,
+                "flaky",
+                "  subscribe: [\"pub.item.*\"]\n  fail_first: 1\n",
+            );
+        },
+        &retries,
+    );
+    wait_for_hosts(&a, &["host-a", "host-b"]);
+    let body = serde_json::json!({ "topic": "pub.item.created", "count": 1, "payload": "x" });
+    let published = a.request("POST", "/api/v1/pub/publish", body.to_string().as_bytes());
+    assert_eq!(published.status, 200, "{}", published.text());
+
+    // The wildcard subscription on B got it, on its second attempt.
+    let flaky = wait_for("flaky's event on B", Duration::from_secs(30), || {
+        let got = b.get("/api/v1/flaky/events").json();
+        got.as_array().filter(|l| !l.is_empty()).cloned()
+    });
+    assert_eq!(flaky.len(), 1, "{flaky:?}");
+    assert_eq!(flaky[0]["attempt"], 2, "delivered on the second attempt");
+    assert_eq!(flaky[0]["topic"], "pub.item.created");
+
+    // The broken one's is a dead letter, on both hosts.
+    for node in [&a, &b] {
+        let dead = wait_for("the dead letter", Duration::from_secs(30), || {
+            let dead = node.get("/admin/dead-letters").json();
+            dead.as_array().filter(|l| !l.is_empty()).cloned()
+        });
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["module"], "broken");
+        assert_eq!(dead[0]["attempts"], 3);
+        assert!(
+            dead[0]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("configured to fail attempt 3"),
+            "{dead:?}"
+        );
+    }
+    // Audited once, in the shared core.
+    let audit = wait_for(
+        "the dead-letter audit entry",
+        Duration::from_secs(10),
+        || {
+            let audit = a.get("/api/v1/audit?action=event.dead_letter").json();
+            audit.as_array().filter(|l| !l.is_empty()).cloned()
+        },
+    );
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["module"], "broken");
 }
