@@ -13,9 +13,9 @@
 #   7. the core services in-process vs over gRPC on loopback, and logins per second;
 #   8. an isolated module (worker process) vs in-process: added route latency, memory
 #      across hot reloads, instructions per request with the worker counted;
-#   9. cluster mode (etcd and nats-server started by the harness): a service call across
-#      hosts vs in-process, events through JetStream with two consumer hosts vs
-#      in-process, and 1,000 simulated hosts with 10,000 services in etcd.
+#   9. cluster mode (etcd, nats-server and noida-db started by the harness): a service
+#      call across hosts vs in-process, events through JetStream and Kafka with two
+#      consumer hosts vs in-process, and 1,000 simulated hosts with 10,000 services in etcd.
 #
 #   scripts/bench.sh [--quick] [--wasm] [--instructions] [--isolation] [--cluster]
 #     --quick:        shorter runs, for a smoke test

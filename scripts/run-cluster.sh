@@ -32,6 +32,7 @@ pids=()
 stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap stop EXIT INT TERM
 
+# With the kafka feature, as scripts/test.sh builds it: one build serves both.
 cargo build -q -p modhost --features kafka
 bin="$root/target/debug/modhost"
 for host in a:blog b:billing c:notifications; do

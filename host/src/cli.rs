@@ -340,10 +340,17 @@ pub fn main() -> ExitCode {
         Command::Run(_) | Command::Core(_) => logging::LogTarget::Stdout,
         _ => logging::LogTarget::Stderr,
     };
-    let color = match cli
-        .color
-        .or_else(|| env("MODHOST_COLOR").and_then(|v| ColorArg::from_str(&v, true).ok()))
-    {
+    let from_env = match env("MODHOST_COLOR") {
+        None => None,
+        Some(v) => match ColorArg::from_str(&v, true) {
+            Ok(c) => Some(c),
+            Err(_) => {
+                eprintln!("modhost: error: environment variable MODHOST_COLOR = \"{v}\" is invalid: expected auto, always or never");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let color = match cli.color.or(from_env) {
         Some(ColorArg::Always) => logging::Color::Always,
         Some(ColorArg::Never) => logging::Color::Never,
         Some(ColorArg::Auto) | None => logging::Color::Auto,

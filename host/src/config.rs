@@ -255,15 +255,27 @@ const SETTINGS: &[(&str, Setter)] = &[
         Ok(())
     }),
     ("event_max_retries", |c, v| {
-        c.events.max_retries = v.parse().map_err(|_| "expected a number".to_string())?;
+        let n: u32 = v.parse().map_err(|_| "expected a number".to_string())?;
+        if n > 100 {
+            return Err("at most 100 (each retry waits twice as long as the last)".into());
+        }
+        c.events.max_retries = n;
         Ok(())
     }),
     ("event_retry_backoff", |c, v| {
-        c.events.retry_backoff = parse_duration(v)?;
+        let d = parse_duration(v)?;
+        if d > Duration::from_secs(3600) {
+            return Err("at most 1h (it doubles with each retry)".into());
+        }
+        c.events.retry_backoff = d;
         Ok(())
     }),
     ("event_handler_timeout", |c, v| {
-        c.events.handler_timeout = parse_duration(v)?;
+        let d = parse_duration(v)?;
+        if d > Duration::from_secs(24 * 3600) {
+            return Err("at most 24h".into());
+        }
+        c.events.handler_timeout = d;
         Ok(())
     }),
     ("cache_max_bytes", |c, v| {
@@ -538,10 +550,12 @@ impl HostConfig {
     /// Sets one setting from text (file value, env var or flag), naming `origin` in
     /// errors.
     pub fn set(&mut self, field: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
-        let shown = if field == "auth_signing_seed" {
-            "<hidden>"
-        } else {
-            value
+        // Secrets stay out of error messages: the seed and the cluster secret whole, a
+        // URL's password.
+        let redacted = crate::redact::url(value);
+        let shown = match field {
+            "auth_signing_seed" | "cluster_secret" => "<hidden>",
+            _ => redacted.as_str(),
         };
         let bad = |why: String| ConfigError::Value {
             origin: origin.to_string(),

@@ -1,5 +1,5 @@
 //! W3C trace context (`traceparent`): the trace a request belongs to, carried from host
-//! to host on service calls (gRPC metadata) and events (a NATS header), so the logs of
+//! to host on service calls (gRPC metadata) and events (a NATS or Kafka header), so the logs of
 //! every host a request crosses show the same `trace_id`.
 //!
 //! The HTTP layer starts a trace per request (or continues the caller's `traceparent`)

@@ -93,4 +93,16 @@ fn logs_are_coloured_only_on_a_terminal_unless_asked() {
     assert!(logs.contains(ESC), "--color always: {logs}");
     let logs = first_logs(None, &[("MODHOST_COLOR", "always")]);
     assert!(logs.contains(ESC), "MODHOST_COLOR=always: {logs}");
+    // A bad value is refused, naming the variable and what it takes.
+    let out = Command::new(env!("CARGO_BIN_EXE_modhost"))
+        .args(["list", "."])
+        .env("MODHOST_COLOR", "rainbow")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MODHOST_COLOR") && err.contains("auto, always or never"),
+        "{err}"
+    );
 }

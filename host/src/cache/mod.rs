@@ -7,7 +7,8 @@
 //! A cache is an optimisation: an engine that cannot answer degrades to a miss (and a
 //! dropped write), logged and counted, never to an error for the request.
 //!
-//! May use: [`crate::engine_metrics`]. Nothing else of the host.
+//! May use: [`crate::engine_metrics`] and the leaf helper `redact`. Nothing else of the
+//! host.
 
 pub mod memory;
 pub mod redis;

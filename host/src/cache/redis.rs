@@ -2,7 +2,8 @@
 //!
 //! Keys are `<cluster>:cache:<module>:<key>`, written with `SET … PX <ttl>`, so TTLs are
 //! Redis's own. Redis being unreachable is not an error for the module: a read is a
-//! miss and a write is dropped, each logged and counted (`modhost_cache_errors_total`).
+//! miss and a write is dropped, each counted (`modhost_cache_errors_total`) and logged
+//! once per pause.
 //! After a failure the engine stops asking for [`PAUSE_AFTER_FAILURE`], so requests do
 //! not each wait for a dead server; the connection is re-established by the client on
 //! the next attempt.

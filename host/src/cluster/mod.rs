@@ -11,7 +11,7 @@
 //!   module protocol over TCP;
 //!
 //! The event bus and cache engines live beside their ports (`events/nats.rs`,
-//! `cache/redis.rs`). Each engine is used only when its URL is set; without any, the
+//! `events/kafka.rs`, `cache/redis.rs`). Each engine is used only when its URL is set; without any, the
 //! host is the embedded single-process host.
 //!
 //! The W3C `traceparent` a request carries from host to host is [`crate::trace`].
@@ -20,7 +20,8 @@
 //! in place of the lease, the record as a KV entry under that session, and a blocking
 //! query on the prefix in place of the watch.
 //!
-//! May use: `services`, `isolation::convert` (the wire's user type), `wire`, `trace`.
+//! May use: `services`, `isolation::convert` (the wire's user type), `wire`, `trace`,
+//! and the leaf helpers `hex` and `random`.
 //! Must not use the runtime or HTTP layers: the runtime drives this module.
 
 pub mod directory;

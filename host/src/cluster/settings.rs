@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 pub struct ClusterSettings {
     /// `registry_url`: the etcd endpoints (`etcd://HOST:PORT[,HOST:PORT…]`).
     pub registry: Option<Vec<String>>,
-    /// `event_bus_url`: the NATS server (`nats://HOST:PORT`).
+    /// `event_bus_url`: the broker (`nats://HOST:PORT`, or `kafka://HOST:PORT[,…]`).
     pub event_bus: Option<String>,
     /// `cache_url`: the Redis server (`redis://HOST:PORT[/DB]`).
     pub cache: Option<String>,
@@ -56,12 +56,16 @@ impl ClusterSettings {
     }
 }
 
-/// `HOST:PORT` after `scheme://`, with a port; `what` names the setting in errors.
+/// `HOST:PORT` after `scheme://`, with a port. Errors show the host and port only,
+/// never a user or password.
 fn host_port<'a>(url: &'a str, scheme: &str) -> Result<&'a str, String> {
     let rest = url
         .strip_prefix(&format!("{scheme}://"))
         .ok_or_else(|| format!("expected {scheme}://HOST:PORT"))?;
     let authority = rest.split('/').next().unwrap_or_default();
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     match authority.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
             Ok(authority)

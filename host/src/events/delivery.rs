@@ -18,7 +18,7 @@ pub async fn deliver(
     s: &BusSettings,
 ) -> Result<(), (u32, String)> {
     let mut delay = s.retry_backoff;
-    let attempts = s.max_retries + 1;
+    let attempts = s.max_retries.saturating_add(1);
     let mut last = String::new();
     for attempt in 1..=attempts {
         let mut e = event.clone();

@@ -420,15 +420,14 @@ impl KafkaBus {
     }
 
     fn consumer(&self, group: &str) -> Result<QuietConsumer, rdkafka::error::KafkaError> {
-        let max_poll = self
-            .settings
-            .handler_timeout
-            .saturating_mul(self.settings.max_retries + 2)
-            + self
-                .settings
-                .retry_backoff
-                .saturating_mul(2u32.saturating_pow(self.settings.max_retries + 1))
-            + Duration::from_secs(10);
+        let max_poll =
+            self.settings
+                .handler_timeout
+                .saturating_mul(self.settings.max_retries.saturating_add(2))
+                .saturating_add(self.settings.retry_backoff.saturating_mul(
+                    2u32.saturating_pow(self.settings.max_retries.saturating_add(1)),
+                ))
+                .saturating_add(Duration::from_secs(10));
         ClientConfig::new()
             .set("bootstrap.servers", &self.servers)
             .set("group.id", group)

@@ -7,16 +7,18 @@
 //! Semantics every engine keeps (the plugin API does not change between them):
 //! - every subscription receives every event whose topic matches its pattern, at least
 //!   once, in publish order per topic;
-//! - subscriptions run independently: each has its own bounded queue and worker, so a
-//!   slow subscriber delays only itself;
+//! - subscriptions run independently, so a slow subscriber delays only itself (the
+//!   in-process engine gives each a bounded queue and worker; a broker engine a consumer);
 //! - a handler that fails (error, panic or timeout) is retried with exponential backoff;
 //!   after the last attempt the event becomes a dead letter (kept for `/admin`, audited)
 //!   and the subscription moves on;
-//! - overflow policy: when a subscription's queue is full, the publisher is not blocked;
-//!   the event is dead-lettered for that subscription with reason "queue full".
+//! - overflow policy (in-process engine): when a subscription's queue is full, the
+//!   publisher is not blocked; the event is dead-lettered for that subscription with
+//!   reason "queue full". Broker engines have no such queue: events wait in the broker.
 //!
-//! May use: the plugin API's FFI event types, `core`'s clock, [`crate::trace`] and
-//! [`crate::engine_metrics`]. Must not use the runtime, HTTP or data layers.
+//! May use: the plugin API's FFI event types, `core`'s clock, [`crate::trace`],
+//! [`crate::engine_metrics`], and the leaf helpers `hex`, `random` and `redact`. Must not
+//! use the runtime, HTTP or data layers.
 
 pub mod dead_letters;
 pub mod delivery;

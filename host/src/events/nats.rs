@@ -487,7 +487,7 @@ impl Subscriber {
             }
             return;
         };
-        let attempts = self.settings.max_retries + 1;
+        let attempts = self.settings.max_retries.saturating_add(1);
         if attempt < attempts {
             let delay = self
                 .settings
