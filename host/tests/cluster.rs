@@ -11,7 +11,10 @@
 //! - faults: a billing host killed with `kill -9` while another runs billing; NATS
 //!   stopped for 10 s while posts are created; Redis stopped; etcd restarted empty;
 //! - a dependency on another host that is not up yet: waited for, or failed with the
-//!   reason and brought back by a reload.
+//!   reason and brought back by a reload;
+//! - the event cases run on NATS JetStream and, with the `kafka` feature, on Kafka: a
+//!   subscriber host taken down mid-stream, retries and dead letters across hosts, a
+//!   subscriber hot-reloaded mid-stream.
 //!
 //! The tests run one at a time (each starts up to nine processes on two cores).
 
@@ -999,4 +1002,50 @@ fn failing_handlers_across_hosts(bus: Bus) {
     );
     assert_eq!(audit.len(), 1, "{audit:?}");
     assert_eq!(audit[0]["module"], "broken");
+}
+
+#[test]
+fn a_subscriber_reloaded_mid_stream_loses_nothing() {
+    subscriber_reloaded_mid_stream(Bus::JetStream);
+}
+
+#[cfg(feature = "kafka")]
+#[test]
+fn a_subscriber_reloaded_mid_stream_loses_nothing_on_kafka() {
+    subscriber_reloaded_mid_stream(Bus::Kafka);
+}
+
+/// Hot reload of the subscribing module while events keep coming: the new instance's
+/// subscription takes over from the old one's on the same durable consumer (JetStream)
+/// or group (Kafka); every event is stored once.
+fn subscriber_reloaded_mid_stream(bus: Bus) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(p) = Platform::start_on(&format!("reload on {bus:?}"), bus) else {
+        return;
+    };
+    let a = p.host("host-a", &["billing", "blog"], &[]);
+    let c = p.host("host-c", &["notifications"], &[]);
+    wait_for_hosts(&a, &["host-a", "host-c"]);
+    const POSTS: usize = 200;
+    for i in 0..POSTS {
+        assert_eq!(post(&a, &format!("reload {i}"), false, &[]).status, 201);
+        if i == POSTS / 2 {
+            let reloaded = c.request("POST", "/admin/modules/notifications/reload", b"");
+            assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+        }
+    }
+    let list = wait_for(
+        "every event after the reload",
+        Duration::from_secs(60),
+        || {
+            let list = notifications(&c);
+            (list.len() >= POSTS).then_some(list)
+        },
+    );
+    let mut ids: Vec<&str> = list.iter().filter_map(|n| n["event_id"].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), POSTS, "every event stored once");
+    assert_eq!(list.len(), POSTS, "none twice");
+    assert_eq!(c.module("notifications")["state"], "started");
 }
