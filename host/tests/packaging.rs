@@ -193,6 +193,9 @@ fn a_package_from_outside_the_repository_installs_into_a_watching_host_once() {
             .filter(|l| l["message"] == "module loaded" && l["module"] == "greeter")
             .count()
     };
+    // The log lines arrive through a pipe read by another thread: wait for the line,
+    // then check there is one.
+    wait_for("greeter's load logged", || loaded(&host) >= 1);
     assert_eq!(loaded(&host), 1, "loaded once");
     assert!(
         host.logs()
